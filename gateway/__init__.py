@@ -1,0 +1,3 @@
+"""Responses API gateway over any Chat Completions upstream."""
+
+__version__ = "0.1.0"

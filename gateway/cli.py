@@ -1,0 +1,80 @@
+"""`gateway serve [--config FILE] [--host H] [--port P] [--upstream-url URL] [--log-format json|console]`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .config import Config, load_config
+from .errors import ConfigError
+from .log import configure_logging, get_logger
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI Responses API over any "
+                                     "Chat Completions upstream.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    serve.add_argument("--host", help="listen address (overrides server.host)")
+    serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    serve.add_argument("--upstream-url", help="Chat Completions base URL, e.g. http://127.0.0.1:11434/v1")
+    serve.add_argument("--log-format", choices=("json", "console"), help="log line format")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, {
+            "server": {"host": args.host, "port": args.port, "log_format": args.log_format,
+                       "log_level": args.log_level},
+            "upstream": {"base_url": args.upstream_url}})
+    except ConfigError as exc:
+        print(f"gateway: bad config: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.server.log_format, config.server.log_level, secrets=[config.upstream.api_key])
+    if config.server.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            print("gateway: bad config: server.uvloop: uvloop is not installed "
+                  "(pip install 'responses-gateway[uvloop]')", file=sys.stderr)
+            return 2
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"gateway: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM/SIGINT, then drain (see app._drain) and exit."""
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
+                           shutdown_timeout=config.server.shutdown_grace + 10)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
+        await site.start()
+        sockets = [s.getsockname() for s in (site._server.sockets if site._server else [])]  # type: ignore[union-attr]
+        port = sockets[0][1] if sockets else config.server.port
+        get_logger().info("gateway.started", host=config.server.host, port=port,
+                          upstream=config.upstream.base_url)
+        await stop.wait()
+        get_logger().info("gateway.stopping")
+    finally:
+        await runner.cleanup()
+    get_logger().info("gateway.stopped")

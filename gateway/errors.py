@@ -1,0 +1,71 @@
+"""Typed errors and the OpenAI error envelope.
+
+Every failure that reaches a client is one of these, so routes never have to guess
+an HTTP status or an error shape.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """An error with everything the OpenAI envelope needs."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 status: int | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    def envelope(self) -> dict[str, Any]:
+        return error_envelope(self.message, self.type, self.param, self.code)
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class UpstreamError(GatewayError):
+    """The upstream failed before our stream started (or, mid-stream, the code for response.failed)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The upstream answered non-2xx: we keep its status and message."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, err_type: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, param=param, code=code or "upstream_error", status=status, headers=headers)
+        if err_type:
+            self.type = err_type
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class ConfigError(Exception):
+    """A bad configuration value: the message names the key."""
+
+
+def error_envelope(message: str, err_type: str, param: str | None = None,
+                   code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}

@@ -1,0 +1,150 @@
+"""One request's trip: upstream chunks → `ResponseStream` → sink, with timeouts and faults.
+
+Streaming and non-streaming requests take exactly this path; only the sink differs.
+Before the sink has started, failures propagate as `GatewayError` (the route answers
+with an HTTP error); after it started they become `response.failed` on the stream.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+from .errors import GatewayError, UpstreamError, UpstreamTimeout
+from .ids import new_response_id
+from .log import get_logger
+from .stream_processor import ResponseStream
+from .translate import ChatRequest
+from .upstream import UpstreamClient, UpstreamStream
+
+
+class Sink(Protocol):
+    streaming: bool
+
+    @property
+    def started(self) -> bool: ...
+
+    async def start(self, events: list[dict[str, Any]]) -> None: ...
+
+    async def send(self, events: list[dict[str, Any]]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class StreamStopped(Exception):
+    """Raised inside a running pipeline when the server stops it (shutdown)."""
+
+
+class Run:
+    """The state of one pipeline run, shared with the route (logging) and the app (shutdown)."""
+
+    def __init__(self, request_id: str, chat: ChatRequest) -> None:
+        self.request_id = request_id
+        self.chat = chat
+        self.started_at = time.monotonic()
+        self.first_output_at: float | None = None
+        self.stream = ResponseStream(response_id=new_response_id(), model=chat.body["model"],
+                                     echo=chat.echo, tool_names=chat.tool_names,
+                                     reasoning_summary=chat.reasoning_summary)
+        self.upstream: UpstreamStream | None = None
+        self.open_task: asyncio.Future[UpstreamStream] | None = None
+        self.stop_reason: tuple[str, str] | None = None
+        self.client_disconnected = False
+
+    def stop(self, code: str, message: str) -> None:
+        """Ask the run to end now with response.failed(code): closing the upstream wakes its read."""
+        self.stop_reason = (code, message)
+        if self.upstream is not None:
+            self.upstream.close()
+        elif self.open_task is not None:
+            self.open_task.cancel()
+
+    @property
+    def ttft_ms(self) -> float | None:
+        if self.first_output_at is None:
+            return None
+        return round((self.first_output_at - self.started_at) * 1000, 1)
+
+
+async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepalive_interval: float,
+                       client_authorization: str | None, debug: bool = False) -> None:
+    stream = run.stream
+    log = get_logger().bind(request_id=run.request_id) if debug else None
+    try:
+        run.upstream = await _open(run, client, sink, keepalive_interval, client_authorization)
+        if not sink.started:
+            await sink.start(stream.start())
+        async for batch in run.upstream.batches():
+            events: list[dict[str, Any]] = []
+            for chunk in batch:
+                if log is not None:
+                    log.debug("upstream.chunk", chunk=chunk)
+                events += stream.feed(chunk)
+            if run.first_output_at is None and stream.has_output:
+                run.first_output_at = time.monotonic()
+            await _send(sink, events, log)
+            if stream.terminal is not None:
+                break
+        if run.stop_reason is not None:
+            raise StreamStopped
+        await _send(sink, stream.finish(run.upstream.saw_done), log)
+    except (GatewayError, StreamStopped) as exc:
+        code, message = _failure(run, exc)
+        if not sink.started:
+            if isinstance(exc, GatewayError):
+                raise
+            raise UpstreamError(message, code=code, status=503) from None
+        await _send(sink, stream.fail(code, message), log)
+    except ConnectionResetError:
+        run.client_disconnected = True
+    except asyncio.CancelledError:
+        # aiohttp cancels the handler when the client goes away.
+        run.client_disconnected = True
+        raise
+    finally:
+        if run.upstream is not None:
+            run.upstream.close()
+
+
+async def _open(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval: float,
+                client_authorization: str | None) -> UpstreamStream:
+    """Wait for the upstream's answer; a streaming client gets its stream (and keep-alives) early."""
+    timeout = client.config.first_byte_timeout
+    task = run.open_task = asyncio.ensure_future(
+        client.open(run.chat.body, request_id=run.request_id, client_authorization=client_authorization))
+    try:
+        async with asyncio.timeout(timeout):
+            if sink.streaming:
+                done, _ = await asyncio.wait({task}, timeout=keepalive_interval)
+                if not done:
+                    await sink.start(run.stream.start())
+            return await task
+    except TimeoutError:
+        raise UpstreamTimeout(f"the upstream did not answer within {timeout:g}s") from None
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if run.stop_reason is not None and task.cancelled() and current is not None and not current.cancelling():
+            raise StreamStopped from None
+        raise
+    except BaseException:
+        if task.done() and not task.cancelled() and task.exception() is None:
+            task.result().close()
+        raise
+    finally:
+        run.open_task = None
+        if not task.done():
+            task.cancel()
+
+
+async def _send(sink: Sink, events: list[dict[str, Any]], log: Any) -> None:
+    if log is not None:
+        for event in events:
+            log.debug("response.event", event=event)
+    await sink.send(events)
+
+
+def _failure(run: Run, exc: Exception) -> tuple[str, str]:
+    if run.stop_reason is not None:
+        return run.stop_reason
+    assert isinstance(exc, GatewayError)
+    return exc.code or "upstream_error", exc.message

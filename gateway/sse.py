@@ -1,0 +1,128 @@
+"""Sans-I/O decoding of an upstream Chat Completions event stream.
+
+`SSEDecoder` follows the HTML Living Standard's event-stream interpretation (CR, LF and
+CRLF line ends, comments, multi-line data, `event:`/`id:`/`retry:` fields) and adds the
+leniency real upstreams need: an `error:` field (old llama.cpp) and a raw JSON line
+without `data:` (some proxies) are surfaced as events instead of being dropped, and an
+unterminated last event is delivered at EOF instead of discarded.
+
+`ChunkDecoder` turns those events into parsed chunk dicts for the stream processor.
+"""
+from __future__ import annotations
+
+import codecs
+from typing import Any
+
+import orjson
+
+DONE = "[DONE]"
+
+
+class SSEDecoder:
+    """Bytes in, `(event_name, data)` pairs out. Split anywhere, even inside a UTF-8 character."""
+
+    __slots__ = ("_utf8", "_tail", "_skip_lf", "_data", "_event")
+
+    def __init__(self) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._tail = ""          # an incomplete line carried over to the next feed
+        self._skip_lf = False    # the previous feed ended in CR: a leading LF belongs to it
+        self._data: list[str] = []
+        self._event = ""
+
+    def feed(self, data: bytes) -> list[tuple[str, str]]:
+        text = self._utf8.decode(data)
+        if self._skip_lf and text:
+            self._skip_lf = False
+            if text[0] == "\n":
+                text = text[1:]
+        if self._tail:
+            text = self._tail + text
+        if "\r" in text:
+            if text.endswith("\r"):
+                self._skip_lf = True
+            lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        else:
+            lines = text.split("\n")
+        self._tail = lines.pop()
+        out: list[tuple[str, str]] = []
+        for line in lines:
+            self._line(line, out)
+        return out
+
+    def close(self) -> list[tuple[str, str]]:
+        """End of stream: deliver what is pending, even without its blank line."""
+        out: list[tuple[str, str]] = []
+        tail = self._tail + self._utf8.decode(b"", final=True)
+        self._tail = ""
+        if tail:
+            self._line(tail, out)
+        self._line("", out)
+        return out
+
+    def _line(self, line: str, out: list[tuple[str, str]]) -> None:
+        if not line:
+            if self._data:
+                out.append((self._event, "\n".join(self._data)))
+                self._data = []
+            self._event = ""
+            return
+        if line[0] == ":":
+            return
+        if line[0] in "{[\"":
+            out.append(("", line))  # raw JSON without a field name
+            return
+        name, sep, value = line.partition(":")
+        if sep and value[:1] == " ":
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "error":
+            out.append(("error", value))
+
+
+class ChunkDecoder:
+    """Bytes in, parsed chunks out; `done` turns true at `data: [DONE]`.
+
+    Non-object payloads are normalised so the processor sees one shape for in-band
+    errors: `{"error": ...}`. Non-JSON data that is not marked as an error is skipped
+    and counted in `skipped` (keep-alive words some servers send as data).
+    """
+
+    __slots__ = ("_sse", "done", "skipped")
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self.done = False
+        self.skipped: list[str] = []
+
+    def feed(self, data: bytes) -> list[Any]:
+        return self._decode(self._sse.feed(data))
+
+    def close(self) -> list[Any]:
+        return self._decode(self._sse.close())
+
+    def _decode(self, events: list[tuple[str, str]]) -> list[Any]:
+        chunks: list[Any] = []
+        for event, data in events:
+            if self.done:
+                break
+            if data == DONE:
+                self.done = True
+                break
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                if event == "error":
+                    chunks.append({"error": {"message": data}})
+                else:
+                    self.skipped.append(data[:200])
+                continue
+            if event == "error" and not (isinstance(chunk, dict) and "error" in chunk):
+                chunk = {"error": chunk}
+            elif not isinstance(chunk, dict):
+                chunk = {"error": chunk}
+            chunks.append(chunk)
+        return chunks

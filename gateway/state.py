@@ -1,0 +1,35 @@
+"""What the running app holds: config, the shared upstream client, the runs in flight."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from .config import Config
+from .pipeline import Run
+from .upstream import UpstreamClient
+
+
+@dataclass
+class AppState:
+    config: Config
+    upstream: UpstreamClient
+    debug: bool = False
+    shutting_down: bool = False
+    runs: set[Run] = field(default_factory=set)
+
+    @property
+    def active(self) -> int:
+        return len(self.runs)
+
+
+class _StateKey:
+    """`STATE.get(app)` reads the AppState; one typed key instead of string lookups."""
+
+    key = web.AppKey("gateway_state", AppState)
+
+    def get(self, app: web.Application) -> AppState:
+        return app[self.key]
+
+
+STATE = _StateKey()

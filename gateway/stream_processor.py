@@ -1,0 +1,530 @@
+"""The heart of the gateway: Chat Completions chunks in, Responses API events out.
+
+A sans-I/O state machine in the manner of h11: `ResponseStream` is fed parsed upstream
+chunks (plain dicts) and returns the events to send, as dicts, in order. It never
+touches a socket, a clock or a logger, so it can be driven by a list of dicts in a unit
+test, and streaming, non-streaming (the terminal event's `response`) and any later
+consumer all share the one event sequence it produces.
+
+The sequence is the canonical one clients enforce (see README): `response.created`,
+`response.in_progress`, then per output item `output_item.added` → deltas → `.done`
+events → `output_item.done`, then exactly one of `response.completed`,
+`response.incomplete` or `response.failed`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from .ids import new_id
+
+Event = dict[str, Any]
+
+# finish_reason → (response status, incomplete reason). Anything else counts as "stop".
+FINISH_STATUS: dict[str, tuple[str, str | None]] = {
+    "stop": ("completed", None),
+    "tool_calls": ("completed", None),
+    "function_call": ("completed", None),
+    "eos": ("completed", None),
+    "eos_token": ("completed", None),
+    "end_turn": ("completed", None),
+    "length": ("incomplete", "max_output_tokens"),
+    "content_filter": ("incomplete", "content_filter"),
+    "error": ("failed", None),
+    "insufficient_system_resource": ("failed", None),
+}
+
+# Error codes clients treat specially (Codex retries or explains these); others become upstream_error.
+KNOWN_ERROR_CODES = frozenset({
+    "context_length_exceeded", "insufficient_quota", "rate_limit_exceeded", "server_error",
+    "invalid_prompt", "invalid_request_error",
+})
+
+ToolNameMap = Mapping[str, tuple[str, str | None]]
+
+
+class _Message:
+    __slots__ = ("id", "index", "part_type", "part_index", "parts", "chunks")
+
+    def __init__(self, item_id: str, index: int) -> None:
+        self.id = item_id
+        self.index = index
+        self.part_type = ""           # "output_text" or "refusal" for the open part
+        self.part_index = -1
+        self.parts: list[dict[str, Any]] = []
+        self.chunks: list[str] = []
+
+
+class _Reasoning:
+    __slots__ = ("id", "index", "chunks")
+
+    def __init__(self, item_id: str, index: int) -> None:
+        self.id = item_id
+        self.index = index
+        self.chunks: list[str] = []
+
+
+class _Call:
+    __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced")
+
+    def __init__(self, call_id: str, name: str) -> None:
+        self.id = new_id("fc")
+        self.index = -1
+        self.call_id = call_id
+        self.name = name
+        self.namespace: str | None = None
+        self.chunks: list[str] = []
+        self.extra: Any = None        # provider metadata that must survive a turn
+        self.announced = False        # output_item.added sent (needs the name)
+
+
+class ResponseStream:
+    """Translate one upstream completion stream into one Responses event stream."""
+
+    def __init__(self, *, response_id: str, model: str, echo: Mapping[str, Any] | None = None,
+                 tool_names: ToolNameMap | None = None, reasoning_summary: bool = False,
+                 created_at: int | None = None) -> None:
+        self.response_id = response_id
+        self._base: dict[str, Any] = {
+            "id": response_id, "object": "response",
+            "created_at": created_at if created_at is not None else int(time.time()),
+            "status": "in_progress", "background": False, "error": None, "incomplete_details": None,
+            "instructions": None, "max_output_tokens": None, "metadata": {}, "model": model,
+            "output": [], "parallel_tool_calls": True, "previous_response_id": None, "reasoning": None,
+            "store": False, "temperature": None, "text": {"format": {"type": "text"}},
+            "tool_choice": "auto", "tools": [], "top_p": None, "truncation": "disabled", "usage": None,
+            "user": None,
+        }
+        if echo:
+            self._base.update(echo)
+            self._base["model"] = model
+        self._tool_names = tool_names or {}
+        self._summary = reasoning_summary
+        self._seq = 0
+        self._out: list[Event] = []
+        self._done_items: list[tuple[int, dict[str, Any]]] = []  # (output_index, item)
+        self._next_index = 0
+        self._message: _Message | None = None
+        self._reasoning: _Reasoning | None = None
+        self._calls: list[_Call] = []                # open calls, in output order
+        self._calls_by_key: dict[Any, _Call] = {}    # upstream index or id → open call
+        self._usage: Mapping[str, Any] | None = None
+        self._status: tuple[str, str | None] | None = None  # set by a finish_reason
+        self.finish_reason: str | None = None
+        self.terminal: Event | None = None
+        self.has_output = False
+        self.warnings: list[str] = []
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def events_emitted(self) -> int:
+        return self._seq
+
+    @property
+    def response(self) -> dict[str, Any]:
+        """The final Response object once terminal, else the in-progress snapshot."""
+        if self.terminal is not None:
+            return self.terminal["response"]
+        return self._snapshot("in_progress")
+
+    def start(self) -> list[Event]:
+        snapshot = self._snapshot("in_progress")
+        return [self._event("response.created", response=snapshot),
+                self._event("response.in_progress", response=snapshot)]
+
+    def feed(self, chunk: Any) -> list[Event]:
+        """One parsed upstream chunk in, the events it causes out."""
+        out = self._out = []
+        if self.terminal is not None:
+            return out
+        try:
+            self._chunk(chunk)
+        except (AttributeError, TypeError, ValueError, KeyError) as exc:
+            # A chunk of an unexpected shape: say what happened rather than crash the stream.
+            self._fail("upstream_protocol_error", f"malformed upstream chunk ({type(exc).__name__}: {exc})")
+        return out
+
+    def finish(self, saw_done: bool) -> list[Event]:
+        """The upstream stream ended: at `[DONE]` (saw_done) or at EOF."""
+        out = self._out = []
+        if self.terminal is not None:
+            return out
+        if self._status is None and not saw_done:
+            self._fail("upstream_truncated",
+                       "the upstream closed the stream before a finish_reason or [DONE]")
+            return out
+        status, reason = self._status or ("completed", None)
+        self._close_all("incomplete" if status == "incomplete" else "completed")
+        response = self._snapshot(status)
+        if reason:
+            response["incomplete_details"] = {"reason": reason}
+        if status == "completed":
+            response["completed_at"] = int(time.time())
+        self._terminate(f"response.{status}", response)
+        return out
+
+    def fail(self, code: str, message: str) -> list[Event]:
+        """End the stream with response.failed (timeouts, disconnects, shutdown)."""
+        out = self._out = []
+        if self.terminal is None:
+            self._fail(code, message)
+        return out
+
+    # ------------------------------------------------------------------ chunk handling
+    def _chunk(self, chunk: Any) -> None:
+        error = chunk.get("error")
+        if error:
+            self._inband_error(chunk, error)
+            return
+        usage = chunk.get("usage")
+        if usage:
+            self._usage = usage
+        else:
+            groq = chunk.get("x_groq")
+            if groq and groq.get("usage"):
+                self._usage = groq["usage"]
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0):
+                continue  # n > 1 is not part of the Responses API
+            delta = choice.get("delta") or choice.get("message")
+            if delta:
+                self._delta(delta)
+            reason = choice.get("finish_reason")
+            if reason and self.terminal is None:
+                self._finish_reason(reason)
+
+    def _delta(self, delta: Mapping[str, Any]) -> None:
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if not reasoning and delta.get("reasoning_details"):
+            reasoning = "".join(d.get("text") or "" for d in delta["reasoning_details"] if isinstance(d, dict))
+        if reasoning and isinstance(reasoning, str):
+            self._reasoning_delta(reasoning)
+        content = delta.get("content")
+        if content and isinstance(content, str):
+            self._text_delta(content, "output_text")
+        refusal = delta.get("refusal")
+        if refusal and isinstance(refusal, str):
+            self._text_delta(refusal, "refusal")
+        tool_calls = delta.get("tool_calls")
+        if tool_calls:
+            for call in tool_calls:
+                self._tool_call_delta(call)
+        legacy = delta.get("function_call")
+        if legacy:
+            self._legacy_call_delta(legacy)
+
+    def _inband_error(self, chunk: Mapping[str, Any], error: Any) -> None:
+        if isinstance(error, Mapping):
+            message = error.get("message") or chunk.get("message") or orjson.dumps(error).decode()
+            raw_code = error.get("code") or error.get("type")
+        else:
+            message, raw_code = (error if isinstance(error, str) else orjson.dumps(error).decode()), None
+        code = raw_code if isinstance(raw_code, str) and raw_code in KNOWN_ERROR_CODES else "upstream_error"
+        self._fail(code, str(message))
+
+    def _finish_reason(self, reason: str) -> None:
+        self.finish_reason = reason
+        status = FINISH_STATUS.get(reason)
+        if status is None:
+            self.warnings.append(f"unknown finish_reason {reason!r} treated as stop")
+            status = ("completed", None)
+        if status[0] == "failed":
+            self._fail("upstream_error", f"the upstream finished with reason {reason!r}")
+            return
+        self._status = status
+        self._close_all("incomplete" if status[0] == "incomplete" else "completed")
+
+    # ------------------------------------------------------------------ text and reasoning
+    def _text_delta(self, text: str, part_type: str) -> None:
+        if self._reasoning is not None:
+            self._close_reasoning()
+        message = self._message or self._open_message()
+        if message.part_type != part_type:
+            self._open_part(message, part_type)
+        message.chunks.append(text)
+        self.has_output = True
+        self._seq += 1
+        if part_type == "output_text":
+            self._out.append({"type": "response.output_text.delta", "sequence_number": self._seq - 1,
+                              "item_id": message.id, "output_index": message.index,
+                              "content_index": message.part_index, "delta": text, "logprobs": []})
+        else:
+            self._out.append({"type": "response.refusal.delta", "sequence_number": self._seq - 1,
+                              "item_id": message.id, "output_index": message.index,
+                              "content_index": message.part_index, "delta": text})
+
+    def _open_message(self) -> _Message:
+        message = self._message = _Message(new_id("msg"), self._take_index())
+        self._emit("response.output_item.added", output_index=message.index,
+                   item={"id": message.id, "type": "message", "status": "in_progress",
+                         "role": "assistant", "content": []})
+        return message
+
+    def _open_part(self, message: _Message, part_type: str) -> None:
+        if message.part_type:
+            self._close_part(message)
+        message.part_type = part_type
+        message.part_index += 1
+        self._emit("response.content_part.added", item_id=message.id, output_index=message.index,
+                   content_index=message.part_index, part=_part(part_type, ""))
+
+    def _close_part(self, message: _Message) -> None:
+        text = "".join(message.chunks)
+        message.chunks = []
+        where = {"item_id": message.id, "output_index": message.index, "content_index": message.part_index}
+        if message.part_type == "output_text":
+            self._emit("response.output_text.done", **where, text=text, logprobs=[])
+        else:
+            self._emit("response.refusal.done", **where, refusal=text)
+        part = _part(message.part_type, text)
+        self._emit("response.content_part.done", **where, part=part)
+        message.parts.append(part)
+
+    def _close_message(self, status: str) -> None:
+        message = self._message
+        if message is None:
+            return
+        self._message = None
+        if message.part_type:
+            self._close_part(message)
+        self._item_done(message.index, {"id": message.id, "type": "message", "status": status,
+                                        "role": "assistant", "content": message.parts})
+
+    def _reasoning_delta(self, text: str) -> None:
+        if self._message is not None:
+            self._close_message("completed")
+        item = self._reasoning
+        if item is None:
+            item = self._reasoning = _Reasoning(new_id("rs"), self._take_index())
+            self._emit("response.output_item.added", output_index=item.index,
+                       item={"id": item.id, "type": "reasoning", "status": "in_progress",
+                             "summary": [], "content": []})
+            where = {"item_id": item.id, "output_index": item.index}
+            self._emit("response.content_part.added", **where, content_index=0,
+                       part={"type": "reasoning_text", "text": ""})
+            if self._summary:
+                self._emit("response.reasoning_summary_part.added", **where, summary_index=0,
+                           part={"type": "summary_text", "text": ""})
+        item.chunks.append(text)
+        self.has_output = True
+        self._emit("response.reasoning_text.delta", item_id=item.id, output_index=item.index,
+                   content_index=0, delta=text)
+        if self._summary:
+            self._emit("response.reasoning_summary_text.delta", item_id=item.id, output_index=item.index,
+                       summary_index=0, delta=text)
+
+    def _close_reasoning(self) -> None:
+        item = self._reasoning
+        if item is None:
+            return
+        self._reasoning = None
+        text = "".join(item.chunks)
+        where = {"item_id": item.id, "output_index": item.index}
+        self._emit("response.reasoning_text.done", **where, content_index=0, text=text)
+        content_part = {"type": "reasoning_text", "text": text}
+        self._emit("response.content_part.done", **where, content_index=0, part=content_part)
+        summary = []
+        if self._summary:
+            summary_part = {"type": "summary_text", "text": text}
+            self._emit("response.reasoning_summary_text.done", **where, summary_index=0, text=text)
+            self._emit("response.reasoning_summary_part.done", **where, summary_index=0, part=summary_part)
+            summary.append(summary_part)
+        self._item_done(item.index, {"id": item.id, "type": "reasoning", "status": "completed",
+                                     "summary": summary, "content": [content_part]})
+
+    # ------------------------------------------------------------------ tool calls
+    def _tool_call_delta(self, delta: Any) -> None:
+        function = delta.get("function") or {}
+        name = function.get("name")
+        call_id = delta.get("id")
+        index = delta.get("index")
+        call = None
+        if call_id:
+            call = self._calls_by_key.get(("id", call_id))
+            if call is None and index is not None:
+                # The same index with a new id is a new call (parallel calls all labelled 0).
+                existing = self._calls_by_key.get(("index", index))
+                if existing is not None and existing.call_id == call_id:
+                    call = existing
+        elif index is not None:
+            call = self._calls_by_key.get(("index", index))
+        elif not name and self._calls:
+            call = self._calls[-1]  # an index-less fragment continues the last call
+        if call is None:
+            call = self._open_call(call_id, name, index)
+        elif name and not call.announced:
+            call.name = name
+        if delta.get("extra_content") is not None:
+            call.extra = delta["extra_content"]
+        self._arguments(call, function.get("arguments"))
+
+    def _legacy_call_delta(self, delta: Mapping[str, Any]) -> None:
+        call = self._calls_by_key.get(("legacy", 0))
+        if call is None or (delta.get("name") and call.announced and call.chunks):
+            call = self._open_call(None, delta.get("name"), None, key=("legacy", 0))
+        elif delta.get("name") and not call.announced:
+            call.name = delta["name"]
+        self._arguments(call, delta.get("arguments"))
+
+    def _open_call(self, call_id: str | None, name: str | None, index: Any,
+                   key: tuple[str, Any] | None = None) -> _Call:
+        call = _Call(call_id or new_id("call"), name or "")
+        self._calls.append(call)
+        if call_id:
+            self._calls_by_key[("id", call_id)] = call
+        if index is not None:
+            self._calls_by_key[("index", index)] = call
+        if key is not None:
+            self._calls_by_key[key] = call
+        if name:
+            self._announce(call)
+        return call
+
+    def _announce(self, call: _Call) -> None:
+        if self._message is not None:
+            self._close_message("completed")
+        if self._reasoning is not None:
+            self._close_reasoning()
+        mapped = self._tool_names.get(call.name)
+        if mapped is not None:
+            call.name, call.namespace = mapped
+        call.index = self._take_index()
+        call.announced = True
+        self._emit("response.output_item.added", output_index=call.index,
+                   item=self._call_item(call, "in_progress", ""))
+        # Fragments that arrived before the name are released now, in order.
+        for fragment in call.chunks:
+            self._emit("response.function_call_arguments.delta", item_id=call.id,
+                       output_index=call.index, delta=fragment)
+
+    def _arguments(self, call: _Call, fragment: Any) -> None:
+        if fragment is None or fragment == "":
+            return
+        if not isinstance(fragment, str):
+            fragment = orjson.dumps(fragment).decode()  # some servers send the object itself
+        call.chunks.append(fragment)
+        self.has_output = True
+        if call.announced:
+            self._seq += 1
+            self._out.append({"type": "response.function_call_arguments.delta",
+                              "sequence_number": self._seq - 1, "item_id": call.id,
+                              "output_index": call.index, "delta": fragment})
+
+    def _call_item(self, call: _Call, status: str, arguments: str) -> dict[str, Any]:
+        item = {"id": call.id, "type": "function_call", "status": status, "arguments": arguments,
+                "call_id": call.call_id, "name": call.name}
+        if call.namespace:
+            item["namespace"] = call.namespace
+        return item
+
+    def _close_call(self, call: _Call, status: str) -> None:
+        if not call.announced:
+            call.name = call.name or "unknown_function"
+            self.warnings.append(f"tool call {call.call_id} arrived without a name")
+            self._announce(call)
+        arguments = "".join(call.chunks)
+        if arguments:
+            try:
+                orjson.loads(arguments)
+            except orjson.JSONDecodeError:
+                self.warnings.append(f"tool call {call.name} ({call.call_id}): arguments are not valid JSON; "
+                                     "delivered as the upstream sent them")
+        self._emit("response.function_call_arguments.done", item_id=call.id, output_index=call.index,
+                   name=call.name, arguments=arguments)
+        self._item_done(call.index, self._call_item(call, status, arguments))
+
+    # ------------------------------------------------------------------ closing
+    def _close_all(self, status: str) -> None:
+        if self._reasoning is not None:
+            self._close_reasoning()
+        if self._message is not None:
+            self._close_message(status)
+        calls = self._calls
+        self._calls = []
+        self._calls_by_key = {}
+        for call in sorted(calls, key=lambda c: (not c.announced, c.index)):
+            self._close_call(call, status)
+
+    def _fail(self, code: str, message: str) -> None:
+        self._close_all("incomplete")
+        response = self._snapshot("failed")
+        response["error"] = {"code": code, "message": message}
+        self._terminate("response.failed", response)
+
+    def _terminate(self, event_type: str, response: dict[str, Any]) -> None:
+        self.terminal = self._emit(event_type, response=response)
+
+    # ------------------------------------------------------------------ helpers
+    def _take_index(self) -> int:
+        self._next_index += 1
+        return self._next_index - 1
+
+    def _item_done(self, index: int, item: dict[str, Any]) -> None:
+        self._done_items.append((index, item))
+        self._emit("response.output_item.done", output_index=index, item=item)
+
+    def _event(self, event_type: str, **fields: Any) -> Event:
+        event = {"type": event_type, "sequence_number": self._seq, **fields}
+        self._seq += 1
+        return event
+
+    def _emit(self, event_type: str, **fields: Any) -> Event:
+        event = self._event(event_type, **fields)
+        self._out.append(event)
+        return event
+
+    def _snapshot(self, status: str) -> dict[str, Any]:
+        response = dict(self._base)
+        response["status"] = status
+        if status != "in_progress":
+            response["output"] = [item for _, item in sorted(self._done_items, key=_first)]
+            response["usage"] = map_usage(self._usage)
+        return response
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def _part(part_type: str, text: str) -> dict[str, Any]:
+    if part_type == "refusal":
+        return {"type": "refusal", "refusal": text}
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def map_usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Chat usage (OpenAI, DeepSeek, Groq shapes) → Responses usage; total is always the sum."""
+    usage = usage if isinstance(usage, Mapping) else {}
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
+    cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, Mapping) else 0
+    cached = cached or _int(usage.get("prompt_cache_hit_tokens"))
+    reasoning = _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, Mapping) else 0
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
+            "total_tokens": prompt + completion}
+
+
+def stream_generator(chunks: Iterable[Any], *, model: str, response_id: str,
+                     echo: Mapping[str, Any] | None = None, saw_done: bool = True,
+                     **options: Any) -> Iterator[Event]:
+    """Drive a `ResponseStream` from already-decoded chunks (tests, replays from logs).
+
+    `saw_done` says whether the upstream ended with `[DONE]`; leave it True for a
+    list that represents a complete stream.
+    """
+    stream = ResponseStream(response_id=response_id, model=model, echo=echo, **options)
+    yield from stream.start()
+    for chunk in chunks:
+        yield from stream.feed(chunk)
+    yield from stream.finish(saw_done)
+

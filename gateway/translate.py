@@ -1,0 +1,399 @@
+"""Responses API request → Chat Completions request (pure functions, no I/O).
+
+Validation happens here too: a wrong type raises `InvalidRequest` naming the `param`,
+unknown fields are ignored, and everything the Response must echo is collected.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import UpstreamConfig
+from .errors import InvalidRequest
+
+_TOOL_NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOOL_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
+_TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+_ROLES = ("user", "assistant", "system", "developer")
+_TOOL_CHOICES = ("auto", "none", "required")
+
+
+@dataclass
+class ChatRequest:
+    """What the upstream gets, and what the response stream needs to answer in kind."""
+
+    body: dict[str, Any]
+    echo: dict[str, Any]
+    stream: bool
+    tool_names: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    reasoning_summary: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fail(message: str, param: str | None) -> InvalidRequest:
+    return InvalidRequest(message, param=param)
+
+
+def _expect(body: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _fail(f"Invalid type for '{key}': expected {what}, but got a boolean.", key)
+    if not isinstance(value, types):
+        raise _fail(f"Invalid type for '{key}': expected {what}, but got {_kind(value)}.", key)
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = _expect(body, key, (int, float), "a number")
+    if value is not None and not low <= value <= high:
+        raise _fail(f"Invalid '{key}': {value} is not between {low} and {high}.", key)
+    return value
+
+
+class _ToolNames:
+    """Maps client tool names to names every upstream accepts, and back."""
+
+    def __init__(self) -> None:
+        self.back: dict[str, tuple[str, str | None]] = {}
+        self.forward: dict[tuple[str, str | None], str] = {}
+
+    def upstream(self, name: str, namespace: str | None = None) -> str:
+        key = (name, namespace)
+        if key in self.forward:
+            return self.forward[key]
+        wanted = f"{namespace}__{name}" if namespace else name
+        candidate = wanted
+        if not _TOOL_NAME_OK.match(candidate) or candidate in self.back:
+            digest = hashlib.sha1(wanted.encode()).hexdigest()[:8]
+            candidate = f"{_TOOL_NAME_BAD_CHARS.sub('_', wanted)[:55]}_{digest}"
+        self.forward[key] = candidate
+        self.back[candidate] = (name, namespace)
+        return candidate
+
+    def changed(self) -> dict[str, tuple[str, str | None]]:
+        return {up: orig for up, orig in self.back.items() if orig != (up, None)}
+
+
+def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise _fail("The request body must be a JSON object.", None)
+    model = body.get("model")
+    if model is None or model == "":
+        raise _fail("Missing required parameter: 'model'.", "model")
+    if not isinstance(model, str):
+        raise _fail(f"Invalid type for 'model': expected a string, but got {_kind(model)}.", "model")
+    if body.get("input") is None:
+        raise _fail("Missing required parameter: 'input'.", "input")
+    _expect(body, "input", (str, list), "a string or an array of input items")
+    if body.get("previous_response_id") is not None:
+        _expect(body, "previous_response_id", str, "a string")
+        raise _fail("previous_response_id is not supported by this gateway yet: resend the conversation "
+                    "items in 'input' instead.", "previous_response_id")
+    stream = bool(_expect(body, "stream", bool, "a boolean"))
+    instructions = _expect(body, "instructions", str, "a string")
+    temperature = _number(body, "temperature", 0, 2)
+    top_p = _number(body, "top_p", 0, 1)
+    max_output_tokens = _expect(body, "max_output_tokens", int, "an integer")
+    if max_output_tokens is not None and max_output_tokens < 1:
+        raise _fail("Invalid 'max_output_tokens': must be at least 1.", "max_output_tokens")
+    parallel = _expect(body, "parallel_tool_calls", bool, "a boolean")
+    user = _expect(body, "user", str, "a string")
+    metadata = _expect(body, "metadata", dict, "an object")
+    store = _expect(body, "store", bool, "a boolean")
+    truncation = _expect(body, "truncation", str, "a string")
+    text = _expect(body, "text", dict, "an object")
+    reasoning = _expect(body, "reasoning", dict, "an object")
+
+    names = _ToolNames()
+    warnings: list[str] = []
+    tools = _tools(body.get("tools"), names, config, warnings)
+    messages = _messages(body["input"], instructions, names)
+
+    chat: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
+                            "stream_options": {"include_usage": True}}
+    if tools:
+        chat["tools"] = tools
+        if parallel is not None and config.send_parallel_tool_calls:
+            chat["parallel_tool_calls"] = parallel
+    tool_choice = _tool_choice(body.get("tool_choice"), names)
+    if tool_choice is not None and tools:
+        chat["tool_choice"] = tool_choice
+    if temperature is not None:
+        chat["temperature"] = temperature
+    if top_p is not None:
+        chat["top_p"] = top_p
+    if max_output_tokens is not None:
+        chat[config.max_tokens_param] = max_output_tokens
+    if user is not None:
+        chat["user"] = user
+    response_format = _response_format(text)
+    if response_format is not None:
+        chat["response_format"] = response_format
+    summary = False
+    if reasoning is not None:
+        effort = reasoning.get("effort")
+        if effort is not None and not isinstance(effort, str):
+            raise _fail("Invalid type for 'reasoning.effort': expected a string.", "reasoning.effort")
+        if effort and config.send_reasoning_effort:
+            chat["reasoning_effort"] = effort
+        summary = bool(reasoning.get("summary"))
+
+    echo = {
+        "instructions": instructions, "max_output_tokens": max_output_tokens,
+        "metadata": metadata or {}, "parallel_tool_calls": True if parallel is None else parallel,
+        "previous_response_id": None, "reasoning": reasoning, "store": True if store is None else store,
+        "temperature": temperature, "text": text or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
+        "top_p": top_p, "truncation": truncation or "disabled", "user": user,
+    }
+    return ChatRequest(body=chat, echo=echo, stream=stream, tool_names=names.changed(),
+                       reasoning_summary=summary, warnings=warnings)
+
+
+# ---------------------------------------------------------------------- tools
+def _tools(tools: Any, names: _ToolNames, config: UpstreamConfig, warnings: list[str]) -> list[dict[str, Any]]:
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise _fail(f"Invalid type for 'tools': expected an array, but got {_kind(tools)}.", "tools")
+    out: list[dict[str, Any]] = []
+    for i, tool in enumerate(tools):
+        param = f"tools[{i}]"
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise _fail(f"Invalid '{param}': expected an object with a string 'type'.", param)
+        kind = tool["type"]
+        if kind == "function":
+            out.append(_function_tool(tool, param, names, None))
+        elif kind == "namespace":
+            inner = tool.get("tools")
+            namespace = tool.get("name")
+            if not isinstance(inner, list) or not isinstance(namespace, str):
+                raise _fail(f"Invalid '{param}': a namespace tool needs a 'name' and a 'tools' array.", param)
+            for j, sub in enumerate(inner):
+                sub_param = f"{param}.tools[{j}]"
+                if not isinstance(sub, dict) or sub.get("type") != "function":
+                    warnings.append(f"dropped non-function tool {sub_param} inside namespace {namespace!r}")
+                    continue
+                out.append(_function_tool(sub, sub_param, names, namespace))
+        elif config.hosted_tools == "reject":
+            raise _fail(f"Tool type '{kind}' is not supported by this gateway's upstream.", f"{param}.type")
+        else:
+            warnings.append(f"dropped hosted tool {kind!r} ({param}): the upstream cannot run it")
+    return out
+
+
+def _function_tool(tool: dict[str, Any], param: str, names: _ToolNames, namespace: str | None) -> dict[str, Any]:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(f"Missing required parameter: '{param}.name'.", f"{param}.name")
+    function: dict[str, Any] = {"name": names.upstream(name, namespace)}
+    description = tool.get("description")
+    if description is not None:
+        if not isinstance(description, str):
+            raise _fail(f"Invalid type for '{param}.description': expected a string.", f"{param}.description")
+        function["description"] = description
+    parameters = tool.get("parameters")
+    if parameters is not None:
+        if not isinstance(parameters, dict):
+            raise _fail(f"Invalid type for '{param}.parameters': expected an object.", f"{param}.parameters")
+        function["parameters"] = parameters
+    else:
+        function["parameters"] = {"type": "object", "properties": {}}
+    if tool.get("strict") is not None:
+        function["strict"] = bool(tool["strict"])
+    return {"type": "function", "function": function}
+
+
+def _tool_choice(choice: Any, names: _ToolNames) -> Any:
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        if choice not in _TOOL_CHOICES:
+            raise _fail(f"Invalid value for 'tool_choice': {choice!r}.", "tool_choice")
+        return choice
+    if not isinstance(choice, dict):
+        raise _fail("Invalid type for 'tool_choice': expected a string or an object.", "tool_choice")
+    if choice.get("type") == "function":
+        name = choice.get("name")
+        if not isinstance(name, str):
+            raise _fail("Missing required parameter: 'tool_choice.name'.", "tool_choice.name")
+        return {"type": "function", "function": {"name": names.upstream(name, choice.get("namespace"))}}
+    if choice.get("type") == "allowed_tools":
+        mode = choice.get("mode")
+        return mode if mode in _TOOL_CHOICES else "auto"
+    return "auto"  # a hosted tool was forced; the upstream cannot run it
+
+
+def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    fmt = text.get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise _fail("Invalid 'text.format': expected an object with a string 'type'.", "text.format")
+    kind = fmt["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        schema.setdefault("name", "response")
+        return {"type": "json_schema", "json_schema": schema}
+    raise _fail(f"Invalid value for 'text.format.type': {kind!r}.", "text.format.type")
+
+
+# ---------------------------------------------------------------------- input items
+class _Conversation:
+    """Collects chat messages; system text is gathered into one leading message."""
+
+    def __init__(self, names: _ToolNames) -> None:
+        self.names = names
+        self.system: list[str] = []
+        self.messages: list[dict[str, Any]] = []
+
+    def add(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+    def add_call(self, call: dict[str, Any]) -> None:
+        last = self.messages[-1] if self.messages else None
+        if last is None or last["role"] != "assistant":
+            last = {"role": "assistant", "content": None}
+            self.messages.append(last)
+        last.setdefault("tool_calls", []).append(call)
+
+    def build(self) -> list[dict[str, Any]]:
+        head = [{"role": "system", "content": "\n\n".join(self.system)}] if self.system else []
+        return head + self.messages
+
+
+def _messages(items: Any, instructions: str | None, names: _ToolNames) -> list[dict[str, Any]]:
+    conversation = _Conversation(names)
+    if instructions:
+        conversation.system.append(instructions)
+    if isinstance(items, str):
+        conversation.add({"role": "user", "content": items})
+        return conversation.build()
+    for i, item in enumerate(items):
+        _item(conversation, item, f"input[{i}]")
+    return conversation.build()
+
+
+def _item(conversation: _Conversation, item: Any, param: str) -> None:
+    if not isinstance(item, dict):
+        raise _fail(f"Invalid '{param}': expected an object.", param)
+    kind = item.get("type", "message" if "role" in item else None)
+    if kind == "message":
+        _message_item(conversation, item, param)
+    elif kind == "function_call":
+        call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+        for key, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
+            if not isinstance(value, str):
+                raise _fail(f"Invalid '{param}.{key}': expected a string.", f"{param}.{key}")
+        conversation.add_call({"id": call_id, "type": "function",
+                               "function": {"name": conversation.names.upstream(name, item.get("namespace")),
+                                            "arguments": arguments}})
+    elif kind == "function_call_output":
+        call_id = item.get("call_id")
+        if not isinstance(call_id, str):
+            raise _fail(f"Invalid '{param}.call_id': expected a string.", f"{param}.call_id")
+        conversation.add({"role": "tool", "tool_call_id": call_id,
+                          "content": _output_text(item.get("output"), f"{param}.output")})
+    elif kind == "reasoning":
+        pass  # accepted; the upstream gets no reasoning back yet
+    elif kind is None:
+        raise _fail(f"Missing required parameter: '{param}.type'.", f"{param}.type")
+    else:
+        raise _fail(f"Input item type {kind!r} is not supported by this gateway.", f"{param}.type")
+
+
+def _message_item(conversation: _Conversation, item: dict[str, Any], param: str) -> None:
+    role = item.get("role")
+    if role not in _ROLES:
+        raise _fail(f"Invalid value for '{param}.role': {role!r}; expected one of {', '.join(_ROLES)}.",
+                    f"{param}.role")
+    content = item.get("content")
+    if role in ("system", "developer"):
+        conversation.system.append(_plain_text(content, f"{param}.content"))
+        return
+    if role == "assistant":
+        last = conversation.messages[-1] if conversation.messages else None
+        text = _plain_text(content, f"{param}.content")
+        if last is not None and last["role"] == "assistant" and "tool_calls" not in last:
+            last["content"] += text  # one assistant turn split over several message items
+        else:
+            conversation.add({"role": "assistant", "content": text})
+        return
+    conversation.add({"role": "user", "content": _user_content(content, f"{param}.content")})
+
+
+def _plain_text(content: Any, param: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _fail(f"Invalid type for '{param}': expected a string or an array of content parts.", param)
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise _fail(f"Invalid '{param}[{j}]': expected an object.", f"{param}[{j}]")
+        kind = part.get("type")
+        if kind in _TEXT_PARTS:
+            value = part.get("text")
+            if not isinstance(value, str):
+                raise _fail(f"Invalid '{param}[{j}].text': expected a string.", f"{param}[{j}].text")
+            texts.append(value)
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal") or ""))
+        else:
+            raise _fail(f"Content part type {kind!r} is not supported here.", f"{param}[{j}].type")
+    return "".join(texts)
+
+
+def _user_content(content: Any, param: str) -> Any:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _fail(f"Invalid type for '{param}': expected a string or an array of content parts.", param)
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        where = f"{param}[{j}]"
+        if not isinstance(part, dict):
+            raise _fail(f"Invalid '{where}': expected an object.", where)
+        kind = part.get("type")
+        if kind in _TEXT_PARTS:
+            if not isinstance(part.get("text"), str):
+                raise _fail(f"Invalid '{where}.text': expected a string.", f"{where}.text")
+            parts.append({"type": "text", "text": part["text"]})
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if not isinstance(url, str):
+                raise _fail(f"Invalid '{where}.image_url': expected a URL or data URL string "
+                            "(file_id images are not supported).", f"{where}.image_url")
+            image: dict[str, Any] = {"url": url}
+            if isinstance(part.get("detail"), str):
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            raise _fail(f"Content part type {kind!r} is not supported by this gateway.", f"{where}.type")
+    # Many local servers only accept a string: keep text-only content as one.
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _output_text(output: Any, param: str) -> str:
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        return _plain_text([p for p in output if isinstance(p, dict) and p.get("type") != "input_image"], param)
+    raise _fail(f"Invalid type for '{param}': expected a string or an array of content parts.", param)

@@ -1,0 +1,209 @@
+"""The upstream edge: one shared aiohttp session, retries, timeouts and SSE decoding.
+
+`UpstreamClient.open()` returns once the upstream has answered 2xx with an event
+stream (or raises a typed `UpstreamError`); `UpstreamStream.batches()` then yields the
+decoded chunks of each network read, so a burst of tokens becomes one batch of events
+and one write to the client.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .config import UpstreamConfig
+from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
+from .sse import ChunkDecoder
+
+_RETRY_STATUSES = frozenset({502, 503, 504})
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class UpstreamClient:
+    """Owns the shared `ClientSession`; started on app startup, closed on cleanup."""
+
+    def __init__(self, config: UpstreamConfig) -> None:
+        self.config = config
+        self.base_url = config.base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=self.config.connect_timeout)
+        # limit=0: concurrency is bounded by server.max_concurrent_streams, not by the pool.
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=False)
+        self._session = aiohttp.ClientSession(timeout=timeout, connector=connector, auto_decompress=True)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
+    def headers(self, request_id: str, client_authorization: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
+                   "X-Request-ID": request_id}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        elif client_authorization:
+            headers["Authorization"] = client_authorization
+        return headers
+
+    async def open(self, body: dict[str, Any], *, request_id: str,
+                   client_authorization: str | None = None) -> UpstreamStream:
+        """POST /chat/completions; retry connection errors and 502/503/504 before any byte."""
+        payload = orjson.dumps(body)
+        headers = self.headers(request_id, client_authorization)
+        attempts = 1 + self.config.retries
+        for attempt in range(attempts):
+            last = attempt == attempts - 1
+            try:
+                response = await self.session.post(f"{self.base_url}/chat/completions",
+                                                   data=payload, headers=headers)
+            except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
+                if last:
+                    raise UpstreamUnavailable(f"cannot reach the upstream at {self.base_url}: "
+                                              f"{_reason(exc)}") from None
+            else:
+                if response.status < 400:
+                    return await UpstreamStream.from_response(response, self.config)
+                if response.status not in _RETRY_STATUSES or last:
+                    raise await http_error(response)
+                response.release()
+            await asyncio.sleep(self.config.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get_json(self, path: str, *, request_id: str, client_authorization: str | None,
+                       timeout: float) -> tuple[int, bytes, str]:
+        """GET a small JSON document (models list, readiness probe)."""
+        headers = self.headers(request_id, client_authorization)
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.session.get(f"{self.base_url}{path}", headers=headers) as response:
+                    return response.status, await response.read(), response.content_type
+        except TimeoutError:
+            raise UpstreamTimeout(f"the upstream did not answer GET {path} within {timeout:g}s") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamUnavailable(f"cannot reach the upstream at {self.base_url}: {_reason(exc)}") from None
+
+
+class UpstreamStream:
+    """An open upstream answer; `batches()` yields decoded chunks per network read."""
+
+    def __init__(self, response: aiohttp.ClientResponse, config: UpstreamConfig,
+                 whole: list[Any] | None = None) -> None:
+        self._response = response
+        self._config = config
+        self._whole = whole          # the upstream ignored stream:true and sent one JSON body
+        self.saw_done = False
+        self.skipped: list[str] = []
+
+    @classmethod
+    async def from_response(cls, response: aiohttp.ClientResponse, config: UpstreamConfig) -> UpstreamStream:
+        content_type = response.content_type
+        if content_type == "application/json":
+            body = await _read_limited(response)
+            response.release()
+            try:
+                document = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"the upstream answered {response.status} with invalid JSON: "
+                                    f"{_snippet(body)}") from None
+            return cls(response, config, whole=[document])
+        if content_type in ("text/html", "application/xml", "text/xml"):
+            body = await _read_limited(response)
+            response.release()
+            raise UpstreamError(f"the upstream answered {response.status} with {content_type} instead of an "
+                                f"event stream: {_snippet(body)}")
+        return cls(response, config)
+
+    def close(self) -> None:
+        """Drop the upstream connection now (client gone, shutdown, timeout)."""
+        self._response.close()
+
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        if self._whole is not None:
+            self.saw_done = True
+            yield self._whole
+            return
+        decoder = ChunkDecoder()
+        content = self._response.content
+        wait = self._config.first_byte_timeout
+        while True:
+            try:
+                async with asyncio.timeout(wait):
+                    data = await content.readany()
+            except TimeoutError:
+                self.close()
+                raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s") from None
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+                self.close()
+                raise UpstreamError(f"the upstream connection failed mid-stream: {_reason(exc)}",
+                                    code="upstream_disconnected") from None
+            if not data:
+                break
+            wait = self._config.idle_timeout
+            chunks = decoder.feed(data)
+            if chunks:
+                yield chunks
+            if decoder.done:
+                break
+        if not decoder.done:
+            tail = decoder.close()
+            if tail:
+                yield tail
+        self.saw_done = decoder.done
+        self.skipped = decoder.skipped
+        self._response.release()
+
+
+async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.content.read(_ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, OSError):
+        return b""
+
+
+async def http_error(response: aiohttp.ClientResponse) -> UpstreamHTTPError:
+    """An upstream non-2xx answer as our error, keeping status, message and Retry-After."""
+    body = await _read_limited(response)
+    response.release()
+    message, code, err_type, param = f"the upstream answered HTTP {response.status}", None, None, None
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if body.strip():
+            message += f": {_snippet(body)}"
+    else:
+        error = document.get("error", document) if isinstance(document, dict) else document
+        if isinstance(error, Mapping):
+            message = str(error.get("message") or document.get("message") or message)
+            code = error.get("code") if isinstance(error.get("code"), str) else None
+            err_type = error.get("type") if isinstance(error.get("type"), str) else None
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+        elif isinstance(error, str):
+            message = error
+    headers = {}
+    if "Retry-After" in response.headers:
+        headers["Retry-After"] = response.headers["Retry-After"]
+    status = response.status if 400 <= response.status < 600 else 502
+    if code is None and status == 429:
+        code = "rate_limit_exceeded"  # Codex backs off on this code
+    return UpstreamHTTPError(status, message, code=code, err_type=err_type, param=param, headers=headers)
+
+
+def _snippet(body: bytes) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
+    return text[:200] + ("…" if len(text) > 200 else "")
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
