@@ -24,3 +24,9 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
+
+# Benchmark: gateway vs the raw passthrough floor (PEERS=1 adds open-responses-server, QUICK=1 a short run).
+BENCH_FLAGS = $(if $(filter 1,$(QUICK)),--quick) $(if $(filter 1,$(PEERS)),--peers)
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	$(BIN)/python -m bench.run $(BENCH_FLAGS) --readme README.md

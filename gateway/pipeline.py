@@ -101,6 +101,14 @@ async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepaliv
         # aiohttp cancels the handler when the client goes away.
         run.client_disconnected = True
         raise
+    except Exception:
+        # A gateway bug after the stream started: the route can no longer answer with an HTTP
+        # error, so end the stream properly instead of leaving the client waiting forever.
+        if not sink.started:
+            raise
+        get_logger().exception("pipeline.crashed", request_id=run.request_id)
+        await sink.send(stream.fail("server_error", "The gateway hit an internal error; see its log for "
+                                                    f"request {run.request_id}."))
     finally:
         if run.upstream is not None:
             run.upstream.close()
@@ -139,7 +147,7 @@ async def _open(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval
 async def _send(sink: Sink, events: list[dict[str, Any]], log: Any) -> None:
     if log is not None:
         for event in events:
-            log.debug("response.event", event=event)
+            log.debug("response.event", data=event)  # `event` is structlog's message key
     await sink.send(events)
 
 

@@ -338,8 +338,8 @@ class ResponseStream:
     # ------------------------------------------------------------------ tool calls
     def _tool_call_delta(self, delta: Any) -> None:
         function = delta.get("function") or {}
-        name = function.get("name")
-        call_id = delta.get("id")
+        name = _str(function.get("name"))
+        call_id = _str(delta.get("id"))
         index = delta.get("index")
         call = None
         if call_id:
@@ -363,10 +363,11 @@ class ResponseStream:
 
     def _legacy_call_delta(self, delta: Mapping[str, Any]) -> None:
         call = self._calls_by_key.get(("legacy", 0))
-        if call is None or (delta.get("name") and call.announced and call.chunks):
-            call = self._open_call(None, delta.get("name"), None, key=("legacy", 0))
-        elif delta.get("name") and not call.announced:
-            call.name = delta["name"]
+        name = _str(delta.get("name"))
+        if call is None or (name and call.announced and call.chunks):
+            call = self._open_call(None, name, None, key=("legacy", 0))
+        elif name and not call.announced:
+            call.name = name
         self._arguments(call, delta.get("arguments"))
 
     def _open_call(self, call_id: str | None, name: str | None, index: Any,
@@ -493,6 +494,11 @@ def _part(part_type: str, text: str) -> dict[str, Any]:
     if part_type == "refusal":
         return {"type": "refusal", "refusal": text}
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _str(value: Any) -> str | None:
+    """A name or id from the upstream; anything but a string counts as absent."""
+    return value if isinstance(value, str) else None
 
 
 def _int(value: Any) -> int:

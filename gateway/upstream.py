@@ -145,7 +145,13 @@ class UpstreamStream:
                 self.close()
                 raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s") from None
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+                # Bytes that arrived together with the failure are still ours: decode them first.
+                tail = decoder.feed(_unread(content))
                 self.close()
+                if tail:
+                    yield tail
+                if decoder.done:
+                    break
                 raise UpstreamError(f"the upstream connection failed mid-stream: {_reason(exc)}",
                                     code="upstream_disconnected") from None
             if not data:
@@ -163,6 +169,14 @@ class UpstreamStream:
         self.saw_done = decoder.done
         self.skipped = decoder.skipped
         self._response.release()
+
+
+def _unread(content: aiohttp.StreamReader) -> bytes:
+    """What aiohttp buffered but withholds once the payload failed (`readany` raises before returning it)."""
+    buffer = getattr(content, "_buffer", None)
+    if not buffer:
+        return b""
+    return b"".join(buffer)[getattr(content, "_buffer_offset", 0):]
 
 
 async def _read_limited(response: aiohttp.ClientResponse) -> bytes:

@@ -1,6 +1,7 @@
 """Fixtures: a scripted upstream and the gateway, both real servers on 127.0.0.1."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -43,7 +44,8 @@ def assert_valid_stream(raw: bytes) -> dict[str, Any]:
 
 def test_config(upstream_url: str, **server: Any) -> Config:
     upstream_opts = server.pop("upstream", {})
-    return Config(server=ServerConfig(**{"log_level": "warning", "keepalive_interval": 15.0, **server}),
+    return Config(server=ServerConfig(**{"log_level": "warning", "keepalive_interval": 15.0,
+                                                "shutdown_grace": 0.5, **server}),
                   upstream=UpstreamConfig(**{"base_url": upstream_url, "retries": 0, "retry_backoff": 0.01,
                                              "first_byte_timeout": 5.0, "idle_timeout": 5.0, **upstream_opts}))
 
@@ -86,3 +88,74 @@ async def post_stream(http: aiohttp.ClientSession, gateway: Any, body: dict[str,
 def replace(config: Config, **sections: dict[str, Any]) -> Config:
     return dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **values)
                                           for name, values in sections.items()})
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GatewayProcess:
+    """`python -m gateway serve` in a subprocess; `output` holds its stdout+stderr once stopped."""
+
+    def __init__(self, proc: Any, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.returncode: int | None = None
+
+    @property
+    def output(self) -> str:
+        return (bytes(self.stdout) + bytes(self.stderr)).decode(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(*args: str, env: dict[str, str] | None = None, port: int | None = None,
+                          startup_timeout: float = 15.0) -> Any:
+    """Start the gateway CLI on a free port (unless `--port` is in args), wait until /healthz answers."""
+    import asyncio
+    import subprocess
+    if "--port" not in args:
+        port = port or free_port()
+        args = (*args, "--port", str(port))
+    else:
+        port = int(args[list(args).index("--port") + 1])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", *args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    gw = GatewayProcess(proc, f"http://127.0.0.1:{port}")
+
+    async def pump(stream: Any, into: bytearray) -> None:
+        while data := await stream.read(65536):
+            into.extend(data)
+
+    pumps = [asyncio.ensure_future(pump(proc.stdout, gw.stdout)), asyncio.ensure_future(pump(proc.stderr, gw.stderr))]
+    try:
+        async with aiohttp.ClientSession() as session:
+            deadline = asyncio.get_running_loop().time() + startup_timeout
+            while True:
+                if proc.returncode is not None:
+                    raise AssertionError(f"gateway exited with {proc.returncode}: {gw.output}")
+                try:
+                    async with session.get(f"{gw.url}/healthz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise AssertionError(f"gateway did not start: {gw.output}")
+                await asyncio.sleep(0.05)
+        yield gw
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        try:
+            gw.returncode = await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            gw.returncode = await proc.wait()
+        await asyncio.gather(*pumps)

@@ -92,6 +92,7 @@ class ScriptedUpstream:
         self.requests: list[Recorded] = []
         self.responder: Callable[[dict[str, Any]], Reply] | None = None
         self.disconnects = 0            # replies whose client went away before the end
+        self.bytes_written = 0          # body bytes the gateway has accepted so far
         self.model_list = {"object": "list", "data": [{"id": "scripted", "object": "model",
                                                         "created": 0, "owned_by": "tests"}]}
         self.app = web.Application()
@@ -125,6 +126,7 @@ class ScriptedUpstream:
                     await asyncio.sleep(step)
                 else:
                     await response.write(step)
+                    self.bytes_written += len(step)
             if reply.end == "abort":
                 assert request.transport is not None
                 request.transport.abort()

@@ -1,0 +1,463 @@
+"""Benchmark the gateway against the floor (a raw byte passthrough), and optionally peers.
+
+Starts the upstream (bench/upstream.py) on the harness core, then for every scenario runs each
+target, alternating (A B A B ...), each in a fresh process pinned to the target core with
+`taskset`. Prints a markdown table with the ratios to the floor and writes bench/results.json
+and bench/results.md. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.common import LOOPBACK, cpu_seconds, free_port, raise_fd_limit, use_fast_loop, wait_ready
+from bench.driver import FORMATS, Endpoint, run_fast, run_paced
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+LOGS = BENCH / ".logs"
+PEERS_VENV = BENCH / ".peers-venv"
+PEER_PACKAGES = ["open-responses-server==0.4.1", "mcp<2"]
+RAMP_RATE = 250.0  # new paced streams per second
+RAMP_MAX = 5.0  # seconds
+GAP_LIMIT_MS = 250.0  # capacity: the largest load with no error and gap p99 within this
+Result = dict[str, object]
+Load = Callable[[Endpoint, int | None], Awaitable[Result]]
+SHOWN = ("errors", "tokens_per_s", "cpu_s_per_mtok", "ttft_p50_ms", "gap_p99_ms", "capacity_streams")
+
+
+@dataclass(frozen=True)
+class Profile:
+    reps: int
+    fast_tokens: int
+    fast_concurrency: int
+    fast_duration: float
+    paced_tokens: int
+    paced_concurrency: int
+    rate: float
+    ttft_concurrency: int
+    ttft_tokens: int
+    ttft_rounds: int
+    capacity_tokens: int
+    capacity_steps: tuple[int, ...]
+
+
+PROFILES = {
+    "quick": Profile(1, 1000, 8, 3.0, 100, 500, 20.0, 20, 20, 3, 60, (500, 1000, 1500)),
+    "full": Profile(3, 1000, 8, 6.0, 200, 1000, 20.0, 20, 20, 5, 200, (250, 500, 750, 1000, 1500, 2000, 3000, 4000)),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    fmt: str  # what it streams back: "chat" | "responses"
+    path: str
+    health: str
+    command: Callable[[int, int], list[str]]  # (port, upstream port) -> argv
+    env: Callable[[int], dict[str, str]] = lambda upstream_port: {}
+    in_scratch: bool = False  # run in a temporary directory (for what writes files into its cwd)
+
+
+def floor_command(port: int, upstream: int) -> list[str]:
+    return [sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream-url", upstream_url(upstream)]
+
+
+def gateway_command(port: int, upstream: int) -> list[str]:
+    config = str(BENCH / "gateway.yaml")
+    return [sys.executable, "-m", "gateway", "serve", "--config", config, "--host", LOOPBACK, "--port", str(port),
+            "--upstream-url", upstream_url(upstream), "--log-format", "json"]  # fmt: skip
+
+
+def ors_command(port: int, upstream: int) -> list[str]:
+    python = str(PEERS_VENV / "bin" / "python")
+    app = "open_responses_server.server_entrypoint:app"
+    return [python, "-m", "uvicorn", app, "--host", LOOPBACK, "--port", str(port), "--log-level", "warning"]
+
+
+def ors_env(upstream: int) -> dict[str, str]:
+    return {"OPENAI_BASE_URL_INTERNAL": f"http://{LOOPBACK}:{upstream}", "OPENAI_API_KEY": "bench"}
+
+
+def upstream_url(port: int) -> str:
+    return f"http://{LOOPBACK}:{port}/v1"
+
+
+TARGETS = {
+    "floor": Target("floor", "chat", "/v1/responses", "/healthz", floor_command),
+    "gateway": Target("gateway", "responses", "/v1/responses", "/healthz", gateway_command),
+    "open-responses-server": Target(
+        "open-responses-server", "responses", "/responses", "/health", ors_command, ors_env, in_scratch=True
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Pinning:
+    target: list[str]  # argv prefix for targets
+    harness: int | None  # CPU for the upstream and this driver
+
+    @classmethod
+    def detect(cls, enabled: bool) -> Pinning:
+        if not enabled or not shutil.which("taskset") or (os.cpu_count() or 1) < 2:
+            return cls([], None)
+        return cls(["taskset", "-c", "0"], 1)
+
+    def harness_prefix(self) -> list[str]:
+        return [] if self.harness is None else ["taskset", "-c", str(self.harness)]
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+
+
+def spawn(name: str, argv: list[str], port: int, env: dict[str, str], cwd: Path) -> Process:
+    LOGS.mkdir(exist_ok=True)
+    log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 - kept open by the child
+    popen = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    log.close()
+    return Process(name, popen, port)
+
+
+def python_path() -> str:
+    """The project root first, then whatever PYTHONPATH the caller set."""
+    return os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
+def log_tail(name: str, size: int = 1500) -> str:
+    try:
+        return (LOGS / f"{name}.log").read_bytes()[-size:].decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class StartError(RuntimeError):
+    pass
+
+
+@contextlib.asynccontextmanager
+async def started(target: Target, upstream: int, pinning: Pinning) -> AsyncIterator[Process]:
+    """A fresh, warmed-up process of `target`, stopped on exit."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
+        cwd = Path(scratch) if target.in_scratch else ROOT
+        env = {"PYTHONPATH": python_path(), **target.env(upstream)}
+        process = spawn(target.name, pinning.target + target.command(port, upstream), port, env, cwd)
+        try:
+            if not await wait_ready(port, target.health, 30.0, process.alive):
+                raise StartError(f"{target.name} did not become ready; log tail:\n{log_tail(target.name)}")
+            await warm_up(endpoint(target, port))
+            yield process
+        finally:
+            process.stop()
+
+
+def endpoint(target: Target, port: int) -> Endpoint:
+    return Endpoint(LOOPBACK, port, target.path, FORMATS[target.fmt])
+
+
+async def warm_up(where: Endpoint) -> None:
+    for kind in ("text", "tool"):
+        result = await run_fast(where, kind, 50, 4, 0.3, None)
+        if result["errors"]:
+            raise StartError(f"warm-up {kind} streams failed: {result['error_kinds']}")
+
+
+class Bench:
+    def __init__(self, profile: Profile, targets: list[Target], pinning: Pinning, upstream: Process) -> None:
+        self.profile, self.targets, self.pinning, self.upstream = profile, targets, pinning, upstream
+        self.direct = Endpoint(LOOPBACK, upstream.port, "/v1/chat/completions", FORMATS["chat"])
+        self.runs: list[Result] = []
+        self.failed: dict[str, str] = {}
+
+    def record(self, scenario: str, target: str, rep: int, result: Result) -> Result:
+        entry = {"scenario": scenario, "target": target, "rep": rep, **result}
+        self.runs.append(entry)
+        shown = ", ".join(f"{key}={entry[key]}" for key in SHOWN if entry.get(key) is not None)
+        print(f"  {scenario:<14} {target:<22} rep {rep}: {shown}", flush=True)
+        return entry
+
+    async def on_target(self, target: Target, work: Load) -> Result | None:
+        """Run `work(endpoint, pid)` against a fresh process of `target`; None if it would not start."""
+        if target.name in self.failed:
+            return None
+        try:
+            async with started(target, self.upstream.port, self.pinning) as process:
+                return await work(endpoint(target, process.port), process.pid)
+        except StartError as exc:
+            self.failed[target.name] = str(exc)
+            print(f"  ! {exc}", file=sys.stderr, flush=True)
+            return None
+
+    async def fast(self, kind: str) -> None:
+        p = self.profile
+        for rep in range(p.reps):
+            for target in self.targets:
+                result = await self.on_target(
+                    target, lambda ep, pid: run_fast(ep, kind, p.fast_tokens, p.fast_concurrency, p.fast_duration, pid)
+                )
+                if result is not None:
+                    self.record(f"fast-{kind}", target.name, rep, result)
+
+    def paced_load(self, tokens: int, concurrency: int, rounds: int) -> Load:
+        """A paced text load, opened at RAMP_RATE new streams/s (at most RAMP_MAX s)."""
+        ramp = min(concurrency / RAMP_RATE, RAMP_MAX)
+        rate = self.profile.rate
+        return lambda where, pid: self.harnessed(run_paced(where, "text", tokens, rate, concurrency, rounds, ramp, pid))
+
+    async def paced(self, scenario: str, concurrency: int, tokens: int, rounds: int) -> None:
+        load = self.paced_load(tokens, concurrency, rounds)
+        for rep in range(self.profile.reps):
+            direct = await load(self.direct, None)
+            self.record(scenario, "upstream", rep, direct)
+            for target in self.targets:
+                result = await self.on_target(target, load)
+                if result is not None:
+                    result["added_ttft_p50_ms"] = subtract(result["ttft_p50_ms"], direct["ttft_p50_ms"])
+                    self.record(scenario, target.name, rep, result)
+
+    async def harnessed(self, run: Awaitable[Result]) -> Result:
+        """Await a paced run and add the harness core's load (driver + upstream)."""
+        before, started_at = cpu_seconds(self.upstream.pid), time.perf_counter()
+        result = await run
+        upstream_util = (cpu_seconds(self.upstream.pid) - before) / (time.perf_counter() - started_at)
+        result["harness_cpu_util"] = round(upstream_util + (number(result["driver_cpu_util"]) or 0.0), 3)
+        return result
+
+    async def capacity(self) -> None:
+        p = self.profile
+        for target in self.targets:
+            best = 0
+            for concurrency in p.capacity_steps:
+                result = await self.on_target(target, self.paced_load(p.capacity_tokens, concurrency, 1))
+                if result is None:
+                    break
+                self.record(f"capacity-{concurrency}", target.name, 0, result)
+                if result["errors"] or (number(result["gap_p99_ms"]) or 0.0) > GAP_LIMIT_MS:
+                    break
+                best = concurrency
+            self.record("capacity", target.name, 0, {"capacity_streams": best})
+
+    async def run_all(self) -> None:
+        p = self.profile
+        print("fast text streams (CPU per token)", flush=True)
+        await self.fast("text")
+        print("fast tool-call streams (CPU per token)", flush=True)
+        await self.fast("tool")
+        print(f"{p.ttft_concurrency} paced streams (added time to first token)", flush=True)
+        await self.paced("ttft", p.ttft_concurrency, p.ttft_tokens, p.ttft_rounds)
+        print(f"{p.paced_concurrency} concurrent paced streams", flush=True)
+        await self.paced("paced", p.paced_concurrency, p.paced_tokens, 1)
+        print("capacity (stepping the load up)", flush=True)
+        await self.capacity()
+
+
+def subtract(a: object, b: object) -> float | None:
+    x, y = number(a), number(b)
+    return None if x is None or y is None else round(x - y, 3)
+
+
+def median_of(runs: list[Result], scenario: str, target: str, key: str) -> float | None:
+    picked = (number(r.get(key)) for r in runs if r["scenario"] == scenario and r["target"] == target)
+    values = [value for value in picked if value is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    scenario: str
+    key: str
+    check: Callable[[float, float | None], bool] | None = None
+    rule: str = ""
+
+
+def rows(profile: Profile) -> list[Row]:
+    c, n = profile.paced_concurrency, profile.ttft_concurrency
+    return [
+        Row("text stream: CPU-s / M tokens", "fast-text", "cpu_s_per_mtok", lambda v, f: v <= 10, "≤ 10"),
+        Row("text stream: tokens/s", "fast-text", "tokens_per_s"),
+        Row("tool call in pieces: CPU-s / M tokens", "fast-tool", "cpu_s_per_mtok", lambda v, f: v <= 15, "≤ 15"),
+        Row("tool call in pieces: tokens/s", "fast-tool", "tokens_per_s"),
+        Row(f"{c} paced streams: errors", "paced", "errors", lambda v, f: v == 0, "= 0"),
+        Row(f"{c} paced streams: TTFT p50 ms", "paced", "ttft_p50_ms"),
+        Row(f"{c} paced streams: TTFT p99 ms", "paced", "ttft_p99_ms"),
+        Row(f"{c} paced streams: added TTFT p50 ms", "paced", "added_ttft_p50_ms", within(1.5), "≤ 1.5x floor"),
+        Row(f"{c} paced streams: gap p99 ms", "paced", "gap_p99_ms", within(1.5), "≤ 1.5x floor"),
+        Row(f"{c} paced streams: RSS kB / open stream", "paced", "rss_per_stream_kb", within(1.5), "≤ 1.5x floor"),
+        Row(f"{c} paced streams: target core busy", "paced", "target_cpu_util"),
+        Row(f"{n} paced streams: added TTFT p50 ms", "ttft", "added_ttft_p50_ms", lambda v, f: v <= 2, "≤ 2"),
+        Row("capacity: streams, 0 errors, gap p99 ≤ 250 ms", "capacity", "capacity_streams", at_least(0.7),
+            "≥ 0.7x floor"),
+    ]  # fmt: skip
+
+
+def within(factor: float) -> Callable[[float, float | None], bool]:
+    # a floor figure at or below zero (e.g. no added TTFT) is compared as 0.1 to stay meaningful
+    return lambda value, floor: floor is not None and value <= factor * max(floor, 0.1)
+
+
+def at_least(factor: float) -> Callable[[float, float | None], bool]:
+    return lambda value, floor: floor is not None and value >= factor * floor
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def table(runs: list[Result], targets: list[str], profile: Profile) -> str:
+    others = [t for t in targets if t != "floor"]
+    head = ["metric (median)", "upstream direct", "floor"]
+    for name in others:
+        head += [name, f"{name}/floor"]
+    head += ["target (gateway)", "met"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows(profile):
+        floor = median_of(runs, row.scenario, "floor", row.key)
+        cells = [row.label, fmt(median_of(runs, row.scenario, "upstream", row.key)), fmt(floor)]
+        for name in others:
+            value = median_of(runs, row.scenario, name, row.key)
+            ratio = value / floor if value is not None and floor else None
+            cells += [fmt(value), f"{ratio:.2f}x" if ratio is not None else "–"]
+        gateway = median_of(runs, row.scenario, "gateway", row.key)
+        met = "–" if row.check is None or gateway is None else ("yes" if row.check(gateway, floor) else "**no**")
+        cells += [row.rule or "–", met]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine(loop: str, pinning: Pinning) -> dict[str, object]:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())  # fmt: skip
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "harness_loop": loop,
+        "pinned": pinning.harness is not None,
+    }
+
+
+def ensure_peers_venv() -> None:
+    python = PEERS_VENV / "bin" / "python"
+    probe = [str(python), "-c", "import open_responses_server"]
+    if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
+        return
+    interpreter = shutil.which("python3.11")
+    if interpreter is None:
+        raise SystemExit("PEERS=1 needs python3.11 on PATH for open-responses-server 0.4.1")
+    print(f"installing {' '.join(PEER_PACKAGES)} into {PEERS_VENV}", flush=True)
+    subprocess.run([interpreter, "-m", "venv", str(PEERS_VENV)], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+
+
+async def start_upstream(pinning: Pinning) -> Process:
+    port = free_port()
+    argv = pinning.harness_prefix() + [sys.executable, "-m", "bench.upstream", "--port", str(port)]
+    process = spawn("upstream", argv, port, {"PYTHONPATH": python_path()}, ROOT)
+    if not await wait_ready(port, "/v1/models", 15.0, process.alive):
+        process.stop()
+        raise SystemExit(f"upstream did not start:\n{log_tail('upstream')}")
+    return process
+
+
+def write_outputs(report: dict[str, object], markdown: str, readme: Path | None) -> None:
+    (BENCH / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (BENCH / "results.md").write_text(markdown + "\n")
+    if readme is None:
+        return
+    text = readme.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        readme.write_text(before + start + "\n" + markdown + "\n" + end + rest.split(end, 1)[1])
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    profile = PROFILES["quick" if args.quick else "full"]
+    names = [name.strip() for name in args.targets.split(",") if name.strip()]
+    if args.peers:
+        ensure_peers_venv()
+        names.append("open-responses-server")
+    targets = [TARGETS[name] for name in dict.fromkeys(names)]
+    pinning = Pinning.detect(not args.no_pin)
+    if pinning.harness is not None:
+        os.sched_setaffinity(0, {pinning.harness})
+    upstream = await start_upstream(pinning)
+    started_at = datetime.datetime.now(datetime.UTC)
+    try:
+        bench = Bench(profile, targets, pinning, upstream)
+        await bench.run_all()
+    finally:
+        upstream.stop()
+    info = machine(args.loop, pinning)
+    title = (f"Benchmark ({'quick' if args.quick else 'full'}), {started_at:%Y-%m-%d %H:%M} UTC, {info['cpu']}, "
+             f"{info['cores']} cores, Python {info['python']}, targets pinned to one core: "
+             f"{'yes' if info['pinned'] else 'no'}")  # fmt: skip
+    markdown = f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}"
+    report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),
+              "targets": [t.name for t in targets], "failed_to_start": bench.failed, "runs": bench.runs}  # fmt: skip
+    write_outputs(report, markdown, Path(args.readme) if args.readme else None)
+    print("\n" + markdown)
+    return 1 if bench.failed else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one repetition, smaller loads (< 2 minutes)")
+    parser.add_argument("--targets", default="gateway,floor", help="comma-separated: gateway, floor")
+    parser.add_argument("--peers", action="store_true", help="add open-responses-server (own virtualenv)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
+    parser.add_argument("--readme", help="markdown file whose bench:start/end block gets the table")
+    args = parser.parse_args()
+    raise_fd_limit()
+    args.loop = use_fast_loop()
+    sys.exit(asyncio.run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
