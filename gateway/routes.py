@@ -14,6 +14,7 @@ from .errors import GatewayError, InvalidRequest, UpstreamUnavailable, error_env
 from .event_stream import EventStream, FinalResponse
 from .ids import new_request_id
 from .log import get_logger
+from .openapi import openapi_document
 from .pipeline import Run, run_pipeline
 from .state import STATE, AppState
 from .translate import translate_request
@@ -25,6 +26,7 @@ _JSON_TYPES = ("application/json", "")
 _FAILED_STATUS = {"upstream_timeout": 504, "server_shutting_down": 503, "rate_limit_exceeded": 429}
 
 routes = web.RouteTableDef()
+OPENAPI = openapi_document()
 # Each request runs in its own task, so a ContextVar carries its id to handlers and logs.
 current_request_id: ContextVar[str] = ContextVar("request_id", default="")
 
@@ -200,6 +202,11 @@ async def models(request: web.Request) -> web.Response:
         "/models", request_id=current_request_id.get(), client_authorization=request.headers.get("Authorization"),
         timeout=state.config.upstream.connect_timeout + 5)
     return web.Response(body=body, status=status, content_type=content_type or "application/json")
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(OPENAPI)
 
 
 @routes.get("/healthz")

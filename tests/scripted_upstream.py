@@ -113,7 +113,15 @@ class ScriptedUpstream:
         return web.json_response(self.model_list)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        body = await request.json()
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": {"message": "body is not JSON", "type": "invalid_request_error",
+                                                "param": None, "code": None}}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": {"message": "body must be an object",
+                                                "type": "invalid_request_error", "param": None,
+                                                "code": None}}, status=400)
         self.requests.append(Recorded(body, dict(request.headers)))
         reply = self._next(body)
         if reply.delay_headers:
