@@ -50,6 +50,14 @@ class UpstreamConfig:
     hosted_tools: Literal["drop", "reject"] = "drop"
     send_reasoning_effort: bool = True
     send_parallel_tool_calls: bool = True
+    # Inline <think>…</think> in content: auto = only a leading block is reasoning; on = anywhere; off = never.
+    think_tags: Literal["auto", "on", "off"] = "auto"
+    # The assistant-message field that carries earlier reasoning back upstream (none: not sent).
+    reasoning_field: Literal["reasoning_content", "reasoning", "none"] = "reasoning_content"
+    # Form of call ids the gateway invents or rewrites in history (mistral: exactly 9 letters/digits).
+    tool_call_id_style: Literal["openai", "mistral"] = "openai"
+    # Key sealing reasoning into encrypted_content for stateless clients; empty: random per process.
+    reasoning_key: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,8 @@ def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | 
     if not isinstance(raw, dict):
         return parse_config(raw)
     for section, values in (overrides or {}).items():
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            continue  # parse_config reports the malformed section by name
         merged = dict(raw.get(section) or {})
         merged.update({k: v for k, v in values.items() if v is not None})
         raw[section] = merged

@@ -45,7 +45,9 @@ class Run:
         self.first_output_at: float | None = None
         self.stream = ResponseStream(response_id=new_response_id(), model=chat.body["model"],
                                      echo=chat.echo, tool_names=chat.tool_names,
-                                     reasoning_summary=chat.reasoning_summary)
+                                     reasoning_summary=chat.reasoning_summary, think_tags=chat.think_tags,
+                                     custom_tools=chat.custom_tools, call_id_style=chat.call_id_style,
+                                     seal=chat.seal)
         self.upstream: UpstreamStream | None = None
         self.open_task: asyncio.Future[UpstreamStream] | None = None
         self.stop_reason: tuple[str, str] | None = None

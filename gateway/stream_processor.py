@@ -14,12 +14,14 @@ events → `output_item.done`, then exactly one of `response.completed`,
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
 
+from .agent_tools import InputDecoder, call_item_id, new_call_id
 from .ids import new_id
+from .think_tags import ThinkSplitter
 
 Event = dict[str, Any]
 
@@ -68,10 +70,10 @@ class _Reasoning:
 
 
 class _Call:
-    __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced")
+    __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced", "custom")
 
     def __init__(self, call_id: str, name: str) -> None:
-        self.id = new_id("fc")
+        self.id = ""                  # set when announced: it may carry `extra`
         self.index = -1
         self.call_id = call_id
         self.name = name
@@ -79,6 +81,7 @@ class _Call:
         self.chunks: list[str] = []
         self.extra: Any = None        # provider metadata that must survive a turn
         self.announced = False        # output_item.added sent (needs the name)
+        self.custom: InputDecoder | None = None  # a custom tool's call: streams the decoded `input`
 
 
 class ResponseStream:
@@ -86,7 +89,8 @@ class ResponseStream:
 
     def __init__(self, *, response_id: str, model: str, echo: Mapping[str, Any] | None = None,
                  tool_names: ToolNameMap | None = None, reasoning_summary: bool = False,
-                 created_at: int | None = None) -> None:
+                 created_at: int | None = None, think_tags: str = "off", custom_tools: Iterable[str] = (),
+                 call_id_style: str = "openai", seal: Callable[[str], str] | None = None) -> None:
         self.response_id = response_id
         self._base: dict[str, Any] = {
             "id": response_id, "object": "response",
@@ -103,6 +107,11 @@ class ResponseStream:
             self._base["model"] = model
         self._tool_names = tool_names or {}
         self._summary = reasoning_summary
+        # Issue 4: inline <think> tags, custom (freeform) tools, call id form, sealed reasoning.
+        self._think = ThinkSplitter(think_tags) if think_tags != "off" else None
+        self._custom_tools = frozenset(custom_tools)
+        self._call_id_style = call_id_style
+        self._seal = seal
         self._seq = 0
         self._out: list[Event] = []
         self._done_items: list[tuple[int, dict[str, Any]]] = []  # (output_index, item)
@@ -204,7 +213,13 @@ class ResponseStream:
             self._reasoning_delta(reasoning)
         content = delta.get("content")
         if content and isinstance(content, str):
-            self._text_delta(content, "output_text")
+            think = self._think
+            if think is None or (think.idle and "<" not in content):
+                self._text_delta(content, "output_text")
+            else:
+                self._think_segments(think.feed(content))
+                if think.done:
+                    self._think = None
         refusal = delta.get("refusal")
         if refusal and isinstance(refusal, str):
             self._text_delta(refusal, "refusal")
@@ -293,6 +308,13 @@ class ResponseStream:
         self._item_done(message.index, {"id": message.id, "type": "message", "status": status,
                                         "role": "assistant", "content": message.parts})
 
+    def _think_segments(self, segments: list[tuple[bool, str]]) -> None:
+        for is_reasoning, text in segments:
+            if is_reasoning:
+                self._reasoning_delta(text)
+            else:
+                self._text_delta(text, "output_text")
+
     def _reasoning_delta(self, text: str) -> None:
         if self._message is not None:
             self._close_message("completed")
@@ -332,8 +354,11 @@ class ResponseStream:
             self._emit("response.reasoning_summary_text.done", **where, summary_index=0, text=text)
             self._emit("response.reasoning_summary_part.done", **where, summary_index=0, part=summary_part)
             summary.append(summary_part)
-        self._item_done(item.index, {"id": item.id, "type": "reasoning", "status": "completed",
-                                     "summary": summary, "content": [content_part]})
+        done = {"id": item.id, "type": "reasoning", "status": "completed", "summary": summary,
+                "content": [content_part]}
+        if self._seal is not None:
+            done["encrypted_content"] = self._seal(text)  # stateless clients send this back next turn
+        self._item_done(item.index, done)
 
     # ------------------------------------------------------------------ tool calls
     def _tool_call_delta(self, delta: Any) -> None:
@@ -353,12 +378,16 @@ class ResponseStream:
             call = self._calls_by_key.get(("index", index))
         elif not name and self._calls:
             call = self._calls[-1]  # an index-less fragment continues the last call
+        extra = delta.get("extra_content")
         if call is None:
-            call = self._open_call(call_id, name, index)
+            call = self._open_call(call_id, name, index, extra=extra)
         elif name and not call.announced:
             call.name = name
-        if delta.get("extra_content") is not None:
-            call.extra = delta["extra_content"]
+        if extra is not None and extra != call.extra:
+            if call.announced:
+                self.warnings.append(f"tool call {call.call_id}: extra_content arrived after the call was "
+                                     "announced; it cannot be carried to the next turn")
+            call.extra = extra
         self._arguments(call, function.get("arguments"))
 
     def _legacy_call_delta(self, delta: Mapping[str, Any]) -> None:
@@ -371,8 +400,9 @@ class ResponseStream:
         self._arguments(call, delta.get("arguments"))
 
     def _open_call(self, call_id: str | None, name: str | None, index: Any,
-                   key: tuple[str, Any] | None = None) -> _Call:
-        call = _Call(call_id or new_id("call"), name or "")
+                   key: tuple[str, Any] | None = None, extra: Any = None) -> _Call:
+        call = _Call(call_id or new_call_id(self._call_id_style), name or "")
+        call.extra = extra
         self._calls.append(call)
         if call_id:
             self._calls_by_key[("id", call_id)] = call
@@ -389,17 +419,23 @@ class ResponseStream:
             self._close_message("completed")
         if self._reasoning is not None:
             self._close_reasoning()
+        if call.name in self._custom_tools:
+            call.custom = InputDecoder()
         mapped = self._tool_names.get(call.name)
         if mapped is not None:
             call.name, call.namespace = mapped
+        call.id = call_item_id("ctc" if call.custom is not None else "fc", call.extra)
         call.index = self._take_index()
         call.announced = True
         self._emit("response.output_item.added", output_index=call.index,
                    item=self._call_item(call, "in_progress", ""))
         # Fragments that arrived before the name are released now, in order.
         for fragment in call.chunks:
-            self._emit("response.function_call_arguments.delta", item_id=call.id,
-                       output_index=call.index, delta=fragment)
+            if call.custom is not None:
+                self._custom_input_delta(call, call.custom.feed(fragment))
+            else:
+                self._emit("response.function_call_arguments.delta", item_id=call.id,
+                           output_index=call.index, delta=fragment)
 
     def _arguments(self, call: _Call, fragment: Any) -> None:
         if fragment is None or fragment == "":
@@ -408,15 +444,26 @@ class ResponseStream:
             fragment = orjson.dumps(fragment).decode()  # some servers send the object itself
         call.chunks.append(fragment)
         self.has_output = True
-        if call.announced:
+        if call.custom is not None:
+            self._custom_input_delta(call, call.custom.feed(fragment))
+        elif call.announced:
             self._seq += 1
             self._out.append({"type": "response.function_call_arguments.delta",
                               "sequence_number": self._seq - 1, "item_id": call.id,
                               "output_index": call.index, "delta": fragment})
 
+    def _custom_input_delta(self, call: _Call, text: str) -> None:
+        if text:
+            self._emit("response.custom_tool_call_input.delta", item_id=call.id, output_index=call.index,
+                       delta=text)
+
     def _call_item(self, call: _Call, status: str, arguments: str) -> dict[str, Any]:
-        item = {"id": call.id, "type": "function_call", "status": status, "arguments": arguments,
-                "call_id": call.call_id, "name": call.name}
+        if call.custom is not None:
+            item = {"id": call.id, "type": "custom_tool_call", "status": status, "call_id": call.call_id,
+                    "name": call.name, "input": arguments}
+        else:
+            item = {"id": call.id, "type": "function_call", "status": status, "arguments": arguments,
+                    "call_id": call.call_id, "name": call.name}
         if call.namespace:
             item["namespace"] = call.namespace
         return item
@@ -427,6 +474,13 @@ class ResponseStream:
             self.warnings.append(f"tool call {call.call_id} arrived without a name")
             self._announce(call)
         arguments = "".join(call.chunks)
+        if call.custom is not None:
+            tail, text = call.custom.finish(arguments)
+            self._custom_input_delta(call, tail)
+            self._emit("response.custom_tool_call_input.done", item_id=call.id, output_index=call.index,
+                       input=text)
+            self._item_done(call.index, self._call_item(call, status, text))
+            return
         if arguments:
             try:
                 orjson.loads(arguments)
@@ -439,6 +493,10 @@ class ResponseStream:
 
     # ------------------------------------------------------------------ closing
     def _close_all(self, status: str) -> None:
+        think = self._think
+        if think is not None:
+            self._think = None
+            self._think_segments(think.flush())  # a held partial tag is text after all
         if self._reasoning is not None:
             self._close_reasoning()
         if self._message is not None:
@@ -515,6 +573,7 @@ def map_usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
     cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, Mapping) else 0
     cached = cached or _int(usage.get("prompt_cache_hit_tokens"))
     reasoning = _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, Mapping) else 0
+    reasoning = reasoning or _int(usage.get("reasoning_tokens"))
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": prompt + completion}

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .agent_tools import custom_arguments, custom_tool_function, extra_from_item_id, upstream_call_id
 from .config import UpstreamConfig
 from .errors import InvalidRequest
+from .reasoning import ENCRYPTED_INCLUDE, reasoning_input_text, reasoning_sealer
 
 _TOOL_NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOOL_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -30,6 +33,10 @@ class ChatRequest:
     tool_names: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     reasoning_summary: bool = False
     warnings: list[str] = field(default_factory=list)
+    custom_tools: frozenset[str] = frozenset()    # upstream names of tools that are `custom` for the client
+    think_tags: str = "off"                       # upstream.think_tags, for the ResponseStream
+    call_id_style: str = "openai"                 # upstream.tool_call_id_style
+    seal: Callable[[str], str] | None = None      # seals reasoning into encrypted_content (include asked)
 
 
 def _fail(message: str, param: str | None) -> InvalidRequest:
@@ -112,11 +119,14 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     truncation = _expect(body, "truncation", str, "a string")
     text = _expect(body, "text", dict, "an object")
     reasoning = _expect(body, "reasoning", dict, "an object")
+    include = _expect(body, "include", list, "an array of strings")
 
     names = _ToolNames()
     warnings: list[str] = []
-    tools = _tools(body.get("tools"), names, config, warnings)
-    messages = _messages(body["input"], instructions, names)
+    custom: set[str] = set()
+    tools = _tools(body.get("tools"), names, config, warnings, custom)
+    tools += _additional_tools(body["input"], names, config, warnings, custom, {t["function"]["name"] for t in tools})
+    messages = _messages(body["input"], instructions, names, config=config, warnings=warnings)
 
     chat: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                             "stream_options": {"include_usage": True}}
@@ -155,24 +165,31 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "top_p": top_p, "truncation": truncation or "disabled", "user": user,
     }
+    seal = reasoning_sealer(config.reasoning_key) if include and ENCRYPTED_INCLUDE in include else None
     return ChatRequest(body=chat, echo=echo, stream=stream, tool_names=names.changed(),
-                       reasoning_summary=summary, warnings=warnings)
+                       reasoning_summary=summary, warnings=warnings, custom_tools=frozenset(custom),
+                       think_tags=config.think_tags, call_id_style=config.tool_call_id_style, seal=seal)
 
 
 # ---------------------------------------------------------------------- tools
-def _tools(tools: Any, names: _ToolNames, config: UpstreamConfig, warnings: list[str]) -> list[dict[str, Any]]:
+def _tools(tools: Any, names: _ToolNames, config: UpstreamConfig, warnings: list[str],
+           custom: set[str] | None = None, where: str = "tools") -> list[dict[str, Any]]:
     if tools is None:
         return []
     if not isinstance(tools, list):
-        raise _fail(f"Invalid type for 'tools': expected an array, but got {_kind(tools)}.", "tools")
+        raise _fail(f"Invalid type for '{where}': expected an array, but got {_kind(tools)}.", where)
+    if custom is None:
+        custom = set()
     out: list[dict[str, Any]] = []
     for i, tool in enumerate(tools):
-        param = f"tools[{i}]"
+        param = f"{where}[{i}]"
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise _fail(f"Invalid '{param}': expected an object with a string 'type'.", param)
         kind = tool["type"]
         if kind == "function":
             out.append(_function_tool(tool, param, names, None))
+        elif kind == "custom":
+            out.append(_custom_tool(tool, param, names, None, custom))
         elif kind == "namespace":
             inner = tool.get("tools")
             namespace = tool.get("name")
@@ -180,6 +197,9 @@ def _tools(tools: Any, names: _ToolNames, config: UpstreamConfig, warnings: list
                 raise _fail(f"Invalid '{param}': a namespace tool needs a 'name' and a 'tools' array.", param)
             for j, sub in enumerate(inner):
                 sub_param = f"{param}.tools[{j}]"
+                if isinstance(sub, dict) and sub.get("type") == "custom":
+                    out.append(_custom_tool(sub, sub_param, names, namespace, custom))
+                    continue
                 if not isinstance(sub, dict) or sub.get("type") != "function":
                     warnings.append(f"dropped non-function tool {sub_param} inside namespace {namespace!r}")
                     continue
@@ -188,6 +208,32 @@ def _tools(tools: Any, names: _ToolNames, config: UpstreamConfig, warnings: list
             raise _fail(f"Tool type '{kind}' is not supported by this gateway's upstream.", f"{param}.type")
         else:
             warnings.append(f"dropped hosted tool {kind!r} ({param}): the upstream cannot run it")
+    return out
+
+
+def _custom_tool(tool: dict[str, Any], param: str, names: _ToolNames, namespace: str | None,
+                 custom: set[str]) -> dict[str, Any]:
+    """A freeform `custom` tool (Codex's apply_patch): a function with one string parameter, `input`."""
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(f"Missing required parameter: '{param}.name'.", f"{param}.name")
+    upstream_name = names.upstream(name, namespace)
+    custom.add(upstream_name)
+    return custom_tool_function(tool, upstream_name)
+
+
+def _additional_tools(items: Any, names: _ToolNames, config: UpstreamConfig, warnings: list[str],
+                      custom: set[str], offered: set[str]) -> list[dict[str, Any]]:
+    """Tools delivered in `additional_tools` input items join the request's tools."""
+    if not isinstance(items, list):
+        return []
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == "additional_tools":
+            for tool in _tools(item.get("tools"), names, config, warnings, custom, f"input[{i}].tools"):
+                if tool["function"]["name"] not in offered:
+                    offered.add(tool["function"]["name"])
+                    out.append(tool)
     return out
 
 
@@ -222,7 +268,7 @@ def _tool_choice(choice: Any, names: _ToolNames) -> Any:
         return choice
     if not isinstance(choice, dict):
         raise _fail("Invalid type for 'tool_choice': expected a string or an object.", "tool_choice")
-    if choice.get("type") == "function":
+    if choice.get("type") in ("function", "custom"):
         name = choice.get("name")
         if not isinstance(name, str):
             raise _fail("Missing required parameter: 'tool_choice.name'.", "tool_choice.name")
@@ -257,12 +303,23 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
 class _Conversation:
     """Collects chat messages; system text is gathered into one leading message."""
 
-    def __init__(self, names: _ToolNames) -> None:
+    def __init__(self, names: _ToolNames, config: UpstreamConfig | None = None,
+                 warnings: list[str] | None = None) -> None:
         self.names = names
         self.system: list[str] = []
         self.messages: list[dict[str, Any]] = []
+        config = config or UpstreamConfig()
+        self.reasoning_field = None if config.reasoning_field == "none" else config.reasoning_field
+        self.reasoning_key = config.reasoning_key
+        self.call_id_style = config.tool_call_id_style
+        self.warnings = warnings if warnings is not None else []
+        self.reasoning: list[str] = []   # reasoning items waiting for the next assistant message
 
     def add(self, message: dict[str, Any]) -> None:
+        if message["role"] == "assistant":
+            self.attach_reasoning(message)
+        else:
+            self.reasoning = []  # reasoning of a turn without assistant output goes nowhere
         self.messages.append(message)
 
     def add_call(self, call: dict[str, Any]) -> None:
@@ -270,15 +327,29 @@ class _Conversation:
         if last is None or last["role"] != "assistant":
             last = {"role": "assistant", "content": None}
             self.messages.append(last)
+        self.attach_reasoning(last)
         last.setdefault("tool_calls", []).append(call)
+
+    def attach_reasoning(self, message: dict[str, Any]) -> None:
+        if not self.reasoning:
+            return
+        text = "\n\n".join(self.reasoning)
+        self.reasoning = []
+        if self.reasoning_field is not None:
+            earlier = message.get(self.reasoning_field)
+            message[self.reasoning_field] = f"{earlier}\n\n{text}" if earlier else text
+
+    def call_id(self, call_id: str) -> str:
+        return upstream_call_id(call_id, self.call_id_style)
 
     def build(self) -> list[dict[str, Any]]:
         head = [{"role": "system", "content": "\n\n".join(self.system)}] if self.system else []
         return head + self.messages
 
 
-def _messages(items: Any, instructions: str | None, names: _ToolNames) -> list[dict[str, Any]]:
-    conversation = _Conversation(names)
+def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config: UpstreamConfig | None = None,
+              warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    conversation = _Conversation(names, config, warnings)
     if instructions:
         conversation.system.append(instructions)
     if isinstance(items, str):
@@ -300,21 +371,42 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         for key, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
             if not isinstance(value, str):
                 raise _fail(f"Invalid '{param}.{key}': expected a string.", f"{param}.{key}")
-        conversation.add_call({"id": call_id, "type": "function",
-                               "function": {"name": conversation.names.upstream(name, item.get("namespace")),
-                                            "arguments": arguments}})
-    elif kind == "function_call_output":
+        _history_call(conversation, item, call_id, name, arguments)
+    elif kind == "custom_tool_call":
+        call_id, name, text = item.get("call_id"), item.get("name"), item.get("input")
+        for key, value in (("call_id", call_id), ("name", name), ("input", text)):
+            if not isinstance(value, str):
+                raise _fail(f"Invalid '{param}.{key}': expected a string.", f"{param}.{key}")
+        _history_call(conversation, item, call_id, name, custom_arguments(text))
+    elif kind in ("function_call_output", "custom_tool_call_output"):
         call_id = item.get("call_id")
         if not isinstance(call_id, str):
             raise _fail(f"Invalid '{param}.call_id': expected a string.", f"{param}.call_id")
-        conversation.add({"role": "tool", "tool_call_id": call_id,
+        conversation.add({"role": "tool", "tool_call_id": conversation.call_id(call_id),
                           "content": _output_text(item.get("output"), f"{param}.output")})
     elif kind == "reasoning":
-        pass  # accepted; the upstream gets no reasoning back yet
+        if conversation.reasoning_field is not None:
+            text = reasoning_input_text(item, conversation.reasoning_key, param, conversation.warnings)
+            if text:
+                conversation.reasoning.append(text)
+    elif kind == "additional_tools":
+        pass  # its tools were added to the request's tools
     elif kind is None:
         raise _fail(f"Missing required parameter: '{param}.type'.", f"{param}.type")
     else:
         raise _fail(f"Input item type {kind!r} is not supported by this gateway.", f"{param}.type")
+
+
+def _history_call(conversation: _Conversation, item: dict[str, Any], call_id: str, name: str,
+                  arguments: str) -> None:
+    """An earlier call as an assistant tool call, with the upstream's metadata and id form restored."""
+    call: dict[str, Any] = {"id": conversation.call_id(call_id), "type": "function",
+                            "function": {"name": conversation.names.upstream(name, item.get("namespace")),
+                                         "arguments": arguments}}
+    extra = extra_from_item_id(item.get("id"))
+    if extra is not None:
+        call["extra_content"] = extra  # e.g. Gemini's thought_signature, exactly as the upstream sent it
+    conversation.add_call(call)
 
 
 def _message_item(conversation: _Conversation, item: dict[str, Any], param: str) -> None:
@@ -331,6 +423,7 @@ def _message_item(conversation: _Conversation, item: dict[str, Any], param: str)
         text = _plain_text(content, f"{param}.content")
         if last is not None and last["role"] == "assistant" and "tool_calls" not in last:
             last["content"] += text  # one assistant turn split over several message items
+            conversation.attach_reasoning(last)
         else:
             conversation.add({"role": "assistant", "content": text})
         return

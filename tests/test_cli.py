@@ -1,0 +1,226 @@
+"""`gateway serve`: help, config errors, flags over the file, env expansion, the shipped config."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ServerConfig, UpstreamConfig, expand_env, load_config, parse_config
+from gateway.errors import ConfigError
+
+from .conftest import free_port, gateway_process
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    import os
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30, env={**os.environ, **env})
+
+
+def test_serve_help():
+    result = cli("serve", "--help")
+    assert result.returncode == 0
+    for flag in ("--config", "--host", "--port", "--upstream-url", "--log-format", "--log-level"):
+        assert flag in result.stdout
+    assert "json" in result.stdout and "console" in result.stdout
+
+
+def test_no_command_is_a_usage_error():
+    result = cli()
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+@pytest.mark.parametrize("yaml_text, key", [
+    ("server:\n  port: abc\n", "server.port"),
+    ("server:\n  prot: 8080\n", "server.prot"),
+    ("upstream:\n  base_url: ftp://example.com\n", "upstream.base_url"),
+    ("upstream:\n  hosted_tools: maybe\n", "upstream.hosted_tools"),
+    ("server:\n  log_format: xml\n", "server.log_format"),
+    ("upstream:\n  retries: -1\n", "upstream.retries"),
+    ("upstream: [1, 2]\n", "upstream"),
+    ("listen: 1\n", "listen"),
+    ("server: {port: [1\n", "line"),
+])
+def test_bad_config_one_line_naming_the_key_exit_2(tmp_path, capsys, yaml_text, key):
+    """In-process through cli.main (fast); one case below also runs the real subprocess."""
+    from gateway.cli import main
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    assert main(["serve", "--config", str(config)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("gateway: bad config: ")
+    assert key in lines[0]
+    assert out == ""
+
+
+def test_bad_config_subprocess(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("server:\n  port: abc\n")
+    result = cli("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr == "gateway: bad config: server.port: must be a number, got 'abc'\n"
+    assert result.stdout == ""
+
+
+def test_missing_config_file(tmp_path, capsys):
+    from gateway.cli import main
+    assert main(["serve", "--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "nope.yaml" in err
+
+
+def test_bad_flag_value_exit_2(capsys):
+    from gateway.cli import main
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--port", "abc"])
+    assert info.value.code == 2
+    assert "--port" in capsys.readouterr().err
+
+
+def test_flags_override_file(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  host: 0.0.0.0\n  port: 9000\n  log_format: console\n"
+                      "upstream:\n  base_url: http://127.0.0.1:1/v1\n  retries: 5\n")
+    loaded = load_config(config, {"server": {"host": "127.0.0.2", "port": 9001, "log_format": None},
+                                  "upstream": {"base_url": "http://127.0.0.1:2/v1"}})
+    assert loaded.server.host == "127.0.0.2" and loaded.server.port == 9001
+    assert loaded.server.log_format == "console"  # a flag that was not given leaves the file's value
+    assert loaded.upstream.base_url == "http://127.0.0.1:2/v1"
+    assert loaded.upstream.retries == 5
+
+
+def test_bad_flag_override_names_the_key():
+    with pytest.raises(ConfigError, match="upstream.base_url"):
+        load_config(None, {"upstream": {"base_url": "localhost:11434"}})
+
+
+# ---------------------------------------------------------------------------------------- env expansion
+def test_expand_env():
+    env = {"A": "alpha", "EMPTY": ""}
+    assert expand_env("${A}", env) == "alpha"
+    assert expand_env("x-${A}-y", env) == "x-alpha-y"
+    assert expand_env("${MISSING}", env) == ""
+    assert expand_env("${MISSING:-fallback}", env) == "fallback"
+    assert expand_env("${A:-fallback}", env) == "alpha"
+    assert expand_env("${EMPTY:-fallback}", env) == "fallback"
+    assert expand_env("${MISSING:-http://h:1/v1}", env) == "http://h:1/v1"
+    assert expand_env("$A and {A}", env) == "$A and {A}"
+    assert expand_env("${A}${A}", env) == "alphaalpha"
+
+
+def test_env_expansion_in_config_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("GW_TEST_PORT", "9123")
+    monkeypatch.setenv("GW_TEST_KEY", "sk-from-env")
+    monkeypatch.delenv("GW_TEST_UNSET", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  port: ${GW_TEST_PORT}\n  keepalive_interval: ${GW_TEST_UNSET:-2.5}\n"
+                      "  uvloop: ${GW_TEST_UNSET:-false}\n"
+                      "upstream:\n  api_key: ${GW_TEST_KEY}\n  base_url: ${GW_TEST_UNSET:-http://10.0.0.1:8000/v1}\n")
+    loaded = load_config(config)
+    assert loaded.server.port == 9123 and isinstance(loaded.server.port, int)
+    assert loaded.server.keepalive_interval == 2.5
+    assert loaded.server.uvloop is False
+    assert loaded.upstream.api_key == "sk-from-env"
+    assert loaded.upstream.base_url == "http://10.0.0.1:8000/v1"
+
+
+def test_env_expansion_bad_value_names_the_key(monkeypatch):
+    monkeypatch.setenv("GW_TEST_PORT", "eighty")
+    with pytest.raises(ConfigError, match=r"^server\.port: "):
+        parse_config({"server": {"port": "${GW_TEST_PORT}"}})
+
+
+def test_api_key_not_in_repr():
+    assert "sk-hidden" not in repr(UpstreamConfig(api_key="sk-hidden"))
+
+
+# ---------------------------------------------------------------------------------------- shipped config
+def test_shipped_config_defaults(monkeypatch):
+    monkeypatch.delenv("UPSTREAM_BASE_URL", raising=False)
+    monkeypatch.delenv("UPSTREAM_API_KEY", raising=False)
+    loaded = load_config(ROOT / "config.yaml")
+    assert loaded.server.host == "127.0.0.1" and loaded.server.port == 8080
+    assert loaded.upstream.base_url == "http://127.0.0.1:11434/v1"
+    assert loaded.upstream.api_key == ""
+    # The shipped file spells out the built-in defaults.
+    assert loaded.server == ServerConfig()
+    assert loaded.upstream == UpstreamConfig()
+
+
+def test_shipped_config_reads_env(monkeypatch):
+    monkeypatch.setenv("UPSTREAM_BASE_URL", "http://127.0.0.1:8000/v1")
+    monkeypatch.setenv("UPSTREAM_API_KEY", "sk-x")
+    loaded = load_config(ROOT / "config.yaml")
+    assert loaded.upstream.base_url == "http://127.0.0.1:8000/v1" and loaded.upstream.api_key == "sk-x"
+
+
+def test_defaults_without_a_file():
+    loaded = load_config(None)
+    assert (loaded.server.host, loaded.server.port) == ("127.0.0.1", 8080)
+    assert loaded.upstream.base_url == "http://127.0.0.1:11434/v1"
+
+
+# ---------------------------------------------------------------------------------------- the real process
+async def test_subprocess_serves_healthz_with_flags_over_file(tmp_path, http):
+    port = free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  port: 1\n  log_format: console\nupstream:\n  base_url: http://127.0.0.1:1/v1\n")
+    async with gateway_process("--config", str(config), "--port", str(port), "--log-format", "json",
+                               "--upstream-url", "http://127.0.0.1:2/v1") as gw:
+        assert gw.url == f"http://127.0.0.1:{port}"
+        async with http.get(f"{gw.url}/healthz") as response:
+            assert response.status == 200
+            assert await response.json() == {"status": "ok"}
+            assert response.headers["X-Request-ID"].startswith("req_")
+        async with http.get(f"{gw.url}/readyz") as response:
+            assert response.status == 503  # nothing listens on the upstream port
+    assert gw.returncode == 0  # SIGTERM is a clean shutdown
+    assert '"gateway.started"' in gw.output  # --log-format json won over the file's console
+    assert '"upstream":"http://127.0.0.1:2/v1"' in gw.output
+
+
+async def test_subprocess_port_in_use_exits_1(tmp_path):
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = cli("serve", "--port", str(port))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------- log formats
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_log_formats(capsys, fmt):
+    import json
+
+    import structlog
+
+    from gateway.log import configure_logging, get_logger
+    try:
+        configure_logging(fmt, "info", secrets=["sk-live-secret"])
+        get_logger().info("demo.event", request_id="r1", api_key="sk-live-secret", note="uses sk-live-secret")
+        get_logger().debug("demo.hidden")
+    finally:
+        structlog.reset_defaults()
+    out = capsys.readouterr().out
+    assert "sk-live-secret" not in out and "demo.hidden" not in out
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    if fmt == "json":
+        line = json.loads(lines[0])
+        assert line["event"] == "demo.event" and line["level"] == "info" and line["request_id"] == "r1"
+        assert line["api_key"] == "[redacted]" and line["note"] == "uses [redacted]"
+    else:
+        assert "demo.event" in lines[0] and "request_id=r1" in lines[0]
+        with pytest.raises(ValueError):
+            json.loads(lines[0])
