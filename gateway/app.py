@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from .config import Config
+from .event_stream import KeepAlive
 from .log import get_logger
 from .routes import envelope_middleware, routes
 from .state import STATE, AppState
@@ -20,6 +21,7 @@ _STOP_FLUSH = 5.0
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[envelope_middleware], client_max_size=config.server.max_body_bytes)
     state = AppState(config=config, upstream=UpstreamClient(config.upstream),
+                     keepalive=KeepAlive(config.server.keepalive_interval),
                      debug=config.server.log_level == "debug")
     app[STATE.key] = state
     app.add_routes(routes)
@@ -34,7 +36,9 @@ async def _start_upstream(app: web.Application) -> None:
 
 
 async def _close_upstream(app: web.Application) -> None:
-    await STATE.get(app).upstream.close()
+    state = STATE.get(app)
+    await state.keepalive.close()
+    await state.upstream.close()
 
 
 async def _drain(app: web.Application) -> None:

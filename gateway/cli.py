@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: bad config: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.server.log_format, config.server.log_level, secrets=[config.upstream.api_key])
+    configure_logging(config.server.log_format, config.server.log_level,
+                      secrets=[config.upstream.api_key, config.upstream.reasoning_key])
     if config.server.uvloop:
         try:
             import uvloop
@@ -73,6 +74,9 @@ async def serve(config: Config) -> None:
         port = sockets[0][1] if sockets else config.server.port
         get_logger().info("gateway.started", host=config.server.host, port=port,
                           upstream=config.upstream.base_url)
+        if not config.upstream.reasoning_key:
+            get_logger().info("reasoning_key.unset", note="upstream.reasoning_key is empty: encrypted reasoning "
+                              "uses a random per-process key and will not open after a restart")
         await stop.wait()
         get_logger().info("gateway.stopping")
     finally:

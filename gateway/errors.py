@@ -5,7 +5,17 @@ an HTTP status or an error shape.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# Codes clients act on (Codex backs off on rate limits, explains quota and context overflows).
+CLIENT_ERROR_CODES = frozenset({
+    "context_length_exceeded", "insufficient_quota", "rate_limit_exceeded", "server_error",
+    "invalid_prompt",
+})
+# How upstreams spell a context overflow (llama.cpp, vLLM, Anthropic-compatible servers, ...).
+_CONTEXT_CODES = frozenset({"exceed_context_size_error", "context_window_exceeded", "context_length_exceeded"})
+_CONTEXT_MESSAGE = re.compile(r"context (length|window|size)|maximum context|prompt is too long", re.IGNORECASE)
 
 
 class GatewayError(Exception):
@@ -69,3 +79,18 @@ class ConfigError(Exception):
 def error_envelope(message: str, err_type: str, param: str | None = None,
                    code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def error_code(code: Any, err_type: Any, message: Any, status: int | None = None) -> str:
+    """The `error.code` a client should see for an upstream error, in OpenAI's vocabulary where one fits."""
+    for candidate in (code, err_type):
+        if isinstance(candidate, str):
+            if candidate in CLIENT_ERROR_CODES:
+                return candidate
+            if candidate in _CONTEXT_CODES:
+                return "context_length_exceeded"
+    if isinstance(message, str) and _CONTEXT_MESSAGE.search(message):
+        return "context_length_exceeded"
+    if status == 429:
+        return "rate_limit_exceeded"
+    return code if isinstance(code, str) and code else "upstream_error"

@@ -1,38 +1,120 @@
 """Writing Responses events to the client: SSE bytes, or nothing until the final JSON.
 
-`EventStream` is a thin adapter over aiohttp-sse's `EventSourceResponse` (headers, the
-keep-alive comment every N seconds, a send timeout for stalled peers); events are
-pre-encoded with orjson and each batch goes out in one write, which also waits for
+`EventStream` is a plain aiohttp `StreamResponse` with the event-stream headers; events
+are pre-encoded with orjson and each batch goes out in one write, which also waits for
 the socket to drain, so a slow reader pauses the upstream instead of growing a buffer.
+The keep-alive comment (`: ping`) comes from one `KeepAlive` ticker shared by every open
+stream: a task, coroutine, sleep future and timer per stream (aiohttp-sse's way) cost
+about 2 kB and a wake-up each, for a write every 15 s.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp_sse import EventSourceResponse
+
+PING = b": ping\r\n\r\n"
+# The headers aiohttp-sse's EventSourceResponse set (the gateway used it before the shared ticker).
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive",
+                "X-Accel-Buffering": "no"}
+# `event: <type>\ndata: ` per event type, built once: the type set is small and fixed.
+_EVENT_PREFIX: dict[str, bytes] = {}
+
+
+def _prefix(event_type: str) -> bytes:
+    prefix = _EVENT_PREFIX.get(event_type)
+    if prefix is None:
+        prefix = _EVENT_PREFIX[event_type] = b"event: " + event_type.encode() + b"\ndata: "
+    return prefix
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
-    return b"event: " + event["type"].encode() + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    return _prefix(event["type"]) + orjson.dumps(event) + b"\n\n"
 
 
 def encode_events(events: Iterable[dict[str, Any]]) -> bytes:
-    return b"".join([encode_event(event) for event in events])
+    """One SSE frame per event, joined once: the batch becomes one write (one chunk on the wire)."""
+    parts: list[bytes] = []
+    append = parts.append
+    for event in events:
+        append(_prefix(event["type"]))
+        append(orjson.dumps(event))
+        append(b"\n\n")
+    return b"".join(parts)
+
+
+class KeepAlive:
+    """Writes `: ping` to every registered stream each `interval` seconds, from one task.
+
+    Streams share the interval, so a stream re-queued at the tail after its ping is due
+    no earlier than any stream ahead of it: the dict (insertion-ordered) is a FIFO whose
+    head is always the next one due, and a tick costs O(streams pinged), never a scan.
+    """
+
+    __slots__ = ("interval", "_slack", "_due", "_task")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        # Streams due within this margin share a wake-up: a ping a little early is harmless.
+        self._slack = interval / 20
+        self._due: dict[EventStream, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def add(self, stream: EventStream) -> None:
+        loop = asyncio.get_running_loop()
+        self._due[stream] = loop.time() + self.interval
+        if self._task is None:
+            self._task = loop.create_task(self._run())
+
+    def discard(self, stream: EventStream) -> None:
+        self._due.pop(stream, None)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        self._due.clear()
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = self._due
+        try:
+            while due:
+                wait = next(iter(due.values())) - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                now = loop.time()
+                while due:
+                    stream, at = next(iter(due.items()))
+                    if at > now + self._slack:
+                        break
+                    del due[stream]
+                    if await stream.ping():
+                        due[stream] = now + self.interval
+        finally:
+            self._task = None
 
 
 class EventStream:
     """The streaming sink: `text/event-stream`, started lazily by the pipeline."""
 
+    __slots__ = ("_request", "_headers", "_keepalive", "response", "bytes_sent")
     streaming = True
 
-    def __init__(self, request: web.Request, headers: dict[str, str], keepalive_interval: float) -> None:
+    def __init__(self, request: web.Request, headers: dict[str, str], keepalive: KeepAlive) -> None:
         self._request = request
         self._headers = headers
-        self._keepalive = keepalive_interval
-        self.response: EventSourceResponse | None = None
+        self._keepalive = keepalive
+        self.response: web.StreamResponse | None = None
         self.bytes_sent = 0
 
     @property
@@ -40,10 +122,10 @@ class EventStream:
         return self.response is not None
 
     async def start(self, events: list[dict[str, Any]]) -> None:
-        response = EventSourceResponse(headers=self._headers, allow_all_methods=True,
-                                       ping_interval=self._keepalive, send_timeout=None)
+        response = web.StreamResponse(headers={**self._headers, **_SSE_HEADERS})
         await response.prepare(self._request)
         self.response = response
+        self._keepalive.add(self)
         await self.send(events)
 
     async def send(self, events: list[dict[str, Any]]) -> None:
@@ -52,10 +134,31 @@ class EventStream:
             self.bytes_sent += len(data)
             await self.response.write(data)
 
+    async def ping(self) -> bool:
+        """Write the keep-alive comment; False once the stream is gone.
+
+        `drain=False`: the write goes to the transport at once and never waits for the socket
+        (the server's writer has no chunk hook), so one stalled client cannot hold up the
+        pings of the others.
+        """
+        response = self.response
+        writer = response._payload_writer if response is not None else None  # noqa: SLF001
+        if writer is None or response is None or response._eof_sent:  # noqa: SLF001
+            return False
+        try:
+            await writer.write(PING, drain=False)
+        except Exception:  # noqa: BLE001 - a closed or broken connection; the pipeline sees it on its next write
+            return False
+        return True
+
     async def close(self) -> None:
+        self._keepalive.discard(self)
         if self.response is not None:
-            self.response.stop_streaming()
             await self.response.write_eof()
+
+    def abandon(self) -> None:
+        """The pipeline ended without close() (client gone): stop pinging."""
+        self._keepalive.discard(self)
 
 
 class FinalResponse:

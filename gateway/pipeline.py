@@ -49,8 +49,9 @@ class Run:
                                      custom_tools=chat.custom_tools, call_id_style=chat.call_id_style,
                                      seal=chat.seal)
         self.upstream: UpstreamStream | None = None
-        self.open_task: asyncio.Future[UpstreamStream] | None = None
+        self.opening: asyncio.Task[Any] | None = None  # the task waiting for the upstream's headers
         self.stop_reason: tuple[str, str] | None = None
+        self.stop_cancelled = False  # stop() cancelled `opening`: that CancelledError is ours to absorb
         self.client_disconnected = False
 
     def stop(self, code: str, message: str) -> None:
@@ -58,8 +59,9 @@ class Run:
         self.stop_reason = (code, message)
         if self.upstream is not None:
             self.upstream.close()
-        elif self.open_task is not None:
-            self.open_task.cancel()
+        elif self.opening is not None and not self.stop_cancelled:
+            self.stop_cancelled = True
+            self.opening.cancel()
 
     @property
     def ttft_ms(self) -> float | None:
@@ -74,6 +76,8 @@ async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepaliv
     log = get_logger().bind(request_id=run.request_id) if debug else None
     try:
         run.upstream = await _open(run, client, sink, keepalive_interval, client_authorization)
+        if run.stop_reason is not None:
+            raise StreamStopped  # stopped as the headers arrived
         if not sink.started:
             await sink.start(stream.start())
         async for batch in run.upstream.batches():
@@ -118,32 +122,64 @@ async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepaliv
 
 async def _open(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval: float,
                 client_authorization: str | None) -> UpstreamStream:
-    """Wait for the upstream's answer; a streaming client gets its stream (and keep-alives) early."""
+    """Wait for the upstream's answer; a streaming client gets its stream (and keep-alives) early.
+
+    The usual answer within `keepalive_interval` costs one timer handle: the open runs in this
+    task. Only a slow upstream makes a task, to start the client's stream meanwhile.
+    """
+    loop = asyncio.get_running_loop()
+    early: list[asyncio.Task[None]] = []
+
+    def start_early() -> None:
+        early.append(loop.create_task(sink.start(run.stream.start())))
+
+    timer = loop.call_later(keepalive_interval, start_early) if sink.streaming else None
+    try:
+        upstream = await _await_upstream(run, client, client_authorization)
+    except BaseException as exc:
+        await _settle(early, cancel=isinstance(exc, asyncio.CancelledError), quiet=True)
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    try:
+        await _settle(early, cancel=False, quiet=False)  # the stream's head goes out before any event
+    except BaseException:
+        upstream.close()
+        raise
+    return upstream
+
+
+async def _await_upstream(run: Run, client: UpstreamClient, client_authorization: str | None) -> UpstreamStream:
     timeout = client.config.first_byte_timeout
-    task = run.open_task = asyncio.ensure_future(
-        client.open(run.chat.body, request_id=run.request_id, client_authorization=client_authorization))
+    current = run.opening = asyncio.current_task()
     try:
         async with asyncio.timeout(timeout):
-            if sink.streaming:
-                done, _ = await asyncio.wait({task}, timeout=keepalive_interval)
-                if not done:
-                    await sink.start(run.stream.start())
-            return await task
+            return await client.open(run.chat.body, request_id=run.request_id,
+                                     client_authorization=client_authorization)
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {timeout:g}s") from None
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if run.stop_reason is not None and task.cancelled() and current is not None and not current.cancelling():
+        # Run.stop() cancels this task; a client disconnect (aiohttp) may cancel it too.
+        if run.stop_cancelled and current is not None and current.uncancel() == 0:
             raise StreamStopped from None
         raise
-    except BaseException:
-        if task.done() and not task.cancelled() and task.exception() is None:
-            task.result().close()
-        raise
     finally:
-        run.open_task = None
-        if not task.done():
-            task.cancel()
+        run.opening = None
+
+
+async def _settle(early: list[asyncio.Task[None]], *, cancel: bool, quiet: bool) -> None:
+    """Wait for the early stream start, if the timer made one; `quiet` drops its failure."""
+    if not early:
+        return
+    task = early[0]
+    if cancel:
+        task.cancel()
+    try:
+        await task
+    except BaseException:
+        if not quiet:
+            raise
 
 
 async def _send(sink: Sink, events: list[dict[str, Any]], log: Any) -> None:

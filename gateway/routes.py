@@ -119,8 +119,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                            code="rate_limit_exceeded", headers={"Retry-After": "1"})
     chat = translate_request(await read_json(request, state), state.config.upstream)
     run = Run(request_id, chat)
-    sink = (EventStream(request, {"X-Request-ID": request_id}, state.config.server.keepalive_interval)
-            if chat.stream else FinalResponse())
+    sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
     http_status, error_code = 200, None
     state.runs.add(run)
     try:
@@ -141,6 +140,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         http_status, error_code = exc.status, exc.code
         raise
     finally:
+        if isinstance(sink, EventStream):
+            sink.abandon()
         state.runs.discard(run)
         _log_finished(state, run, http_status, error_code)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .config import Config
+from .event_stream import KeepAlive
 from .pipeline import Run
 from .upstream import UpstreamClient
 
@@ -14,6 +15,7 @@ from .upstream import UpstreamClient
 class AppState:
     config: Config
     upstream: UpstreamClient
+    keepalive: KeepAlive
     debug: bool = False
     shutting_down: bool = False
     runs: set[Run] = field(default_factory=set)

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from .agent_tools import InputDecoder, call_item_id, new_call_id
+from .errors import error_code
 from .ids import new_id
 from .think_tags import ThinkSplitter
 
@@ -38,12 +39,6 @@ FINISH_STATUS: dict[str, tuple[str, str | None]] = {
     "error": ("failed", None),
     "insufficient_system_resource": ("failed", None),
 }
-
-# Error codes clients treat specially (Codex retries or explains these); others become upstream_error.
-KNOWN_ERROR_CODES = frozenset({
-    "context_length_exceeded", "insufficient_quota", "rate_limit_exceeded", "server_error",
-    "invalid_prompt", "invalid_request_error",
-})
 
 ToolNameMap = Mapping[str, tuple[str, str | None]]
 
@@ -234,10 +229,10 @@ class ResponseStream:
     def _inband_error(self, chunk: Mapping[str, Any], error: Any) -> None:
         if isinstance(error, Mapping):
             message = error.get("message") or chunk.get("message") or orjson.dumps(error).decode()
-            raw_code = error.get("code") or error.get("type")
+            raw_code, err_type = error.get("code"), error.get("type")
         else:
-            message, raw_code = (error if isinstance(error, str) else orjson.dumps(error).decode()), None
-        code = raw_code if isinstance(raw_code, str) and raw_code in KNOWN_ERROR_CODES else "upstream_error"
+            message, raw_code, err_type = (error if isinstance(error, str) else orjson.dumps(error).decode()), None, None
+        code = error_code(raw_code, err_type, message)
         self._fail(code, str(message))
 
     def _finish_reason(self, reason: str) -> None:

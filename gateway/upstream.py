@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from .config import UpstreamConfig
-from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable
+from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable, error_code
 from .sse import ChunkDecoder
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
@@ -98,6 +98,9 @@ class UpstreamClient:
 class UpstreamStream:
     """An open upstream answer; `batches()` yields decoded chunks per network read."""
 
+    __slots__ = ("_response", "_config", "_whole", "saw_done", "skipped", "_wait", "_deadline", "_reading",
+                 "_timer", "_expired")
+
     def __init__(self, response: aiohttp.ClientResponse, config: UpstreamConfig,
                  whole: list[Any] | None = None) -> None:
         self._response = response
@@ -105,6 +108,12 @@ class UpstreamStream:
         self._whole = whole          # the upstream ignored stream:true and sent one JSON body
         self.saw_done = False
         self.skipped: list[str] = []
+        # The read deadline: stored by every read, checked by one lazy timer (see _check).
+        self._wait = 0.0
+        self._deadline = 0.0
+        self._reading = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = False
 
     @classmethod
     async def from_response(cls, response: aiohttp.ClientResponse, config: UpstreamConfig) -> UpstreamStream:
@@ -127,7 +136,29 @@ class UpstreamStream:
 
     def close(self) -> None:
         """Drop the upstream connection now (client gone, shutdown, timeout)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._response.close()
+
+    def _check(self) -> None:
+        """The read-deadline timer: one per stream, instead of an `asyncio.timeout` per read.
+
+        A timeout around every `readany` costs a Timeout object, a heap push and a cancel per
+        network read (per token on a paced stream). Here a read only stores its deadline; this
+        timer fires at the deadline it last saw and re-arms itself if the read moved it on.
+        Time spent waiting for the client (back-pressure) does not count, as before.
+        """
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not self._reading:
+            self._timer = loop.call_at(now + self._wait, self._check)
+        elif now < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._check)
+        else:
+            self._timer = None
+            self._expired = True
+            self.close()  # wakes the pending read, which raises or sees EOF; batches() reports the timeout
 
     async def batches(self) -> AsyncIterator[list[Any]]:
         if self._whole is not None:
@@ -136,15 +167,18 @@ class UpstreamStream:
             return
         decoder = ChunkDecoder()
         content = self._response.content
-        wait = self._config.first_byte_timeout
+        loop = asyncio.get_running_loop()
+        wait = self._wait = self._config.first_byte_timeout
+        idle = self._config.idle_timeout
+        self._timer = loop.call_at(loop.time() + wait, self._check)
         while True:
+            self._deadline = loop.time() + wait
+            self._reading = True
             try:
-                async with asyncio.timeout(wait):
-                    data = await content.readany()
-            except TimeoutError:
-                self.close()
-                raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s") from None
+                data = await content.readany()
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+                if self._expired:
+                    raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s") from None
                 # Bytes that arrived together with the failure are still ours: decode them first.
                 tail = decoder.feed(_unread(content))
                 self.close()
@@ -154,9 +188,12 @@ class UpstreamStream:
                     break
                 raise UpstreamError(f"the upstream connection failed mid-stream: {_reason(exc)}",
                                     code="upstream_disconnected") from None
+            self._reading = False
+            if self._expired:
+                raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s")
             if not data:
                 break
-            wait = self._config.idle_timeout
+            wait = self._wait = idle
             chunks = decoder.feed(data)
             if chunks:
                 yield chunks
@@ -168,6 +205,9 @@ class UpstreamStream:
                 yield tail
         self.saw_done = decoder.done
         self.skipped = decoder.skipped
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._response.release()
 
 
@@ -200,7 +240,7 @@ async def http_error(response: aiohttp.ClientResponse) -> UpstreamHTTPError:
         error = document.get("error", document) if isinstance(document, dict) else document
         if isinstance(error, Mapping):
             message = str(error.get("message") or document.get("message") or message)
-            code = error.get("code") if isinstance(error.get("code"), str) else None
+            code = error.get("code")
             err_type = error.get("type") if isinstance(error.get("type"), str) else None
             param = error.get("param") if isinstance(error.get("param"), str) else None
         elif isinstance(error, str):
@@ -209,9 +249,8 @@ async def http_error(response: aiohttp.ClientResponse) -> UpstreamHTTPError:
     if "Retry-After" in response.headers:
         headers["Retry-After"] = response.headers["Retry-After"]
     status = response.status if 400 <= response.status < 600 else 502
-    if code is None and status == 429:
-        code = "rate_limit_exceeded"  # Codex backs off on this code
-    return UpstreamHTTPError(status, message, code=code, err_type=err_type, param=param, headers=headers)
+    return UpstreamHTTPError(status, message, code=error_code(code, err_type, message, status), err_type=err_type,
+                             param=param, headers=headers)
 
 
 def _snippet(body: bytes) -> str:

@@ -312,3 +312,16 @@ async def test_deep_json_is_400(gateway, http):
                          headers={"Content-Type": "application/json"}) as response:
         assert response.status == 400
         assert "nested" in (await response.json())["error"]["message"]
+
+
+async def test_context_overflow_is_reported_with_the_code_codex_understands(upstream, gateway, http):
+    upstream.enqueue(Reply([json.dumps({"error": {"code": 400, "type": "exceed_context_size_error",
+                                                  "message": "request (23874 tokens) exceeds the available "
+                                                             "context size (2048 tokens)"}}).encode()],
+                           status=400, headers={"Content-Type": "application/json"}))
+    response, raw = await post_stream(http, gateway, {})
+    assert response.status == 400
+    assert json.loads(raw)["error"]["code"] == "context_length_exceeded"
+    upstream.enqueue(Reply([sse({"error": {"message": "This model's maximum context length is 8192 tokens"}})]))
+    response, raw = await post_stream(http, gateway, {})
+    assert assert_valid_stream(raw)["error"]["code"] == "context_length_exceeded"

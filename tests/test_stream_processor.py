@@ -495,7 +495,8 @@ def test_inband_error_as_bare_string_and_lm_studio_shape():
     _, _, result = run([{"error": "model crashed"}])
     assert result["error"] == {"code": "upstream_error", "message": "model crashed"}
     _, _, result = run([{"error": {"code": "model_unloaded"}, "message": "LM Studio says no"}])
-    assert result["error"] == {"code": "upstream_error", "message": "LM Studio says no"}
+    # The upstream's own string code is kept: it tells the user more than a generic one.
+    assert result["error"] == {"code": "model_unloaded", "message": "LM Studio says no"}
 
 
 def test_chunks_after_error_are_ignored():
