@@ -114,10 +114,15 @@ def _depth_exceeds(document: Any, limit: int) -> bool:
 async def create_response(request: web.Request) -> web.StreamResponse:
     state = STATE.get(request.app)
     request_id = current_request_id.get()
-    if state.active >= state.config.server.max_concurrent_streams:
-        raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
-                           code="rate_limit_exceeded", headers={"Retry-After": "1"})
-    chat = translate_request(await read_json(request, state), state.config.upstream)
+    received = time.monotonic()
+    try:
+        if state.active >= state.config.server.max_concurrent_streams:
+            raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
+                               code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        chat = translate_request(await read_json(request, state), state.config.upstream)
+    except GatewayError as exc:
+        _log_rejected(state, request_id, exc, received)
+        raise
     run = Run(request_id, chat)
     sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
     http_status, error_code = 200, None
@@ -144,6 +149,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             sink.abandon()
         state.runs.discard(run)
         _log_finished(state, run, http_status, error_code)
+
+
+def _log_rejected(state: AppState, request_id: str, exc: GatewayError, received: float) -> None:
+    """The one log line of a request refused before it reached the upstream (same fields as below)."""
+    get_logger().info(
+        "response.finished", request_id=request_id, response_id=None, model=None,
+        upstream=state.upstream.base_url, stream=None, http_status=exc.status, status=None, finish_reason=None,
+        error_code=exc.code, param=exc.param, ttft_ms=None,
+        duration_ms=round((time.monotonic() - received) * 1000, 1), events=0, input_tokens=None,
+        output_tokens=None, client_disconnected=False)
 
 
 def _log_finished(state: AppState, run: Run, http_status: int, error_code: str | None) -> None:

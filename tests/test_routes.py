@@ -442,3 +442,14 @@ async def test_internal_crash_after_stream_start_ends_with_response_failed(upstr
     result = assert_valid_stream(raw)
     assert result["status"] == "failed" and result["error"]["code"] == "server_error"
     assert "simulated bug" not in raw.decode()
+
+
+async def test_rejected_request_still_leaves_one_log_line(gateway, http):
+    import structlog
+    with structlog.testing.capture_logs() as logs:
+        async with http.post(gateway.make_url("/v1/responses"), json={"model": "m", "input": 5}) as response:
+            assert response.status == 400
+    finished = [entry for entry in logs if entry["event"] == "response.finished"]
+    assert len(finished) == 1
+    assert finished[0]["http_status"] == 400
+    assert finished[0]["param"] == "input"
