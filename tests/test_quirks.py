@@ -419,10 +419,9 @@ async def test_quirk_17_mistral_call_id_kept(upstream, gateway, http):
     assert messages[-1] == {"role": "tool", "tool_call_id": "D681PevKs", "content": "high"}
 
 
-@pytest.mark.xfail(reason="issue 4: call ids that are not 9 letters/digits are sent to the upstream as they are "
-                          "(Mistral answers 400); no id mapping exists yet", strict=True)
-async def test_quirk_17_mistral_ids_normalised_in_history(upstream, gateway, http):
-    """Quirk 17: history with foreign call ids reaches the upstream with consistent 9-character ids."""
+async def test_quirk_17_mistral_ids_normalised_in_history(upstream, make_gateway, http):
+    """Quirk 17: history with foreign call ids reaches a Mistral upstream with consistent 9-character ids."""
+    gateway = await make_gateway(upstream={"tool_call_id_style": "mistral"})
     history = [{"type": "message", "role": "user", "content": "tides?"},
                {"type": "function_call", "call_id": "call_abc123def456", "name": "search", "arguments": "{}"},
                {"type": "function_call_output", "call_id": "call_abc123def456", "output": "high"}]
