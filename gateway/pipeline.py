@@ -38,15 +38,20 @@ class StreamStopped(Exception):
 class Run:
     """The state of one pipeline run, shared with the route (logging) and the app (shutdown)."""
 
-    __slots__ = ("request_id", "chat", "started_at", "first_output_at", "stream", "upstream", "opening",
-                 "stop_reason", "stop_cancelled", "client_disconnected")
+    __slots__ = ("request_id", "body", "model", "streaming", "warnings", "started_at", "first_output_at", "stream",
+                 "upstream", "opening", "stop_reason", "stop_cancelled", "client_disconnected")
 
     def __init__(self, request_id: str, chat: ChatRequest) -> None:
         self.request_id = request_id
-        self.chat = chat
+        # Only what outlives the upstream request is kept from `chat`: the body (the whole
+        # conversation, often the largest thing a request holds) is dropped once it was sent.
+        self.body: dict[str, Any] | None = chat.body
+        self.model: str = chat.body["model"]
+        self.streaming = chat.stream
+        self.warnings = chat.warnings
         self.started_at = time.monotonic()
         self.first_output_at: float | None = None
-        self.stream = ResponseStream(response_id=new_response_id(), model=chat.body["model"],
+        self.stream = ResponseStream(response_id=new_response_id(), model=self.model,
                                      echo=chat.echo, tool_names=chat.tool_names,
                                      reasoning_summary=chat.reasoning_summary, think_tags=chat.think_tags,
                                      custom_tools=chat.custom_tools, call_id_style=chat.call_id_style,
@@ -79,6 +84,7 @@ async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepaliv
     log = get_logger().bind(request_id=run.request_id) if debug else None
     try:
         run.upstream = await _open(run, client, sink, keepalive_interval, client_authorization)
+        run.body = None  # sent: not needed for the rest of the stream
         if run.stop_reason is not None:
             raise StreamStopped  # stopped as the headers arrived
         if not sink.started:
@@ -98,6 +104,8 @@ async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepaliv
                 await _send(sink, events, log)
             if stream.terminal is not None:
                 break
+            # Not kept alive while the next read waits (most of a paced stream's life).
+            batch = events = None  # type: ignore[assignment]
         if run.stop_reason is not None:
             raise StreamStopped
         await _send(sink, stream.finish(run.upstream.saw_done), log)
@@ -160,9 +168,10 @@ async def _open(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval
 async def _await_upstream(run: Run, client: UpstreamClient, client_authorization: str | None) -> UpstreamStream:
     timeout = client.config.first_byte_timeout
     current = run.opening = asyncio.current_task()
+    assert run.body is not None
     try:
         async with asyncio.timeout(timeout):
-            return await client.open(run.chat.body, request_id=run.request_id,
+            return await client.open(run.body, request_id=run.request_id,
                                      client_authorization=client_authorization)
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {timeout:g}s") from None

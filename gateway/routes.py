@@ -125,6 +125,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise
     run = Run(request_id, chat)
     sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
+    del chat  # `run` keeps what it needs; the request body goes once it was sent upstream
     http_status, error_code = 200, None
     state.runs.add(run)
     try:
@@ -166,11 +167,11 @@ def _log_finished(state: AppState, run: Run, http_status: int, error_code: str |
     terminal = stream.terminal
     response = terminal["response"] if terminal else None
     usage = (response or {}).get("usage") or {}
-    for warning in run.chat.warnings + stream.warnings:
+    for warning in run.warnings + stream.warnings:
         get_logger().warning("response.warning", request_id=run.request_id, warning=warning)
     get_logger().info(
         "response.finished", request_id=run.request_id, response_id=stream.response_id,
-        model=run.chat.body["model"], upstream=state.upstream.base_url, stream=run.chat.stream,
+        model=run.model, upstream=state.upstream.base_url, stream=run.streaming,
         http_status=http_status, status=response["status"] if response else None,
         finish_reason=stream.finish_reason,
         error_code=((response or {}).get("error") or {}).get("code") or error_code,

@@ -43,6 +43,39 @@ FINISH_STATUS: dict[str, tuple[str, str | None]] = {
 ToolNameMap = Mapping[str, tuple[str, str | None]]
 
 
+class _Text:
+    """Streamed text held compactly until its `.done` event.
+
+    One string object per token costs ~50 bytes each for the life of the stream; every run
+    of 32 pieces is joined into a block (the final join stays linear, unlike re-joining one
+    growing string).
+    """
+
+    __slots__ = ("blocks", "pieces")
+    RUN = 32
+
+    def __init__(self) -> None:
+        self.blocks: list[str] = []
+        self.pieces: list[str] = []
+
+    def append(self, text: str) -> None:
+        pieces = self.pieces
+        pieces.append(text)
+        if len(pieces) == self.RUN:
+            self.blocks.append("".join(pieces))
+            pieces.clear()
+
+    def __bool__(self) -> bool:
+        return bool(self.pieces or self.blocks)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.blocks
+        yield from self.pieces
+
+    def value(self) -> str:
+        return "".join(self.blocks + self.pieces) if self.blocks else "".join(self.pieces)
+
+
 class _Message:
     __slots__ = ("id", "index", "part_type", "part_index", "parts", "chunks")
 
@@ -52,7 +85,7 @@ class _Message:
         self.part_type = ""           # "output_text" or "refusal" for the open part
         self.part_index = -1
         self.parts: list[dict[str, Any]] = []
-        self.chunks: list[str] = []
+        self.chunks = _Text()
 
 
 class _Reasoning:
@@ -61,7 +94,7 @@ class _Reasoning:
     def __init__(self, item_id: str, index: int) -> None:
         self.id = item_id
         self.index = index
-        self.chunks: list[str] = []
+        self.chunks = _Text()
 
 
 class _Call:
@@ -73,7 +106,7 @@ class _Call:
         self.call_id = call_id
         self.name = name
         self.namespace: str | None = None
-        self.chunks: list[str] = []
+        self.chunks = _Text()
         self.extra: Any = None        # provider metadata that must survive a turn
         self.announced = False        # output_item.added sent (needs the name)
         self.custom: InputDecoder | None = None  # a custom tool's call: streams the decoded `input`
@@ -282,8 +315,8 @@ class ResponseStream:
                    content_index=message.part_index, part=_part(part_type, ""))
 
     def _close_part(self, message: _Message) -> None:
-        text = "".join(message.chunks)
-        message.chunks = []
+        text = message.chunks.value()
+        message.chunks = _Text()
         where = {"item_id": message.id, "output_index": message.index, "content_index": message.part_index}
         if message.part_type == "output_text":
             self._emit("response.output_text.done", **where, text=text, logprobs=[])
@@ -338,7 +371,7 @@ class ResponseStream:
         if item is None:
             return
         self._reasoning = None
-        text = "".join(item.chunks)
+        text = item.chunks.value()
         where = {"item_id": item.id, "output_index": item.index}
         self._emit("response.reasoning_text.done", **where, content_index=0, text=text)
         content_part = {"type": "reasoning_text", "text": text}
@@ -468,7 +501,7 @@ class ResponseStream:
             call.name = call.name or "unknown_function"
             self.warnings.append(f"tool call {call.call_id} arrived without a name")
             self._announce(call)
-        arguments = "".join(call.chunks)
+        arguments = call.chunks.value()
         if call.custom is not None:
             tail, text = call.custom.finish(arguments)
             self._custom_input_delta(call, tail)

@@ -195,8 +195,10 @@ class UpstreamStream:
                 break
             wait = self._wait = idle
             chunks = decoder.feed(data)
+            data = b""  # nothing of this read stays alive while the next one waits
             if chunks:
                 yield chunks
+                chunks = None  # type: ignore[assignment]
             if decoder.done:
                 break
         if not decoder.done:
