@@ -126,9 +126,8 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"upstream.base_url: must start with http:// or https://, got {url!r}")
     if not 0 < config.server.port < 65536 and config.server.port != 0:
         raise ConfigError(f"server.port: must be between 0 and 65535, got {config.server.port}")
-    for key in ("keepalive_interval",):
-        if getattr(config.server, key) <= 0:
-            raise ConfigError(f"server.{key}: must be positive")
+    if config.server.keepalive_interval <= 0:
+        raise ConfigError("server.keepalive_interval: must be positive")
     return config
 
 

@@ -106,7 +106,7 @@ class KeepAlive:
 class EventStream:
     """The streaming sink: `text/event-stream`, started lazily by the pipeline."""
 
-    __slots__ = ("_request", "_headers", "_keepalive", "response", "bytes_sent")
+    __slots__ = ("_request", "_headers", "_keepalive", "response")
     streaming = True
 
     def __init__(self, request: web.Request, headers: dict[str, str], keepalive: KeepAlive) -> None:
@@ -114,7 +114,6 @@ class EventStream:
         self._headers = headers
         self._keepalive = keepalive
         self.response: web.StreamResponse | None = None
-        self.bytes_sent = 0
 
     @property
     def started(self) -> bool:
@@ -129,9 +128,7 @@ class EventStream:
 
     async def send(self, events: list[dict[str, Any]]) -> None:
         if events and self.response is not None:
-            data = encode_events(events)
-            self.bytes_sent += len(data)
-            await self.response.write(data)
+            await self.response.write(encode_events(events))
 
     async def ping(self) -> bool:
         """Write the keep-alive comment; False once the stream is gone.

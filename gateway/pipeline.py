@@ -108,6 +108,8 @@ async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepaliv
             batch = events = None  # type: ignore[assignment]
         if run.stop_reason is not None:
             raise StreamStopped
+        if run.upstream.skipped_warning:
+            run.warnings.append(run.upstream.skipped_warning)
         await _send(sink, stream.finish(run.upstream.saw_done), log)
     except (GatewayError, StreamStopped) as exc:
         code, message = _failure(run, exc)

@@ -116,6 +116,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     request_id = current_request_id.get()
     received = time.monotonic()
     try:
+        if state.shutting_down:
+            raise GatewayError("The gateway is shutting down; retry the request.", status=503,
+                               code="server_shutting_down", headers={"Retry-After": "1"})
         if state.active >= state.config.server.max_concurrent_streams:
             raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})

@@ -100,15 +100,17 @@ class ChunkDecoder:
 
     Non-object payloads are normalised so the processor sees one shape for in-band
     errors: `{"error": ...}`. Non-JSON data that is not marked as an error is skipped
-    and counted in `skipped` (keep-alive words some servers send as data).
+    and counted in `skipped`, the first one kept in `skipped_sample` (keep-alive words some
+    servers send as data).
     """
 
-    __slots__ = ("_sse", "done", "skipped")
+    __slots__ = ("_sse", "done", "skipped", "skipped_sample")
 
     def __init__(self) -> None:
         self._sse = SSEDecoder()
         self.done = False
-        self.skipped: list[str] = []
+        self.skipped = 0
+        self.skipped_sample = ""
 
     def feed(self, data: bytes) -> list[Any]:
         return self._decode(self._sse.feed(data))
@@ -131,7 +133,9 @@ class ChunkDecoder:
                 if event == "error":
                     chunks.append({"error": {"message": data}})
                 else:
-                    self.skipped.append(data[:200])
+                    if not self.skipped:
+                        self.skipped_sample = data[:200]
+                    self.skipped += 1
                 continue
             if type(chunk) is dict and not event:
                 chunks.append(chunk)  # the usual chunk: nothing to normalise

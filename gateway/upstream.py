@@ -98,7 +98,7 @@ class UpstreamClient:
 class UpstreamStream:
     """An open upstream answer; `batches()` yields decoded chunks per network read."""
 
-    __slots__ = ("_response", "_config", "_whole", "saw_done", "skipped", "_wait", "_deadline", "_reading",
+    __slots__ = ("_response", "_config", "_whole", "saw_done", "skipped_warning", "_wait", "_deadline", "_reading",
                  "_timer", "_expired")
 
     def __init__(self, response: aiohttp.ClientResponse, config: UpstreamConfig,
@@ -107,7 +107,7 @@ class UpstreamStream:
         self._config = config
         self._whole = whole          # the upstream ignored stream:true and sent one JSON body
         self.saw_done = False
-        self.skipped: list[str] = []
+        self.skipped_warning = ""  # set at the end when non-JSON data lines were dropped
         # The read deadline: stored by every read, checked by one lazy timer (see _check).
         self._wait = 0.0
         self._deadline = 0.0
@@ -206,7 +206,9 @@ class UpstreamStream:
             if tail:
                 yield tail
         self.saw_done = decoder.done
-        self.skipped = decoder.skipped
+        if decoder.skipped:
+            self.skipped_warning = (f"skipped {decoder.skipped} non-JSON data line(s) from the upstream, "
+                                    f"first: {decoder.skipped_sample!r}")
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -265,8 +265,13 @@ async def test_shutdown_lets_streams_finish_within_grace(upstream, make_gateway,
                             sse(chunk({"content": "b"}), chunk({}, finish="stop"))]))
     task = asyncio.create_task(post_stream(http, gateway, {}))
     await _wait_for(lambda: len(upstream.requests) == 1, 2)
-    await gateway.app.shutdown()
+    shutdown = asyncio.create_task(gateway.app.shutdown())
+    await asyncio.sleep(0.05)
+    late, late_raw = await post_stream(http, gateway, {})  # a keep-alive connection during the drain
+    assert late.status == 503
+    assert json.loads(late_raw)["error"]["code"] == "server_shutting_down"
     response, raw = await asyncio.wait_for(task, 5)
+    await shutdown
     assert assert_valid_stream(raw)["text"] == "ab"
 
 
@@ -325,3 +330,12 @@ async def test_context_overflow_is_reported_with_the_code_codex_understands(upst
     upstream.enqueue(Reply([sse({"error": {"message": "This model's maximum context length is 8192 tokens"}})]))
     response, raw = await post_stream(http, gateway, {})
     assert assert_valid_stream(raw)["error"]["code"] == "context_length_exceeded"
+
+
+async def test_non_json_data_lines_are_skipped_and_reported(upstream, gateway, http):
+    upstream.enqueue(Reply([b"data: keep-alive\n\ndata: keep-alive\n\n" + text_reply("ok").steps[0]]))
+    with structlog.testing.capture_logs() as logs:
+        response, raw = await post_stream(http, gateway, {})
+    assert assert_valid_stream(raw)["text"] == "ok"
+    warnings = [entry["warning"] for entry in logs if entry["event"] == "response.warning"]
+    assert warnings == ["skipped 2 non-JSON data line(s) from the upstream, first: 'keep-alive'"]
