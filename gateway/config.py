@@ -13,7 +13,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .call_ids import CallIdStyle
 from .errors import ConfigError
+from .think_tags import ThinkTagsMode
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -51,11 +53,11 @@ class UpstreamConfig:
     send_reasoning_effort: bool = True
     send_parallel_tool_calls: bool = True
     # Inline <think>…</think> in content: auto = only a leading block is reasoning; on = anywhere; off = never.
-    think_tags: Literal["auto", "on", "off"] = "auto"
+    think_tags: ThinkTagsMode = "auto"
     # The assistant-message field that carries earlier reasoning back upstream (none: not sent).
     reasoning_field: Literal["reasoning_content", "reasoning", "none"] = "reasoning_content"
     # Form of call ids the gateway invents or rewrites in history (mistral: exactly 9 letters/digits).
-    tool_call_id_style: Literal["openai", "mistral"] = "openai"
+    tool_call_id_style: CallIdStyle = "openai"
     # Key sealing reasoning into encrypted_content for stateless clients; empty: random per process.
     reasoning_key: str = field(default="", repr=False)
 

@@ -1,7 +1,7 @@
 """Writing Responses events to the client: SSE bytes, or nothing until the final JSON.
 
-`EventStream` is a plain aiohttp `StreamResponse` with the event-stream headers; events
-are pre-encoded with orjson and each batch goes out in one write, which also waits for
+`EventStream` is a plain aiohttp `StreamResponse` with the event-stream headers; each batch
+of events is framed by `sse.encode_events` and goes out in one write, which also waits for
 the socket to drain, so a slow reader pauses the upstream instead of growing a buffer.
 The keep-alive comment (`: ping`) comes from one `KeepAlive` ticker shared by every open
 stream: a task, coroutine, sleep future and timer per stream (aiohttp-sse's way) cost
@@ -11,39 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-PING = b": ping\r\n\r\n"
+from .sse import PING, encode_events
+
 # The headers aiohttp-sse's EventSourceResponse set (the gateway used it before the shared ticker).
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive",
                 "X-Accel-Buffering": "no"}
-# `event: <type>\ndata: ` per event type, built once: the type set is small and fixed.
-_EVENT_PREFIX: dict[str, bytes] = {}
-
-
-def _prefix(event_type: str) -> bytes:
-    prefix = _EVENT_PREFIX.get(event_type)
-    if prefix is None:
-        prefix = _EVENT_PREFIX[event_type] = b"event: " + event_type.encode() + b"\ndata: "
-    return prefix
-
-
-def encode_event(event: dict[str, Any]) -> bytes:
-    return _prefix(event["type"]) + orjson.dumps(event) + b"\n\n"
-
-
-def encode_events(events: Iterable[dict[str, Any]]) -> bytes:
-    """One SSE frame per event, joined once: the batch becomes one write (one chunk on the wire).
-
-    Each frame is concatenated right away: holding orjson's outputs until the join is ~4x
-    slower (its buffers are large mallocs; freeing them at once keeps them cache-hot).
-    Pre-built byte templates for the delta events were measured too: no faster than orjson.
-    """
-    return b"".join([_prefix(event["type"]) + orjson.dumps(event) + b"\n\n" for event in events])
 
 
 class KeepAlive:

@@ -11,7 +11,7 @@ import time
 from typing import Any, Protocol
 
 from .errors import GatewayError, UpstreamError, UpstreamTimeout
-from .ids import new_response_id
+from .ids import new_id, new_response_id
 from .log import get_logger
 from .stream_processor import ResponseStream
 from .translate import ChatRequest
@@ -46,16 +46,12 @@ class Run:
         # Only what outlives the upstream request is kept from `chat`: the body (the whole
         # conversation, often the largest thing a request holds) is dropped once it was sent.
         self.body: dict[str, Any] | None = chat.body
-        self.model: str = chat.body["model"]
+        self.model: str = chat.options.model
         self.streaming = chat.stream
         self.warnings = chat.warnings
         self.started_at = time.monotonic()
         self.first_output_at: float | None = None
-        self.stream = ResponseStream(response_id=new_response_id(), model=self.model,
-                                     echo=chat.echo, tool_names=chat.tool_names,
-                                     reasoning_summary=chat.reasoning_summary, think_tags=chat.think_tags,
-                                     custom_tools=chat.custom_tools, call_id_style=chat.call_id_style,
-                                     seal=chat.seal)
+        self.stream = ResponseStream(chat.options, response_id=new_response_id(), clock=time.time, new_id=new_id)
         self.upstream: UpstreamStream | None = None
         self.opening: asyncio.Task[Any] | None = None  # the task waiting for the upstream's headers
         self.stop_reason: tuple[str, str] | None = None

@@ -1,21 +1,28 @@
-"""Sans-I/O decoding of an upstream Chat Completions event stream.
+"""The server-sent events wire format, both ways (sans-I/O).
 
-`SSEDecoder` follows the HTML Living Standard's event-stream interpretation (CR, LF and
+Decoding an upstream Chat Completions event stream: `SSEDecoder` follows the HTML Living Standard's event-stream interpretation (CR, LF and
 CRLF line ends, comments, multi-line data, `event:`/`id:`/`retry:` fields) and adds the
 leniency real upstreams need: an `error:` field (old llama.cpp) and a raw JSON line
 without `data:` (some proxies) are surfaced as events instead of being dropped, and an
 unterminated last event is delivered at EOF instead of discarded.
 
 `ChunkDecoder` turns those events into parsed chunk dicts for the stream processor.
+
+Encoding: Responses events as `event:`/`data:` frames (`encode_events`), and the keep-alive
+comment (`PING`).
 """
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
 
 DONE = "[DONE]"
+PING = b": ping\r\n\r\n"
+# `event: <type>\ndata: ` per event type, built once: the type set is small and fixed.
+_EVENT_PREFIX: dict[str, bytes] = {}
 
 
 class SSEDecoder:
@@ -146,3 +153,20 @@ class ChunkDecoder:
             else:
                 chunks.append(chunk)
         return chunks
+
+
+def _prefix(event_type: str) -> bytes:
+    prefix = _EVENT_PREFIX.get(event_type)
+    if prefix is None:
+        prefix = _EVENT_PREFIX[event_type] = b"event: " + event_type.encode() + b"\ndata: "
+    return prefix
+
+
+def encode_events(events: Iterable[dict[str, Any]]) -> bytes:
+    """One SSE frame per event, joined once: the batch becomes one write (one chunk on the wire).
+
+    Each frame is concatenated right away: holding orjson's outputs until the join is ~4x
+    slower (its buffers are large mallocs; freeing them at once keeps them cache-hot).
+    Pre-built byte templates for the delta events were measured too: no faster than orjson.
+    """
+    return b"".join([_prefix(event["type"]) + orjson.dumps(event) + b"\n\n" for event in events])

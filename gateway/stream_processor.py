@@ -2,9 +2,11 @@
 
 A sans-I/O state machine in the manner of h11: `ResponseStream` is fed parsed upstream
 chunks (plain dicts) and returns the events to send, as dicts, in order. It never
-touches a socket, a clock or a logger, so it can be driven by a list of dicts in a unit
-test, and streaming, non-streaming (the terminal event's `response`) and any later
-consumer all share the one event sequence it produces.
+touches a socket, a clock or a logger: what the request asks for comes as one
+`StreamOptions` value (made by translate.py), and the clock and the id factory are passed
+in, so it can be driven by a list of dicts in a unit test, and streaming, non-streaming
+(the terminal event's `response`) and any later consumer all share the one event sequence
+it produces.
 
 The sequence is the canonical one clients enforce (see README): `response.created`,
 `response.in_progress`, then per output item `output_item.added` → deltas → `.done`
@@ -15,14 +17,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from .agent_tools import InputDecoder, call_item_id, new_call_id
+from . import ids
+from .call_ids import CallIdStyle, new_call_id
+from .custom_tools import InputDecoder
 from .errors import error_code
-from .ids import new_id
-from .think_tags import ThinkSplitter
+from .provider_metadata import id_carrying_extra
+from .think_tags import ThinkSplitter, ThinkTagsMode
 
 Event = dict[str, Any]
 
@@ -41,6 +46,20 @@ FINISH_STATUS: dict[str, tuple[str, str | None]] = {
 }
 
 ToolNameMap = Mapping[str, tuple[str, str | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """What one request asks of its response stream: everything translation decides for the core."""
+
+    model: str
+    echo: Mapping[str, Any] = field(default_factory=dict)      # request fields the Response repeats
+    tool_names: ToolNameMap = field(default_factory=dict)      # upstream name → (client name, namespace)
+    reasoning_summary: bool = False                            # reasoning also as summary events
+    think_tags: ThinkTagsMode = "off"                          # upstream.think_tags
+    custom_tools: frozenset[str] = frozenset()                 # upstream names of the client's `custom` tools
+    call_id_style: CallIdStyle = "openai"                      # upstream.tool_call_id_style
+    seal: Callable[[str], str] | None = None                   # seals reasoning into encrypted_content
 
 
 class _Text:
@@ -115,14 +134,15 @@ class _Call:
 class ResponseStream:
     """Translate one upstream completion stream into one Responses event stream."""
 
-    def __init__(self, *, response_id: str, model: str, echo: Mapping[str, Any] | None = None,
-                 tool_names: ToolNameMap | None = None, reasoning_summary: bool = False,
-                 created_at: int | None = None, think_tags: str = "off", custom_tools: Iterable[str] = (),
-                 call_id_style: str = "openai", seal: Callable[[str], str] | None = None) -> None:
+    def __init__(self, options: StreamOptions, *, response_id: str, clock: Callable[[], float],
+                 new_id: Callable[[str], str]) -> None:
+        """`clock()` gives Unix time in seconds; `new_id(kind)` a unique id such as `msg_…` (ids.new_id)."""
         self.response_id = response_id
+        self._clock = clock
+        self._new_id = new_id
+        model = options.model
         self._base: dict[str, Any] = {
-            "id": response_id, "object": "response",
-            "created_at": created_at if created_at is not None else int(time.time()),
+            "id": response_id, "object": "response", "created_at": int(clock()),
             "status": "in_progress", "background": False, "error": None, "incomplete_details": None,
             "instructions": None, "max_output_tokens": None, "metadata": {}, "model": model,
             "output": [], "parallel_tool_calls": True, "previous_response_id": None, "reasoning": None,
@@ -130,16 +150,15 @@ class ResponseStream:
             "tool_choice": "auto", "tools": [], "top_p": None, "truncation": "disabled", "usage": None,
             "user": None,
         }
-        if echo:
-            self._base.update(echo)
+        if options.echo:
+            self._base.update(options.echo)
             self._base["model"] = model
-        self._tool_names = tool_names or {}
-        self._summary = reasoning_summary
-        # Issue 4: inline <think> tags, custom (freeform) tools, call id form, sealed reasoning.
-        self._think = ThinkSplitter(think_tags) if think_tags != "off" else None
-        self._custom_tools = frozenset(custom_tools)
-        self._call_id_style = call_id_style
-        self._seal = seal
+        self._tool_names = options.tool_names
+        self._summary = options.reasoning_summary
+        self._think = ThinkSplitter(options.think_tags) if options.think_tags != "off" else None
+        self._custom_tools = options.custom_tools
+        self._call_id_style = options.call_id_style
+        self._seal = options.seal
         self._seq = 0
         self._out: list[Event] = []
         self._done_items: list[tuple[int, dict[str, Any]]] = []  # (output_index, item)
@@ -199,7 +218,7 @@ class ResponseStream:
         if reason:
             response["incomplete_details"] = {"reason": reason}
         if status == "completed":
-            response["completed_at"] = int(time.time())
+            response["completed_at"] = int(self._clock())
         self._terminate(f"response.{status}", response)
         return out
 
@@ -300,7 +319,7 @@ class ResponseStream:
                               "content_index": message.part_index, "delta": text})
 
     def _open_message(self) -> _Message:
-        message = self._message = _Message(new_id("msg"), self._take_index())
+        message = self._message = _Message(self._new_id("msg"), self._take_index())
         self._emit("response.output_item.added", output_index=message.index,
                    item={"id": message.id, "type": "message", "status": "in_progress",
                          "role": "assistant", "content": []})
@@ -348,7 +367,7 @@ class ResponseStream:
             self._close_message("completed")
         item = self._reasoning
         if item is None:
-            item = self._reasoning = _Reasoning(new_id("rs"), self._take_index())
+            item = self._reasoning = _Reasoning(self._new_id("rs"), self._take_index())
             self._emit("response.output_item.added", output_index=item.index,
                        item={"id": item.id, "type": "reasoning", "status": "in_progress",
                              "summary": [], "content": []})
@@ -429,7 +448,7 @@ class ResponseStream:
 
     def _open_call(self, call_id: str | None, name: str | None, index: Any,
                    key: tuple[str, Any] | None = None, extra: Any = None) -> _Call:
-        call = _Call(call_id or new_call_id(self._call_id_style), name or "")
+        call = _Call(call_id or new_call_id(self._call_id_style, self._new_id), name or "")
         call.extra = extra
         self._calls.append(call)
         if call_id:
@@ -452,7 +471,7 @@ class ResponseStream:
         mapped = self._tool_names.get(call.name)
         if mapped is not None:
             call.name, call.namespace = mapped
-        call.id = call_item_id("ctc" if call.custom is not None else "fc", call.extra)
+        call.id = id_carrying_extra(self._new_id("ctc" if call.custom is not None else "fc"), call.extra)
         call.index = self._take_index()
         call.announced = True
         self._emit("response.output_item.added", output_index=call.index,
@@ -607,15 +626,17 @@ def map_usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
             "total_tokens": prompt + completion}
 
 
-def stream_generator(chunks: Iterable[Any], *, model: str, response_id: str,
-                     echo: Mapping[str, Any] | None = None, saw_done: bool = True,
+def stream_generator(chunks: Iterable[Any], *, model: str, response_id: str, saw_done: bool = True,
+                     clock: Callable[[], float] = time.time, new_id: Callable[[str], str] = ids.new_id,
                      **options: Any) -> Iterator[Event]:
     """Drive a `ResponseStream` from already-decoded chunks (tests, replays from logs).
 
     `saw_done` says whether the upstream ended with `[DONE]`; leave it True for a
-    list that represents a complete stream.
+    list that represents a complete stream. `options` are `StreamOptions` fields. This driver,
+    not the stream, picks the wall clock and the gateway's own ids unless given others.
     """
-    stream = ResponseStream(response_id=response_id, model=model, echo=echo, **options)
+    stream = ResponseStream(StreamOptions(model=model, **options), response_id=response_id, clock=clock,
+                            new_id=new_id)
     yield from stream.start()
     for chunk in chunks:
         yield from stream.feed(chunk)

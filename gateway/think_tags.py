@@ -17,6 +17,9 @@ block, at its end and at the start of the text that follows.
 """
 from __future__ import annotations
 
+from typing import Literal
+
+ThinkTagsMode = Literal["auto", "on", "off"]
 OPEN = "<think>"
 CLOSE = "</think>"
 

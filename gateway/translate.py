@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .agent_tools import custom_arguments, custom_tool_function, extra_from_item_id, upstream_call_id
+from .call_ids import upstream_call_id
 from .config import UpstreamConfig
+from .custom_tools import custom_arguments, custom_tool_function
 from .errors import InvalidRequest
+from .provider_metadata import extra_from_item_id
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_input_text, reasoning_sealer
+from .stream_processor import StreamOptions
 
 _TOOL_NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOOL_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -25,18 +27,12 @@ _TOOL_CHOICES = ("auto", "none", "required")
 
 @dataclass
 class ChatRequest:
-    """What the upstream gets, and what the response stream needs to answer in kind."""
+    """What the upstream gets (`body`), and what the response stream needs to answer in kind (`options`)."""
 
     body: dict[str, Any]
-    echo: dict[str, Any]
     stream: bool
-    tool_names: dict[str, tuple[str, str | None]] = field(default_factory=dict)
-    reasoning_summary: bool = False
+    options: StreamOptions
     warnings: list[str] = field(default_factory=list)
-    custom_tools: frozenset[str] = frozenset()    # upstream names of tools that are `custom` for the client
-    think_tags: str = "off"                       # upstream.think_tags, for the ResponseStream
-    call_id_style: str = "openai"                 # upstream.tool_call_id_style
-    seal: Callable[[str], str] | None = None      # seals reasoning into encrypted_content (include asked)
 
 
 def _fail(message: str, param: str | None) -> InvalidRequest:
@@ -166,9 +162,10 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
         "top_p": top_p, "truncation": truncation or "disabled", "user": user,
     }
     seal = reasoning_sealer(config.reasoning_key) if include and ENCRYPTED_INCLUDE in include else None
-    return ChatRequest(body=chat, echo=echo, stream=stream, tool_names=names.changed(),
-                       reasoning_summary=summary, warnings=warnings, custom_tools=frozenset(custom),
-                       think_tags=config.think_tags, call_id_style=config.tool_call_id_style, seal=seal)
+    options = StreamOptions(model=model, echo=echo, tool_names=names.changed(), reasoning_summary=summary,
+                            think_tags=config.think_tags, custom_tools=frozenset(custom),
+                            call_id_style=config.tool_call_id_style, seal=seal)
+    return ChatRequest(body=chat, stream=stream, options=options, warnings=warnings)
 
 
 # ---------------------------------------------------------------------- tools

@@ -42,7 +42,8 @@ def assert_valid_stream(raw: bytes) -> dict[str, Any]:
     return result
 
 
-def test_config(upstream_url: str, **server: Any) -> Config:
+def gateway_config(upstream_url: str, **server: Any) -> Config:
+    """A gateway's Config over `upstream_url`, quiet and quick to give up; keywords override server/upstream keys."""
     upstream_opts = server.pop("upstream", {})
     return Config(server=ServerConfig(**{"log_level": "warning", "keepalive_interval": 15.0,
                                                 "shutdown_grace": 0.5, **server}),
@@ -62,7 +63,7 @@ async def upstream(aiohttp_server: Any) -> ScriptedUpstream:
 def make_gateway(aiohttp_server: Any, upstream: ScriptedUpstream) -> Any:
     """Start a gateway over the scripted upstream; keyword arguments tune server/upstream config."""
     async def start(**server: Any) -> Any:
-        config = test_config(upstream.url, **server)  # type: ignore[attr-defined]
+        config = gateway_config(upstream.url, **server)  # type: ignore[attr-defined]
         return await aiohttp_server(create_app(config), host="127.0.0.1")
     return start
 
@@ -76,13 +77,6 @@ async def gateway(make_gateway: Any) -> Any:
 async def http() -> Any:
     async with aiohttp.ClientSession() as session:
         yield session
-
-
-async def post_stream(http: aiohttp.ClientSession, gateway: Any, body: dict[str, Any],
-                      headers: dict[str, str] | None = None) -> tuple[aiohttp.ClientResponse, bytes]:
-    body = {"model": "scripted", "input": "hi", "stream": True, **body}
-    async with http.post(gateway.make_url("/v1/responses"), json=body, headers=headers) as response:
-        return response, await response.read()
 
 
 def replace(config: Config, **sections: dict[str, Any]) -> Config:

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from gateway.app import create_app
 
-from .conftest import test_config
+from .conftest import gateway_config
 from .scripted_upstream import ScriptedUpstream
 
 
@@ -45,7 +45,7 @@ class LiveGateway:
 
     async def _start(self) -> None:
         upstream_url = await self._serve(self.upstream.app) + "/v1"
-        self.url = await self._serve(create_app(test_config(upstream_url, **self._server)))
+        self.url = await self._serve(create_app(gateway_config(upstream_url, **self._server)))
 
     async def _stop(self) -> None:
         for runner in reversed(self._runners):

@@ -8,7 +8,8 @@ import socket
 import aiohttp
 import structlog
 
-from .conftest import assert_valid_stream, post_stream
+from .conftest import assert_valid_stream
+from .helpers import post_stream
 from .scripted_upstream import Reply, chunk, error_reply, sse, text_reply
 
 
@@ -284,15 +285,6 @@ async def test_shutdown_while_waiting_for_upstream_headers(upstream, make_gatewa
     await gateway.app.shutdown()
     response, raw = await asyncio.wait_for(task, 5)
     assert assert_valid_stream(raw)["error"]["code"] == "server_shutting_down"
-
-
-async def test_unknown_path_and_wrong_method_use_the_envelope(gateway, http):
-    async with http.get(gateway.make_url("/v1/nope")) as response:
-        assert response.status == 404
-        assert (await response.json())["error"]["type"] == "invalid_request_error"
-    async with http.get(gateway.make_url("/v1/responses")) as response:
-        assert response.status == 405
-        assert "POST" in (await response.json())["error"]["message"]
 
 
 async def test_body_too_large_is_413(make_gateway, http):

@@ -6,7 +6,8 @@ import asyncio
 from gateway.event_stream import KeepAlive
 from gateway.state import STATE
 
-from .conftest import assert_valid_stream, post_stream
+from .conftest import assert_valid_stream
+from .helpers import post_stream
 from .scripted_upstream import Reply, chunk, sse
 
 

@@ -21,12 +21,11 @@ from hypothesis import strategies as st
 
 from gateway.config import UpstreamConfig
 from gateway.errors import GatewayError
-from gateway.event_stream import encode_events
-from gateway.sse import ChunkDecoder, SSEDecoder
-from gateway.stream_processor import ResponseStream
+from gateway.sse import ChunkDecoder, SSEDecoder, encode_events
 from gateway.translate import ChatRequest, translate_request
 
 from .conftest import assert_valid_stream
+from .helpers import new_stream
 from .scripted_upstream import chunk, usage
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -147,7 +146,7 @@ ANYTHING = st.lists(st.one_of(REALISTIC, ERRORS, GARBAGE), max_size=25)
 # ------------------------------------------------------------------------------------------- helpers
 def run_stream(chunks: list[Any], saw_done: bool) -> tuple[list[dict[str, Any]], int]:
     """Feed the chunks; return the events and how many chunks arrived before the terminal event."""
-    stream = ResponseStream(response_id="resp_test", model="m", created_at=1)
+    stream = new_stream(model="m", response_id="resp_test", created_at=1)
     events = stream.start()
     fed = len(chunks)
     for i, item in enumerate(chunks):
@@ -429,5 +428,5 @@ def test_translate_request_raises_only_gateway_errors(document: Any, config: Ups
         return
     assert isinstance(chat, ChatRequest)
     orjson.dumps(chat.body)   # what goes upstream is serialisable...
-    orjson.dumps(chat.echo)   # ...and so is what the Response echoes
+    orjson.dumps(chat.options.echo)   # ...and so is what the Response echoes
     assert isinstance(chat.body["messages"], list) and chat.body["model"] == document["model"]

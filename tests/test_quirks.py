@@ -3,7 +3,7 @@
 scripted upstream (127.0.0.1) → gateway (127.0.0.1) → aiohttp client; each test checks the
 captured stream with check_stream.py (`assert_valid_stream`) and then the exact text, tool
 calls, reasoning, terminal status and usage the client must get. `QUIRK_TESTS` maps each
-numbered quirk to its tests (the closing note of issue 3 lists it).
+numbered quirk to its tests; `test_quirk_map_is_complete` fails when a quirk has none.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from .conftest import assert_valid_stream, post_stream
+from .conftest import assert_valid_stream
+from .helpers import post_stream, stream_reply
 from .scripted_upstream import Reply, chunk, error_reply, sse, text_reply, usage
 
 QUIRK_TESTS: dict[int, list[str]] = {
@@ -62,10 +63,8 @@ USAGE = {"input_tokens": 5, "output_tokens": 7, "total_tokens": 12, "cached_toke
 
 async def run(upstream: Any, gateway: Any, http: Any, *replies: Reply,
               body: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
-    upstream.enqueue(*replies)
-    response, raw = await post_stream(http, gateway, {"tools": TOOLS, **(body or {})})
-    assert response.status == 200, raw
-    return assert_valid_stream(raw), raw
+    """`stream_reply` with the TOOLS offered."""
+    return await stream_reply(upstream, gateway, http, *replies, body={"tools": TOOLS, **(body or {})})
 
 
 def expect(result: dict[str, Any], *, text: str = "", tool_calls: list[dict[str, Any]] | None = None,

@@ -1,4 +1,4 @@
-"""Issue 4: reasoning out and back in, provider metadata across turns, Codex's tools.
+"""Reasoning out and back in, provider metadata across turns, Codex's tools (custom tools, call ids).
 
 Unit tests drive the sans-I/O pieces (ThinkSplitter, InputDecoder, Sealer, ResponseStream);
 end-to-end tests run scripted upstream → gateway → client over real HTTP, the round trips with
@@ -15,16 +15,17 @@ import orjson
 import pytest
 from openai import AsyncOpenAI
 
-from gateway.agent_tools import InputDecoder, call_item_id, extra_from_item_id, upstream_call_id
+from gateway.call_ids import upstream_call_id
 from gateway.config import UpstreamConfig, parse_config
+from gateway.custom_tools import InputDecoder
 from gateway.errors import ConfigError
-from gateway.event_stream import encode_events
+from gateway.ids import new_id
+from gateway.provider_metadata import extra_from_item_id, id_carrying_extra
 from gateway.sealing import Sealer, sealer_for
-from gateway.stream_processor import ResponseStream
 from gateway.think_tags import ThinkSplitter
 from gateway.translate import translate_request
 
-from .conftest import assert_valid_stream, post_stream
+from .helpers import drive, new_stream, stream_reply
 from .scripted_upstream import Reply, chunk, sse, text_reply, usage
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,17 +34,6 @@ SIG = {"google": {"thought_signature": "CiQBVKhc7Ms3GZ1/AAECAwQ=" * 20}}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def drive(chunks: list[Any], **options: Any) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
-    """Run chunks through a ResponseStream; return events, check_stream's folded result, the final response."""
-    stream = ResponseStream(response_id="resp_t", model="m", created_at=1764000000, **options)
-    events = stream.start()
-    for c in chunks:
-        events += stream.feed(c)
-    events += stream.finish(True)
-    result = assert_valid_stream(encode_events(events))
-    return events, result, stream.terminal["response"]
-
-
 def terminal(raw: bytes) -> dict[str, Any]:
     for line in raw.decode().splitlines():
         if line.startswith("data: ") and '"response.completed"' in line:
@@ -53,12 +43,9 @@ def terminal(raw: bytes) -> dict[str, Any]:
 
 async def post(upstream: Any, gateway: Any, http: Any, reply: Reply | None, body: dict[str, Any]) -> tuple[
         dict[str, Any], dict[str, Any], bytes]:
-    """One streamed request; (folded result, final response, raw bytes)."""
-    if reply is not None:
-        upstream.enqueue(reply)
-    response, raw = await post_stream(http, gateway, body)
-    assert response.status == 200, raw
-    return assert_valid_stream(raw), terminal(raw), raw
+    """`stream_reply`, also returning the final response: (folded result, final response, raw bytes)."""
+    result, raw = await stream_reply(upstream, gateway, http, *([reply] if reply else []), body=body)
+    return result, terminal(raw), raw
 
 
 def sdk(gateway: Any) -> AsyncOpenAI:
@@ -175,9 +162,9 @@ def test_think_tags_split_at_every_position(mode):
     tag_zone = [i for i in range(1, len(THINK_TEXT)) if i < 10 or 26 <= i <= 40]
     cut_sets += [(i, j) for i in tag_zone for j in tag_zone if i < j]
     for cuts in cut_sets:
-        events, result, final = drive(think_chunks(split_runs(THINK_TEXT, cuts)), think_tags=mode)
+        stream, _, result = drive(think_chunks(split_runs(THINK_TEXT, cuts)), think_tags=mode)
         assert (result["reasoning"], result["text"]) == ("Let me think: 2 < 3, so", "The answer is 4."), cuts
-        assert [item["type"] for item in final["output"]] == ["reasoning", "message"], cuts
+        assert [item["type"] for item in stream.response["output"]] == ["reasoning", "message"], cuts
 
 
 async def test_think_tags_every_character_its_own_chunk_end_to_end(upstream, gateway, http):
@@ -198,7 +185,7 @@ async def test_think_tags_every_character_its_own_chunk_end_to_end(upstream, gat
 def test_think_tag_modes(mode, text, want_reasoning, want_text):
     for size in (1, 3, len(text)):
         pieces = [text[i:i + size] for i in range(0, len(text), size)]
-        _, result, _ = drive(think_chunks(pieces), think_tags=mode)
+        _, _, result = drive(think_chunks(pieces), think_tags=mode)
         assert (result["reasoning"], result["text"]) == (want_reasoning, want_text), (mode, size)
 
 
@@ -206,7 +193,7 @@ def test_think_splitter_is_dropped_after_an_ordinary_start():
     """auto: once the content did not start with <think>, nothing is split any more (hot path)."""
     splitter = ThinkSplitter("auto")
     assert splitter.feed("Hel") == [(False, "Hel")] and splitter.done
-    stream = ResponseStream(response_id="resp_t", model="m", think_tags="auto")
+    stream = new_stream(think_tags="auto")
     stream.start()
     stream.feed(chunk({"content": "Hello"}))
     assert stream._think is None
@@ -218,7 +205,7 @@ def test_think_splitter_is_dropped_after_an_ordinary_start():
 def test_reasoning_tokens_top_level_usage_fallback():
     chunks = [chunk({"reasoning": "hm"}), chunk({"content": "ok"}), chunk({}, finish="stop"),
               chunk(choices=False, usage=usage(3, 9, reasoning_tokens=6))]
-    _, result, _ = drive(chunks)
+    _, _, result = drive(chunks)
     assert result["usage"]["reasoning_tokens"] == 6
 
 
@@ -373,10 +360,10 @@ async def test_gemini_thought_signature_round_trip_with_sdk_client(upstream, mak
 
 
 def test_item_id_metadata_encoding():
-    item_id = call_item_id("fc", SIG)
+    item_id = id_carrying_extra(new_id("fc"), SIG)
     assert re.fullmatch(r"fc_[0-9a-f]{20}x[A-Za-z0-9_-]+", item_id)
     assert extra_from_item_id(item_id) == SIG
-    for plain in (call_item_id("fc", None), "fc_68a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f607",
+    for plain in (id_carrying_extra(new_id("fc"), None), "fc_68a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f607",
                   "fc_d24f39526ab747d6835b128f", "fc_0123456789abcdef0123x!!!", None, 42, "call_1"):
         assert extra_from_item_id(plain) is None
 
@@ -460,8 +447,8 @@ def test_custom_tool_input_split_at_every_position(arguments, want):
         chunks = [chunk({"tool_calls": [call_chunk("apply_patch", "", "call_1")]})]
         chunks += [chunk({"tool_calls": [{"index": 0, "function": {"arguments": f}}]}) for f in fragments]
         chunks += [chunk({}, finish="tool_calls"), chunk(choices=False, usage=usage())]
-        events, _, final = drive(chunks, custom_tools={"apply_patch"})
-        assert final["output"][0]["input"] == want, cut
+        stream, events, _ = drive(chunks, custom_tools=frozenset({"apply_patch"}))
+        assert stream.response["output"][0]["input"] == want, cut
         deltas = "".join(e["delta"] for e in events if e["type"] == "response.custom_tool_call_input.delta")
         assert deltas == want, cut
 
@@ -556,4 +543,4 @@ def test_codex_captured_request_translates_with_reasoning_on_the_tool_call_turn(
     assert messages[-1]["role"] == "tool"
     names = [t["function"]["name"] for t in chat.body["tools"]]
     assert "multi_agent_v1__close_agent" in names and "exec_command" in names
-    assert chat.reasoning_summary and chat.seal is not None
+    assert chat.options.reasoning_summary and chat.options.seal is not None

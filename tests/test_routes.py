@@ -6,13 +6,13 @@ import json
 import re
 from typing import Any
 
-import orjson
 import pytest
 import structlog
 
 from gateway.log import configure_logging
 
-from .conftest import assert_valid_stream, free_port, gateway_process, post_stream
+from .conftest import assert_valid_stream, free_port, gateway_process
+from .helpers import post, post_stream
 from .scripted_upstream import Reply, chunk, error_reply, sse, text_reply, tool_reply, usage
 
 ROOT_KEYS = ("id", "created_at", "completed_at")
@@ -28,14 +28,6 @@ def normalise(response: dict[str, Any]) -> dict[str, Any]:
 def terminal_of(raw: bytes) -> dict[str, Any]:
     events = [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
     return events[-1]
-
-
-async def post(http: Any, gateway: Any, body: Any, path: str = "/v1/responses", **kwargs: Any) -> tuple[Any, Any]:
-    data = body if isinstance(body, (bytes, str)) else orjson.dumps(body)
-    headers = {"Content-Type": "application/json", **kwargs.pop("headers", {})}
-    async with http.post(gateway.make_url(path), data=data, headers=headers, **kwargs) as response:
-        raw = await response.read()
-        return response, raw
 
 
 def assert_error(response: Any, raw: bytes, status: int, err_type: str, param: str | None = None,
@@ -155,7 +147,8 @@ async def test_unknown_path_and_method_in_envelope(gateway, http):
     async with http.get(gateway.make_url("/v1/nope")) as response:
         assert_error(response, await response.read(), 404, "invalid_request_error")
     async with http.get(gateway.make_url("/v1/responses")) as response:
-        assert_error(response, await response.read(), 405, "invalid_request_error")
+        error = assert_error(response, await response.read(), 405, "invalid_request_error")
+        assert "POST" in error["message"]
 
 
 async def test_hosted_tool_rejected_by_config(make_gateway, http, upstream):

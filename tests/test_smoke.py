@@ -1,4 +1,5 @@
-from .conftest import assert_valid_stream, post_stream
+from .conftest import assert_valid_stream
+from .helpers import post_stream
 from .scripted_upstream import text_reply, tool_reply
 
 

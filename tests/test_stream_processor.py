@@ -12,31 +12,15 @@ from typing import Any
 
 import pytest
 
-from gateway.event_stream import encode_events
-from gateway.stream_processor import ResponseStream, map_usage, stream_generator
+from gateway.sse import encode_events
+from gateway.stream_processor import map_usage, stream_generator
 
 from .conftest import assert_valid_stream
+from .helpers import RESPONSE_ID as RID
+from .helpers import drive, new_stream
 from .scripted_upstream import chunk, usage
 
 ROOT = Path(__file__).resolve().parents[1]
-RID = "resp_test0001"
-
-
-def run(chunks: list[Any], *, saw_done: bool = True, **options: Any) -> tuple[ResponseStream, list[dict[str, Any]],
-                                                                               dict[str, Any]]:
-    """Drive a ResponseStream; return it, its events and check_stream's folded result."""
-    stream = ResponseStream(response_id=RID, model="test-model", created_at=1764000000, **options)
-    events = stream.start()
-    for c in chunks:
-        events += stream.feed(c)
-    events += stream.finish(saw_done)
-    result = assert_valid_stream(encode_events(events))
-    assert events[-1] is stream.terminal
-    # The terminal response's output is exactly the output_item.done items, in output order.
-    done = [e for e in events if e["type"] == "response.output_item.done"]
-    assert stream.terminal["response"]["output"] == [e["item"] for e in sorted(done, key=lambda e: e["output_index"])]
-    assert [e["sequence_number"] for e in events] == list(range(len(events)))
-    return stream, events, result
 
 
 def types(events: list[dict[str, Any]]) -> list[str]:
@@ -72,7 +56,7 @@ def of_type(events: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def test_text_canonical_sequence():
     chunks = [chunk({"role": "assistant", "content": ""}), chunk({"content": "Hel"}), chunk({"content": "lo"}),
               chunk({"content": " wörld"}), chunk({}, finish="stop"), chunk(choices=False, usage=usage(5, 7))]
-    stream, events, result = run(chunks)
+    stream, events, result = drive(chunks)
     assert types(events) == [
         "created", "in_progress", "output_item.added", "content_part.added",
         "output_text.delta", "output_text.delta", "output_text.delta", "output_text.done",
@@ -115,7 +99,7 @@ def test_stream_generator_without_done_is_truncated():
 
 def test_echo_fields_in_every_lifecycle_response():
     echo = {"instructions": "Be brief.", "metadata": {"k": "v"}, "temperature": 0.5, "model": "ignored"}
-    stream, events, _ = run([chunk({"content": "x"}), chunk({}, finish="stop")], echo=echo)
+    stream, events, _ = drive([chunk({"content": "x"}), chunk({}, finish="stop")], echo=echo)
     for event in (events[0], events[1], events[-1]):
         assert event["response"]["instructions"] == "Be brief."
         assert event["response"]["metadata"] == {"k": "v"}
@@ -124,7 +108,7 @@ def test_echo_fields_in_every_lifecycle_response():
 
 
 def test_refusal_part():
-    _, events, _ = run([chunk({"refusal": "I can't"}), chunk({"refusal": " help."}), chunk({}, finish="stop")])
+    _, events, _ = drive([chunk({"refusal": "I can't"}), chunk({"refusal": " help."}), chunk({}, finish="stop")])
     assert of_type(events, "refusal.done")[0]["refusal"] == "I can't help."
     item = of_type(events, "output_item.done")[0]["item"]
     assert item["content"] == [{"type": "refusal", "refusal": "I can't help."}]
@@ -133,7 +117,7 @@ def test_refusal_part():
 def test_reasoning_then_text():
     chunks = [chunk({"reasoning_content": "Think"}), chunk({"reasoning_content": "ing."}),
               chunk({"content": "Answer"}), chunk({}, finish="stop")]
-    _, events, result = run(chunks)
+    _, events, result = drive(chunks)
     assert result["reasoning"] == "Thinking." and result["text"] == "Answer"
     items = [e["item"] for e in of_type(events, "output_item.done")]
     assert [i["type"] for i in items] == ["reasoning", "message"]
@@ -169,7 +153,7 @@ def test_tool_calls_format_streamed_arguments():
               tools(call_delta(0, arguments=args[:7])), tools(call_delta(0, arguments="")),
               tools(call_delta(0, arguments=args[7:20])), tools(call_delta(0, arguments=args[20:])),
               chunk({}, finish="tool_calls"), chunk(choices=False, usage=usage())]
-    stream, events, result = run(chunks)
+    stream, events, result = drive(chunks)
     assert result["status"] == "completed"
     assert result["tool_calls"] == [{"name": "get_weather", "arguments": args, "call_id": "call_abc123"}]
     assert result["text"] == ""
@@ -185,7 +169,7 @@ def test_legacy_function_call_format():
     chunks = [chunk({"role": "assistant", "function_call": {"name": "search", "arguments": ""}}),
               chunk({"function_call": {"arguments": args[:5]}}), chunk({"function_call": {"arguments": args[5:]}}),
               chunk({}, finish="function_call")]
-    stream, events, result = run(chunks)
+    stream, events, result = drive(chunks)
     assert result["status"] == "completed"
     assert len(result["tool_calls"]) == 1
     call = result["tool_calls"][0]
@@ -199,7 +183,7 @@ def test_legacy_function_call_name_after_arguments_started():
     """A legacy call whose name arrives in the same delta as the first arguments."""
     chunks = [chunk({"function_call": {"name": "f", "arguments": '{"a"'}}),
               chunk({"function_call": {"arguments": ": 1}"}}), chunk({}, finish="function_call")]
-    _, events, result = run(chunks)
+    _, events, result = drive(chunks)
     assert [(c["name"], c["arguments"]) for c in result["tool_calls"]] == [("f", '{"a": 1}')]
 
 
@@ -208,7 +192,7 @@ def test_parallel_calls_interleaved():
               tools(call_delta(1, "call_2", "get_time", "")),
               tools(call_delta(0, arguments='{"city": ')), tools(call_delta(1, arguments='{"tz": "CET"}')),
               tools(call_delta(0, arguments='"Paris"}')), chunk({}, finish="tool_calls")]
-    _, events, result = run(chunks)
+    _, events, result = drive(chunks)
     assert result["tool_calls"] == [
         {"name": "get_weather", "arguments": '{"city": "Paris"}', "call_id": "call_1"},
         {"name": "get_time", "arguments": '{"tz": "CET"}', "call_id": "call_2"}]
@@ -221,7 +205,7 @@ def test_parallel_calls_sequential():
     chunks = [tools(call_delta(0, "call_1", "a", "")), tools(call_delta(0, arguments='{"x": 1}')),
               tools(call_delta(1, "call_2", "b", "")), tools(call_delta(1, arguments='{"y": 2}')),
               tools(call_delta(2, "call_3", "c", "{}")), chunk({}, finish="tool_calls")]
-    _, events, result = run(chunks)
+    _, events, result = drive(chunks)
     assert [(c["name"], c["arguments"], c["call_id"]) for c in result["tool_calls"]] == [
         ("a", '{"x": 1}', "call_1"), ("b", '{"y": 2}', "call_2"), ("c", "{}", "call_3")]
     assert_call_events(events, [(c["name"], c["arguments"], c["call_id"]) for c in result["tool_calls"]])
@@ -230,7 +214,7 @@ def test_parallel_calls_sequential():
 def test_parallel_calls_all_labelled_index_zero():
     chunks = [tools(call_delta(0, "call_1", "a", '{"x": 1}')), tools(call_delta(0, "call_2", "b", '{"y": 2}')),
               chunk({}, finish="tool_calls")]
-    _, _, result = run(chunks)
+    _, _, result = drive(chunks)
     assert result["tool_calls"] == [{"name": "a", "arguments": '{"x": 1}', "call_id": "call_1"},
                                     {"name": "b", "arguments": '{"y": 2}', "call_id": "call_2"}]
 
@@ -239,7 +223,7 @@ def test_text_then_calls():
     chunks = [chunk({"role": "assistant", "content": "Let me "}), chunk({"content": "check."}),
               tools(call_delta(0, "call_1", "get_weather", "")), tools(call_delta(0, arguments='{"city": "Oslo"}')),
               chunk({}, finish="tool_calls"), chunk(choices=False, usage=usage(10, 20))]
-    stream, events, result = run(chunks)
+    stream, events, result = drive(chunks)
     assert result["text"] == "Let me check."
     assert result["tool_calls"] == [{"name": "get_weather", "arguments": '{"city": "Oslo"}', "call_id": "call_1"}]
     # The message is finished before the call is announced.
@@ -260,7 +244,7 @@ def test_whole_call_in_one_chunk():
         "index": 0, "finish_reason": "tool_calls", "delta": {"role": "assistant", "content": "", "tool_calls": [
             {"id": "call_k3v9x0qa", "index": 0, "type": "function",
              "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]}}]}]
-    _, events, result = run(chunks)
+    _, events, result = drive(chunks)
     assert result["status"] == "completed"
     assert result["tool_calls"] == [{"name": "get_weather", "arguments": '{"city":"Paris"}',
                                      "call_id": "call_k3v9x0qa"}]
@@ -273,7 +257,7 @@ def test_calls_without_index():
     chunks = [tools({"id": "call_g1", "type": "function", "function": {"name": "a", "arguments": '{"n": 1}'}}),
               tools({"id": "call_g2", "type": "function", "function": {"name": "b", "arguments": '{"n": 2}'}}),
               chunk({}, finish="stop")]
-    _, events, result = run(chunks)
+    _, events, result = drive(chunks)
     assert result["status"] == "completed"
     assert result["tool_calls"] == [{"name": "a", "arguments": '{"n": 1}', "call_id": "call_g1"},
                                     {"name": "b", "arguments": '{"n": 2}', "call_id": "call_g2"}]
@@ -283,7 +267,7 @@ def test_calls_without_index():
 def test_calls_without_index_or_id_fragments_continue_last_call():
     chunks = [tools({"function": {"name": "a", "arguments": '{"n"'}}), tools({"function": {"arguments": ": 1}"}}),
               chunk({}, finish="tool_calls")]
-    _, _, result = run(chunks)
+    _, _, result = drive(chunks)
     assert len(result["tool_calls"]) == 1
     assert result["tool_calls"][0]["name"] == "a" and result["tool_calls"][0]["arguments"] == '{"n": 1}'
 
@@ -292,7 +276,7 @@ def test_several_calls_in_one_delta():
     chunks = [tools(call_delta(0, "call_1", "a", '{"x": 1}'), call_delta(1, "call_2", "b", '{"y": 2}'),
                     call_delta(2, "call_3", "c", '{"z": 3}')),
               chunk({}, finish="tool_calls")]
-    _, events, result = run(chunks)
+    _, events, result = drive(chunks)
     expected = [("a", '{"x": 1}', "call_1"), ("b", '{"y": 2}', "call_2"), ("c", '{"z": 3}', "call_3")]
     assert [(c["name"], c["arguments"], c["call_id"]) for c in result["tool_calls"]] == expected
     assert_call_events(events, expected)
@@ -303,7 +287,7 @@ def test_arguments_not_valid_json_delivered_exactly_with_warning():
     broken = "{'city': 'Paris',"  # single quotes, truncated: exactly what some models produce
     chunks = [tools(call_delta(0, "call_1", "get_weather", "")), tools(call_delta(0, arguments=broken[:6])),
               tools(call_delta(0, arguments=broken[6:])), chunk({}, finish="tool_calls")]
-    stream, events, result = run(chunks)
+    stream, events, result = drive(chunks)
     assert result["status"] == "completed"
     assert result["tool_calls"] == [{"name": "get_weather", "arguments": broken, "call_id": "call_1"}]
     assert of_type(events, "function_call_arguments.done")[0]["arguments"] == broken
@@ -314,7 +298,7 @@ def test_arguments_not_valid_json_delivered_exactly_with_warning():
 def test_arguments_sent_as_object_are_serialised():
     chunks = [tools(call_delta(0, "call_1", "f")), tools({"index": 0, "function": {"arguments": {"a": 1}}}),
               chunk({}, finish="tool_calls")]
-    _, _, result = run(chunks)
+    _, _, result = drive(chunks)
     assert json.loads(result["tool_calls"][0]["arguments"]) == {"a": 1}
 
 
@@ -322,7 +306,7 @@ def test_call_name_arriving_after_arguments():
     chunks = [tools({"index": 0, "id": "call_1", "function": {"arguments": '{"a"'}}),
               tools({"index": 0, "function": {"name": "late", "arguments": ": 1}"}}),
               chunk({}, finish="tool_calls")]
-    _, events, result = run(chunks)
+    _, events, result = drive(chunks)
     assert result["tool_calls"] == [{"name": "late", "arguments": '{"a": 1}', "call_id": "call_1"}]
     assert_call_events(events, [("late", '{"a": 1}', "call_1")])
 
@@ -333,7 +317,7 @@ def test_namespace_tool_names_mapped_back():
                     call_delta(1, "call_2", "weird_name_1a2b3c4d", "{}"),
                     call_delta(2, "call_3", "plain", "{}")),
               chunk({}, finish="tool_calls")]
-    stream, events, result = run(chunks, tool_names=names)
+    stream, events, result = drive(chunks, tool_names=names)
     assert [c["name"] for c in result["tool_calls"]] == ["search", "weird.name", "plain"]
     output = stream.terminal["response"]["output"]
     assert output[0]["namespace"] == "mcp" and output[0]["name"] == "search"
@@ -349,8 +333,8 @@ def test_namespace_mapping_from_translated_request():
     chat = translate_request({"model": "m", "input": "hi", "tools": [
         {"type": "namespace", "name": "files", "tools": [{"type": "function", "name": "read"}]}]}, UpstreamConfig())
     upstream_name = chat.body["tools"][0]["function"]["name"]
-    stream, _, result = run([tools(call_delta(0, "call_1", upstream_name, "{}")), chunk({}, finish="tool_calls")],
-                            tool_names=chat.tool_names)
+    stream, _, result = drive([tools(call_delta(0, "call_1", upstream_name, "{}")), chunk({}, finish="tool_calls")],
+                            tool_names=chat.options.tool_names)
     assert result["tool_calls"][0]["name"] == "read"
     assert stream.terminal["response"]["output"][0]["namespace"] == "files"
 
@@ -365,7 +349,7 @@ def test_namespace_mapping_from_translated_request():
 ])
 def test_finish_reason_to_status(reason, status, incomplete):
     chunks = [chunk({"content": "Some text"}), chunk({}, finish=reason), chunk(choices=False, usage=usage(3, 4))]
-    stream, events, result = run(chunks)
+    stream, events, result = drive(chunks)
     assert result["status"] == status
     assert events[-1]["type"] == f"response.{status}"
     assert result["incomplete_reason"] == incomplete
@@ -384,19 +368,19 @@ def test_finish_reason_to_status(reason, status, incomplete):
 
 def test_length_with_open_tool_call_closes_it_incomplete():
     chunks = [tools(call_delta(0, "call_1", "f", '{"a": ')), chunk({}, finish="length")]
-    stream, events, result = run(chunks)
+    stream, events, result = drive(chunks)
     assert result["status"] == "incomplete" and result["incomplete_reason"] == "max_output_tokens"
     assert result["tool_calls"] == [{"name": "f", "arguments": '{"a": ', "call_id": "call_1"}]
     assert stream.terminal["response"]["output"][0]["status"] == "incomplete"
 
 
 def test_no_finish_reason_but_done_is_completed():
-    _, _, result = run([chunk({"content": "ok"})], saw_done=True)
+    _, _, result = drive([chunk({"content": "ok"})], saw_done=True)
     assert result["status"] == "completed" and result["text"] == "ok"
 
 
 def test_finish_reason_then_eof_without_done_is_completed():
-    _, _, result = run([chunk({"content": "ok"}), chunk({}, finish="stop")], saw_done=False)
+    _, _, result = drive([chunk({"content": "ok"}), chunk({}, finish="stop")], saw_done=False)
     assert result["status"] == "completed"
 
 
@@ -404,7 +388,7 @@ def test_finish_reason_then_eof_without_done_is_completed():
 def test_usage_mapping_with_cached_and_reasoning_tokens():
     use = usage(100, 40, prompt_tokens_details={"cached_tokens": 64},
                 completion_tokens_details={"reasoning_tokens": 12})
-    stream, _, result = run([chunk({"content": "x"}), chunk({}, finish="stop"), chunk(choices=False, usage=use)])
+    stream, _, result = drive([chunk({"content": "x"}), chunk({}, finish="stop"), chunk(choices=False, usage=use)])
     assert stream.terminal["response"]["usage"] == {
         "input_tokens": 100, "input_tokens_details": {"cached_tokens": 64, "cache_write_tokens": 0},
         "output_tokens": 40, "output_tokens_details": {"reasoning_tokens": 12}, "total_tokens": 140}
@@ -413,7 +397,7 @@ def test_usage_mapping_with_cached_and_reasoning_tokens():
 
 
 def test_usage_chunk_after_finish_chunk_is_not_lost():
-    stream = ResponseStream(response_id=RID, model="m")
+    stream = new_stream(model="m")
     events = stream.start()
     events += stream.feed(chunk({"content": "x"}))
     events += stream.feed(chunk({}, finish="stop"))
@@ -430,7 +414,7 @@ def test_usage_chunk_after_finish_chunk_is_not_lost():
 def test_usage_on_every_chunk_takes_the_last():
     chunks = [chunk({"content": "a"}, usage=usage(5, 1)), chunk({"content": "b"}, usage=usage(5, 2)),
               chunk({}, finish="stop", usage=usage(5, 3))]
-    _, _, result = run(chunks)
+    _, _, result = drive(chunks)
     assert result["usage"]["input_tokens"] == 5 and result["usage"]["output_tokens"] == 3
 
 
@@ -438,12 +422,12 @@ def test_usage_null_on_chunks_is_ignored():
     chunks = [chunk({"content": "a"}, usage=None), chunk({}, finish="stop"), chunk(choices=False, usage=usage(2, 3)),
               ]
     chunks[0]["usage"] = None
-    _, _, result = run(chunks)
+    _, _, result = drive(chunks)
     assert result["usage"]["total_tokens"] == 5
 
 
 def test_usage_missing_is_zero():
-    stream, _, result = run([chunk({"content": "a"}), chunk({}, finish="stop")])
+    stream, _, result = drive([chunk({"content": "a"}), chunk({}, finish="stop")])
     assert result["usage"] == {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0, "cached_tokens": 0,
                                "reasoning_tokens": 0}
 
@@ -458,7 +442,7 @@ def test_usage_total_is_the_sum_and_deepseek_cache_hits():
 
 def test_usage_groq_x_groq():
     chunks = [chunk({"content": "a"}), chunk({}, finish="stop", x_groq={"usage": usage(4, 6)})]
-    _, _, result = run(chunks)
+    _, _, result = drive(chunks)
     assert result["usage"]["input_tokens"] == 4 and result["usage"]["output_tokens"] == 6
 
 
@@ -474,7 +458,7 @@ def assert_closed_before_terminal(events: list[dict[str, Any]]) -> None:
 def test_inband_error_closes_open_items_then_fails():
     chunks = [chunk({"content": "Partial"}), tools(call_delta(0, "call_1", "f", '{"a": 1')),
               {"error": {"message": "engine died", "code": 500, "type": "internal"}}]
-    stream, events, result = run(chunks)
+    stream, events, result = drive(chunks)
     assert result["status"] == "failed"
     assert result["error"] == {"code": "upstream_error", "message": "engine died"}
     assert stream.terminal["response"]["error"] == {"code": "upstream_error", "message": "engine died"}
@@ -487,20 +471,20 @@ def test_inband_error_closes_open_items_then_fails():
 
 
 def test_inband_error_known_code_kept():
-    _, _, result = run([{"error": {"message": "too long", "code": "context_length_exceeded"}}])
+    _, _, result = drive([{"error": {"message": "too long", "code": "context_length_exceeded"}}])
     assert result["error"] == {"code": "context_length_exceeded", "message": "too long"}
 
 
 def test_inband_error_as_bare_string_and_lm_studio_shape():
-    _, _, result = run([{"error": "model crashed"}])
+    _, _, result = drive([{"error": "model crashed"}])
     assert result["error"] == {"code": "upstream_error", "message": "model crashed"}
-    _, _, result = run([{"error": {"code": "model_unloaded"}, "message": "LM Studio says no"}])
+    _, _, result = drive([{"error": {"code": "model_unloaded"}, "message": "LM Studio says no"}])
     # The upstream's own string code is kept: it tells the user more than a generic one.
     assert result["error"] == {"code": "model_unloaded", "message": "LM Studio says no"}
 
 
 def test_chunks_after_error_are_ignored():
-    stream = ResponseStream(response_id=RID, model="m")
+    stream = new_stream(model="m")
     events = stream.start() + stream.feed({"error": {"message": "boom"}})
     assert stream.feed(chunk({"content": "late"})) == []
     assert stream.finish(True) == []
@@ -511,7 +495,7 @@ def test_chunks_after_error_are_ignored():
 def test_cut_stream_closes_open_items_then_fails_truncated():
     chunks = [chunk({"content": "Half a sen"}), tools(call_delta(0, "call_1", "f", '{"x": ')),
               tools(call_delta(1, "call_2", "g", '{"y": 2}'))]
-    stream, events, result = run(chunks, saw_done=False)
+    stream, events, result = drive(chunks, saw_done=False)
     assert result["status"] == "failed"
     assert result["error"]["code"] == "upstream_truncated"
     assert stream.terminal["response"]["error"]["code"] == "upstream_truncated"
@@ -523,7 +507,7 @@ def test_cut_stream_closes_open_items_then_fails_truncated():
 
 
 def test_cut_stream_with_open_text_only():
-    stream, events, result = run([chunk({"content": "Half"})], saw_done=False)
+    stream, events, result = drive([chunk({"content": "Half"})], saw_done=False)
     assert result["error"]["code"] == "upstream_truncated" and result["text"] == "Half"
     assert_closed_before_terminal(events)
     assert stream.terminal["response"]["output"][0]["status"] == "incomplete"
@@ -531,13 +515,13 @@ def test_cut_stream_with_open_text_only():
 
 
 def test_cut_stream_nothing_received():
-    _, events, result = run([], saw_done=False)
+    _, events, result = drive([], saw_done=False)
     assert types(events) == ["created", "in_progress", "failed"]
     assert result["error"]["code"] == "upstream_truncated"
 
 
 def test_fail_from_outside_closes_items():
-    stream = ResponseStream(response_id=RID, model="m")
+    stream = new_stream(model="m")
     events = stream.start() + stream.feed(tools(call_delta(0, "call_1", "f", "{")))
     events += stream.fail("upstream_timeout", "the upstream sent nothing for 5s")
     result = assert_valid_stream(encode_events(events))
@@ -548,20 +532,20 @@ def test_fail_from_outside_closes_items():
 
 @pytest.mark.parametrize("reason", ["error", "insufficient_system_resource"])
 def test_failure_finish_reasons(reason):
-    _, events, result = run([chunk({"content": "x"}), chunk({}, finish=reason)])
+    _, events, result = drive([chunk({"content": "x"}), chunk({}, finish=reason)])
     assert result["status"] == "failed" and result["error"]["code"] == "upstream_error"
     assert reason in result["error"]["message"]
     assert_closed_before_terminal(events)
 
 
 def test_malformed_chunk_fails_cleanly():
-    _, events, result = run([chunk({"content": "x"}), {"choices": "not a list of choices"}])
+    _, events, result = drive([chunk({"content": "x"}), {"choices": "not a list of choices"}])
     assert result["status"] == "failed"
     assert result["error"]["code"] == "upstream_protocol_error"
 
 
 def test_unknown_finish_reason_is_stop_with_warning():
-    stream, _, result = run([chunk({"content": "x"}), chunk({}, finish="weird")])
+    stream, _, result = drive([chunk({"content": "x"}), chunk({}, finish="weird")])
     assert result["status"] == "completed"
     assert any("weird" in w for w in stream.warnings)
 

@@ -34,7 +34,7 @@ def test_minimal_request():
     assert chat.body == {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True,
                          "stream_options": {"include_usage": True}}
     assert chat.stream is False
-    assert chat.warnings == [] and chat.tool_names == {}
+    assert chat.warnings == [] and chat.options.tool_names == {}
 
 
 def test_stream_flag_kept_for_the_client_upstream_always_streams():
@@ -51,7 +51,7 @@ def test_unknown_fields_ignored():
 def test_metadata_is_echoed_only():
     chat = tr(metadata={"trace": "t1"})
     assert "metadata" not in chat.body
-    assert chat.echo["metadata"] == {"trace": "t1"}
+    assert chat.options.echo["metadata"] == {"trace": "t1"}
 
 
 def test_echo_fields():
@@ -59,7 +59,7 @@ def test_echo_fields():
     chat = tr(instructions="Be brief.", temperature=0.3, top_p=0.9, max_output_tokens=50, tools=tools,
               tool_choice="required", parallel_tool_calls=False, store=False, user="u1",
               reasoning={"effort": "low"}, text={"format": {"type": "json_object"}}, truncation="auto")
-    assert chat.echo == {
+    assert chat.options.echo == {
         "instructions": "Be brief.", "max_output_tokens": 50, "metadata": {}, "parallel_tool_calls": False,
         "previous_response_id": None, "reasoning": {"effort": "low"}, "store": False, "temperature": 0.3,
         "text": {"format": {"type": "json_object"}}, "tool_choice": "required", "tools": tools, "top_p": 0.9,
@@ -67,7 +67,7 @@ def test_echo_fields():
 
 
 def test_echo_defaults():
-    echo = tr().echo
+    echo = tr().options.echo
     assert echo["tool_choice"] == "auto" and echo["tools"] == [] and echo["parallel_tool_calls"] is True
     assert echo["text"] == {"format": {"type": "text"}} and echo["truncation"] == "disabled"
     assert echo["store"] is True
@@ -192,7 +192,7 @@ def test_function_tool_flat_to_nested_strict_kept():
         {"type": "function", "function": {"name": "get_weather", "description": "Weather.", "parameters": params,
                                           "strict": True}},
         {"type": "function", "function": {"name": "ping", "parameters": {"type": "object", "properties": {}}}}]
-    assert chat.tool_names == {}
+    assert chat.options.tool_names == {}
 
 
 def test_strict_false_kept():
@@ -206,7 +206,7 @@ def test_namespace_tools_flattened_and_mapped_back():
                          {"type": "function", "name": "search", "parameters": {"type": "object"}},
                          {"type": "function", "name": "fetch"}]}])
     assert [t["function"]["name"] for t in chat.body["tools"]] == ["exec", "mcp__search", "mcp__fetch"]
-    assert chat.tool_names == {"mcp__search": ("search", "mcp"), "mcp__fetch": ("fetch", "mcp")}
+    assert chat.options.tool_names == {"mcp__search": ("search", "mcp"), "mcp__fetch": ("fetch", "mcp")}
     assert chat.warnings == []
 
 
@@ -215,7 +215,7 @@ def test_tool_names_upstreams_reject_are_renamed_and_mapped_back():
     upstream = chat.body["tools"][0]["function"]["name"]
     assert upstream != "weird.name/v2"
     assert all(c.isalnum() or c in "_-" for c in upstream) and len(upstream) <= 64
-    assert chat.tool_names == {upstream: ("weird.name/v2", None)}
+    assert chat.options.tool_names == {upstream: ("weird.name/v2", None)}
 
 
 @pytest.mark.parametrize("hosted", [{"type": "web_search"}, {"type": "file_search", "vector_store_ids": ["vs"]},
@@ -230,7 +230,7 @@ def test_hosted_tools_dropped_with_warning(hosted):
 def test_only_hosted_tools_dropped_sends_no_tools_or_tool_choice():
     chat = tr(tools=[{"type": "web_search"}], tool_choice="required", parallel_tool_calls=True)
     assert "tools" not in chat.body and "tool_choice" not in chat.body and "parallel_tool_calls" not in chat.body
-    assert chat.echo["tools"] == [{"type": "web_search"}]
+    assert chat.options.echo["tools"] == [{"type": "web_search"}]
 
 
 def test_hosted_tools_rejected_by_config():
@@ -252,7 +252,7 @@ def test_hosted_tools_rejected_by_config():
 def test_tool_choice(choice, expected):
     chat = tr(tools=[{"type": "function", "name": "f"}], tool_choice=choice)
     assert chat.body["tool_choice"] == expected
-    assert chat.echo["tool_choice"] == choice
+    assert chat.options.echo["tool_choice"] == choice
 
 
 def test_tool_choice_namespaced_function():
@@ -288,10 +288,10 @@ def test_max_output_tokens_to_max_tokens_or_max_completion_tokens():
 def test_reasoning_effort():
     chat = tr(reasoning={"effort": "high", "summary": "auto"})
     assert chat.body["reasoning_effort"] == "high"
-    assert chat.reasoning_summary is True
+    assert chat.options.reasoning_summary is True
     chat = tr(UpstreamConfig(send_reasoning_effort=False), reasoning={"effort": "high"})
     assert "reasoning_effort" not in chat.body
-    assert chat.reasoning_summary is False
+    assert chat.options.reasoning_summary is False
 
 
 @pytest.mark.parametrize("fmt, expected", [

@@ -1,25 +1,17 @@
-"""Agent tool plumbing shared by request translation and the stream processor (pure, no I/O).
+"""Codex's custom (freeform) tools over Chat Completions, which has functions only (pure, no I/O).
 
-- Custom (freeform) tools such as Codex's `apply_patch` go upstream as a function with one
-  string parameter `input`; `InputDecoder` streams that string back out of the JSON argument
-  fragments so the client gets `response.custom_tool_call_input.delta` events as they arrive.
-- Provider metadata that must survive a turn (Gemini's `extra_content.google.thought_signature`)
-  is encoded into the call item's own id (`fc_…` / `ctc_…`), which every client resends
-  unchanged with the history: stateless, and it survives gateway restarts.
-- Call ids for upstreams that constrain them (Mistral: exactly 9 letters/digits).
+A custom tool such as `apply_patch` takes raw text, not JSON. Upstream it is offered as a
+function with one string parameter, `input` (`custom_tool_function`; an earlier call goes back
+as `custom_arguments`). On the way out, `InputDecoder` streams that string back out of the JSON
+argument fragments, so the client gets `response.custom_tool_call_input.delta` events as the
+fragments arrive.
 """
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import os
 import re
 from typing import Any
 
 import orjson
-
-from .ids import new_id
 
 CUSTOM_INPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -169,59 +161,3 @@ def _fallback_input(arguments: str) -> str:
         if len(value) == 1 and strings:
             return strings[0]
     return arguments
-
-
-# ---------------------------------------------------------------------- provider metadata in item ids
-# A plain item id is `fc_` + 20 hex digits (ids.new_id); with metadata, `x` + base64url(JSON) follows.
-_PLAIN_LEN = 20
-
-
-def call_item_id(prefix: str, extra: Any) -> str:
-    """A new call item id; `extra` (the upstream's extra_content) rides along inside it."""
-    item_id = new_id(prefix)
-    if extra is None:
-        return item_id
-    encoded = base64.urlsafe_b64encode(orjson.dumps(extra)).rstrip(b"=").decode()
-    return f"{item_id}x{encoded}"
-
-
-def extra_from_item_id(item_id: Any) -> Any:
-    """The provider metadata encoded by `call_item_id`, or None."""
-    if not isinstance(item_id, str):
-        return None
-    head, sep, encoded = item_id.partition("_")
-    if not sep or len(encoded) <= _PLAIN_LEN + 1 or encoded[_PLAIN_LEN] != "x":
-        return None
-    body = encoded[_PLAIN_LEN + 1:]
-    try:
-        value = orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    except (ValueError, binascii.Error, orjson.JSONDecodeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-# ---------------------------------------------------------------------- constrained call ids
-_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_MISTRAL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
-
-
-def _alnum9(number: int) -> str:
-    chars = []
-    for _ in range(9):
-        number, digit = divmod(number, 62)
-        chars.append(_ALNUM[digit])
-    return "".join(chars)
-
-
-def new_call_id(style: str) -> str:
-    """A call id for a call the upstream sent without one, in the form the upstream accepts."""
-    if style == "mistral":
-        return _alnum9(int.from_bytes(os.urandom(8), "big"))
-    return new_id("call")
-
-
-def upstream_call_id(call_id: str, style: str) -> str:
-    """A history call id as the upstream accepts it; the same id always maps to the same one."""
-    if style != "mistral" or _MISTRAL_ID.match(call_id):
-        return call_id
-    return _alnum9(int.from_bytes(hashlib.sha256(call_id.encode()).digest()[:8], "big"))
