@@ -71,8 +71,8 @@ async def serve(config: Config) -> None:
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
         await site.start()
-        sockets = [s.getsockname() for s in (site._server.sockets if site._server else [])]  # type: ignore[union-attr]
-        port = sockets[0][1] if sockets else config.server.port
+        addresses = runner.addresses
+        port = addresses[0][1] if addresses else config.server.port
         get_logger().info("gateway.started", host=config.server.host, port=port,
                           upstream=config.upstream.base_url)
         tune_gc()
