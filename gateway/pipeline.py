@@ -46,7 +46,7 @@ class Run:
         # Only what outlives the upstream request is kept from `chat`: the body (the whole
         # conversation, often the largest thing a request holds) is dropped once it was sent.
         self.body: dict[str, Any] | None = chat.body
-        self.model: str = chat.options.model
+        self.model: str = chat.body["model"]
         self.streaming = chat.stream
         self.warnings = chat.warnings
         self.started_at = time.monotonic()

@@ -1,7 +1,11 @@
 """Responses API request → Chat Completions request (pure functions, no I/O).
 
 Validation happens here too: a wrong type raises `InvalidRequest` naming the `param`,
-unknown fields are ignored, and everything the Response must echo is collected.
+unknown fields are ignored, and what the response stream needs (the echoed fields, tool name
+mapping, reasoning options) is collected into one `StreamOptions`. Read top-down: the request,
+its tools, then its input items. Three mappings have modules of their own: custom tools as
+functions (custom_tools.py), call id forms (call_ids.py) and provider metadata carried in item
+ids (provider_metadata.py).
 """
 from __future__ import annotations
 
@@ -208,6 +212,28 @@ def _tools(tools: Any, names: _ToolNames, config: UpstreamConfig, warnings: list
     return out
 
 
+def _function_tool(tool: dict[str, Any], param: str, names: _ToolNames, namespace: str | None) -> dict[str, Any]:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(f"Missing required parameter: '{param}.name'.", f"{param}.name")
+    function: dict[str, Any] = {"name": names.upstream(name, namespace)}
+    description = tool.get("description")
+    if description is not None:
+        if not isinstance(description, str):
+            raise _fail(f"Invalid type for '{param}.description': expected a string.", f"{param}.description")
+        function["description"] = description
+    parameters = tool.get("parameters")
+    if parameters is not None:
+        if not isinstance(parameters, dict):
+            raise _fail(f"Invalid type for '{param}.parameters': expected an object.", f"{param}.parameters")
+        function["parameters"] = parameters
+    else:
+        function["parameters"] = {"type": "object", "properties": {}}
+    if tool.get("strict") is not None:
+        function["strict"] = bool(tool["strict"])
+    return {"type": "function", "function": function}
+
+
 def _custom_tool(tool: dict[str, Any], param: str, names: _ToolNames, namespace: str | None,
                  custom: set[str]) -> dict[str, Any]:
     """A freeform `custom` tool (Codex's apply_patch): a function with one string parameter, `input`."""
@@ -232,28 +258,6 @@ def _additional_tools(items: Any, names: _ToolNames, config: UpstreamConfig, war
                     offered.add(tool["function"]["name"])
                     out.append(tool)
     return out
-
-
-def _function_tool(tool: dict[str, Any], param: str, names: _ToolNames, namespace: str | None) -> dict[str, Any]:
-    name = tool.get("name")
-    if not isinstance(name, str) or not name:
-        raise _fail(f"Missing required parameter: '{param}.name'.", f"{param}.name")
-    function: dict[str, Any] = {"name": names.upstream(name, namespace)}
-    description = tool.get("description")
-    if description is not None:
-        if not isinstance(description, str):
-            raise _fail(f"Invalid type for '{param}.description': expected a string.", f"{param}.description")
-        function["description"] = description
-    parameters = tool.get("parameters")
-    if parameters is not None:
-        if not isinstance(parameters, dict):
-            raise _fail(f"Invalid type for '{param}.parameters': expected an object.", f"{param}.parameters")
-        function["parameters"] = parameters
-    else:
-        function["parameters"] = {"type": "object", "properties": {}}
-    if tool.get("strict") is not None:
-        function["strict"] = bool(tool["strict"])
-    return {"type": "function", "function": function}
 
 
 def _tool_choice(choice: Any, names: _ToolNames) -> Any:

@@ -5,7 +5,6 @@ import asyncio
 import json
 import socket
 
-import aiohttp
 import structlog
 
 from .conftest import assert_valid_stream
