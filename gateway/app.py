@@ -11,7 +11,7 @@ from .event_stream import KeepAlive
 from .log import get_logger
 from .routes import envelope_middleware, routes
 from .state import STATE, AppState
-from .store import StoreUnavailable, open_store_url
+from .store import StoreUnavailable, display_url, open_store_url
 from .store.service import StateService
 from .stored_routes import stored_routes
 from .upstream import UpstreamClient
@@ -45,7 +45,7 @@ async def _open_store(app: web.Application) -> None:
         await stored.store.open()
     except StoreUnavailable as exc:
         stored.down_since = time.monotonic()
-        get_logger().warning("store.unavailable", store=stored.store.url.split("?")[0], error=exc.detail,
+        get_logger().warning("store.unavailable", store=display_url(stored.store.url), error=exc.detail,
                              note="stateless requests (store: false) keep working")
 
 

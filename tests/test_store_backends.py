@@ -8,11 +8,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.config import load_config
+from gateway.config import StoreConfig, load_config
 from gateway.errors import ConfigError
 from gateway.store import StoreUnavailable, open_store_url
 from gateway.store.redis import split_prefix
 from gateway.store.service import normalize_items, owner_of
+
+from .conftest import ROOT
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -138,6 +140,14 @@ def test_store_config_keys(tmp_path):
         path.write_text(f"store:\n  {bad}\n")
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(path)
+
+
+def test_shipped_config_and_unit_keep_state_in_a_file(monkeypatch):
+    monkeypatch.delenv("GATEWAY_STORE_URL", raising=False)
+    shipped = load_config(ROOT / "config.yaml").store
+    assert shipped == StoreConfig(url="sqlite:state/gateway.db")
+    unit = (ROOT / "deploy" / "gateway.service").read_text()
+    assert "StateDirectory=gateway" in unit and "GATEWAY_STORE_URL=sqlite:/var/lib/gateway/gateway.db" in unit
 
 
 def test_owner_is_a_hash_of_the_bearer_token():

@@ -288,21 +288,6 @@ async def test_store_down_503_for_stateful_requests_stateless_keep_working(make_
     assert len(upstream.requests) == 1
 
 
-async def test_store_failing_at_the_end_fails_the_response(make_gateway, upstream, tmp_path):
-    """A write that fails after the stream started ends it with response.failed (store_unavailable)."""
-    gateway = await make_gateway(store={"url": f"sqlite:{tmp_path / 'gateway.db'}"})
-    (tmp_path / "gateway.db").chmod(0o400)
-    os.chmod(tmp_path, 0o500)
-    try:
-        async with sdk(gateway, strict=False) as client:
-            events = [e async for e in await client.responses.create(model="scripted", input="x", stream=True)]
-    finally:
-        os.chmod(tmp_path, 0o700)
-    if events[-1].type == "response.completed":
-        pytest.skip("running as a user the file mode does not stop (root)")
-    assert events[-1].type == "response.failed" and events[-1].response.error.code == "store_unavailable"
-
-
 # ---------------------------------------------------------------------------------------- openai-agents
 async def test_agents_auto_previous_response_id(stored_gateway, upstream):
     agents = pytest.importorskip("agents")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .base import Store, StoreUnavailable
 
-__all__ = ["Store", "StoreUnavailable", "open_store_url", "check_store_url"]
+__all__ = ["Store", "StoreUnavailable", "open_store_url", "check_store_url", "display_url"]
 
 _SCHEMES = "memory:, sqlite:PATH or redis://HOST:PORT/DB"
 
@@ -27,3 +27,11 @@ def open_store_url(url: str) -> Store:
         return SQLiteStore(url)
     from .redis import RedisStore
     return RedisStore(url)
+
+
+def display_url(url: str) -> str:
+    """The URL for logs: no password, no query."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/")[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}{sep}{rest}".split("?")[0]

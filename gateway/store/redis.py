@@ -13,7 +13,11 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .base import Order, StoreUnavailable
 
@@ -45,8 +49,12 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
         redis_url, self.prefix = split_prefix(url)
+        # A pooled connection that died with a Redis restart is retried on a fresh one. Every write is
+        # idempotent (SET, and the append script skips ids already present), so a retry is safe.
         self._redis = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5,
-                                        health_check_interval=30)
+                                        health_check_interval=30,
+                                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                                        retry_on_error=[RedisConnectionError, RedisTimeoutError])
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:

@@ -20,6 +20,7 @@ import orjson
 from ..config import StoreConfig
 from ..errors import InvalidRequest
 from ..log import get_logger
+from . import display_url
 from .base import Order, Store, StoreUnavailable
 
 ANONYMOUS = "anonymous"
@@ -118,7 +119,7 @@ class StateService:
         except StoreUnavailable as exc:
             if self.down_since is None:
                 self.down_since = time.monotonic()
-            get_logger().warning("store.unavailable", store=self.store.url.split("?")[0], error=exc.detail)
+            get_logger().warning("store.unavailable", store=display_url(self.store.url), error=exc.detail)
             raise
         self.down_since = None
         return result
