@@ -15,7 +15,7 @@ from .errors import InvalidRequest
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_sealer
 from .routes import json_response, read_json
 from .state import STATE
-from .store.base import Order
+from .store.base import Order, page
 from .store.service import MAX_ITEMS_PER_CALL, StateService, normalize_items, owner_of
 
 stored_routes = web.RouteTableDef()
@@ -143,11 +143,9 @@ async def delete_response(request: web.Request) -> web.Response:
 async def input_items(request: web.Request) -> web.Response:
     after, limit, order = _page_query(request)
     record = await _service(request).response_record(request.match_info["response_id"], _owner(request))
-    items = record["input"] if order == "asc" else record["input"][::-1]
-    if after is not None:
-        ids = [item["id"] for item in items]
-        items = items[ids.index(after) + 1:] if after in ids else []
-    return json_response(_list(items[:limit], len(items) > limit))
+    by_id = {item["id"]: item for item in record["input"]}
+    ids, more = page(list(by_id), after, limit, order)
+    return json_response(_list([by_id[item_id] for item_id in ids], more))
 
 
 # ---------------------------------------------------------------------- conversations

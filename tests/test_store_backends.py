@@ -164,3 +164,4 @@ def test_input_items_get_ids_and_typed_content():
     assert items[1]["content"] == [{"type": "output_text", "text": "yo", "annotations": []}]
     assert items[2]["id"] == "fco_given"
     assert normalize_items("hello")[0]["content"] == [{"type": "input_text", "text": "hello"}]
+    assert normalize_items([{"type": [], "id": 5}])[0]["id"].startswith("item_")  # translate.py rejects it later

@@ -12,6 +12,8 @@ from .scripted_upstream import Reply, chunk, sse, text_reply, tool_reply, usage
 
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")
 openai = pytest.importorskip("openai")
+agents = pytest.importorskip("agents")
+agents.set_tracing_disabled(True)
 
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather for a city.", "strict": True,
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
@@ -290,8 +292,6 @@ async def test_store_down_503_for_stateful_requests_stateless_keep_working(make_
 
 # ---------------------------------------------------------------------------------------- openai-agents
 async def test_agents_auto_previous_response_id(stored_gateway, upstream):
-    agents = pytest.importorskip("agents")
-    agents.set_tracing_disabled(True)
     invoked: list[str] = []
 
     @agents.function_tool
@@ -310,8 +310,6 @@ async def test_agents_auto_previous_response_id(stored_gateway, upstream):
 
 
 async def test_agents_openai_conversations_session(stored_gateway, upstream):
-    agents = pytest.importorskip("agents")
-    agents.set_tracing_disabled(True)
     async with sdk(stored_gateway, strict=False) as client:
         session = agents.OpenAIConversationsSession(openai_client=client)
         agent = agents.Agent(name="a", instructions="Be brief.",

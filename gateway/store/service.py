@@ -76,7 +76,7 @@ def normalize_items(items: Any, param: str = "input") -> list[dict[str, Any]]:
                                                                       if part == "output_text" else {})}]
             item.setdefault("status", "completed")
         if not isinstance(item.get("id"), str) or not item["id"]:
-            item["id"] = unguessable_id(_ID_PREFIX.get(kind, "item"))
+            item["id"] = unguessable_id(_ID_PREFIX.get(kind, "item") if isinstance(kind, str) else "item")
         out.append(item)
     return out
 
