@@ -126,8 +126,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         body = await read_json(request, state)
-        turn = await state.stored.prepare(body, request.headers.get("Authorization")) if isinstance(body, dict) \
-            else None
+        turn = await state.stored.prepare(body, request.headers.get("Authorization"))
         chat = translate_request(with_context(body, turn), state.config.upstream)
     except GatewayError as exc:
         _log_rejected(state, request_id, exc, received)
@@ -140,8 +139,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     http_status, error_code = 200, None
     state.runs.add(run)
     try:
-        await run_pipeline(run, state.upstream, pipeline_sink, keepalive_interval=state.config.server.keepalive_interval,
-                           client_authorization=request.headers.get("Authorization"), debug=state.debug)
+        await run_pipeline(run, state.upstream, pipeline_sink,
+                           keepalive_interval=state.config.server.keepalive_interval, client_authorization=request.headers.get("Authorization"), debug=state.debug)
         if isinstance(sink, EventStream):
             await sink.close()
             assert sink.response is not None

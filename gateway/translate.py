@@ -165,7 +165,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
         "top_p": top_p, "truncation": truncation or "disabled", "user": user,
     }
     if conversation is not None:
-        echo["conversation"] = {"id": conversation["id"] if isinstance(conversation, dict) else conversation}
+        echo["conversation"] = {"id": conversation.get("id") if isinstance(conversation, dict) else conversation}
     seal = reasoning_sealer(config.reasoning_key) if include and ENCRYPTED_INCLUDE in include else None
     return ChatRequest(body=chat, echo=echo, stream=stream, tool_names=names.changed(),
                        reasoning_summary=summary, warnings=warnings, custom_tools=frozenset(custom),

@@ -130,8 +130,10 @@ class StateService:
             await self.call(self.store.ping())
 
     # ------------------------------------------------------------------ create
-    async def prepare(self, body: dict[str, Any], authorization: str | None) -> Turn | None:
+    async def prepare(self, body: Any, authorization: str | None) -> Turn | None:
         """The turn's context and recording plan; None for a stateless request (store false, no chain)."""
+        if not isinstance(body, dict):
+            return None  # translate.py explains what is wrong
         store = body.get("store")
         previous = body.get("previous_response_id")
         conversation = body.get("conversation")
@@ -285,10 +287,14 @@ class StateService:
 
 
 def with_context(body: Any, turn: Turn | None) -> Any:
-    """The request as translate.py should see it: earlier items, then this turn's input."""
+    """The request as translate.py should see it: earlier items, then this turn's input.
+
+    The turn lets go of its context here: the translated request is the only copy needed.
+    """
     if turn is None or not turn.context:
         return body
-    return {**body, "input": [*turn.context, *turn.input_items]}
+    context, turn.context = turn.context, []
+    return {**body, "input": [*context, *turn.input_items]}
 
 
 def conversation_id_of(value: Any) -> str | None:
