@@ -68,6 +68,7 @@ class Endpoint:
     port: int
     path: str
     fmt: Format
+    store: bool | None = None  # the Responses body's `store` (None: not sent)
 
     @classmethod
     def from_url(cls, url: str, fmt: str) -> Endpoint:
@@ -85,6 +86,8 @@ class Endpoint:
             body = {"model": model, "input": "hi", "stream": True}
             if tools:
                 body["tools"] = TOOLS
+            if self.store is not None:
+                body["store"] = self.store
         data = orjson.dumps(body)
         head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"

@@ -73,6 +73,7 @@ class Target:
     command: Callable[[int, int], list[str]]  # (port, upstream port) -> argv
     env: Callable[[int], dict[str, str]] = lambda upstream_port: {}
     in_scratch: bool = False  # run in a temporary directory (for what writes files into its cwd)
+    store: bool | None = None  # the gateway's requests send this `store`
 
 
 def floor_command(port: int, upstream: int) -> list[str]:
@@ -83,6 +84,14 @@ def gateway_command(port: int, upstream: int) -> list[str]:
     config = str(BENCH / "gateway.yaml")
     return [sys.executable, "-m", "gateway", "serve", "--config", config, "--host", LOOPBACK, "--port", str(port),
             "--upstream-url", upstream_url(upstream), "--log-format", "json"]  # fmt: skip
+
+
+# The store scenario: one Redis key prefix per bench run, removed at the end (never FLUSHDB).
+BENCH_REDIS = f"redis://{LOOPBACK}:6379/0?prefix=bench:{os.urandom(4).hex()}:"
+
+
+def gateway_store_command(url: str) -> Callable[[int, int], list[str]]:
+    return lambda port, upstream: [*gateway_command(port, upstream), "--store", url]
 
 
 def ors_command(port: int, upstream: int) -> list[str]:
@@ -101,7 +110,8 @@ def upstream_url(port: int) -> str:
 
 TARGETS = {
     "floor": Target("floor", "chat", "/v1/responses", "/healthz", floor_command),
-    "gateway": Target("gateway", "responses", "/v1/responses", "/healthz", gateway_command),
+    # store: false, so the main table measures the stream alone (the store scenario adds the rest).
+    "gateway": Target("gateway", "responses", "/v1/responses", "/healthz", gateway_command, store=False),
     "open-responses-server": Target(
         "open-responses-server", "responses", "/responses", "/health", ors_command, ors_env, in_scratch=True
     ),
@@ -189,8 +199,17 @@ async def started(target: Target, upstream: int, pinning: Pinning) -> AsyncItera
             process.stop()
 
 
+STORE_TARGETS = [
+    TARGETS["gateway"],
+    Target("gateway-sqlite", "responses", "/v1/responses", "/healthz", gateway_store_command("sqlite:bench-store.db"),
+           in_scratch=True, store=True),
+    Target("gateway-redis", "responses", "/v1/responses", "/healthz", gateway_store_command(BENCH_REDIS), store=True),
+]  # fmt: skip
+STORE_TOKENS = 20  # short answers: the per-request cost of storing shows instead of the per-token cost
+
+
 def endpoint(target: Target, port: int) -> Endpoint:
-    return Endpoint(LOOPBACK, port, target.path, FORMATS[target.fmt])
+    return Endpoint(LOOPBACK, port, target.path, FORMATS[target.fmt], target.store)
 
 
 async def warm_up(where: Endpoint) -> None:
@@ -275,6 +294,27 @@ class Bench:
                 best = concurrency
             self.record("capacity", target.name, 0, {"capacity_streams": best})
 
+    async def store(self) -> None:
+        """CPU per request and added TTFT with store: true on SQLite and Redis against store: false."""
+        p = self.profile
+        paced = self.paced_load(p.ttft_tokens, p.ttft_concurrency, p.ttft_rounds)
+        for rep in range(p.reps):
+            direct = await paced(self.direct, None)
+            for target in STORE_TARGETS:
+                result = await self.on_target(
+                    target, lambda ep, pid: run_fast(ep, "text", STORE_TOKENS, p.fast_concurrency, p.fast_duration, pid)
+                )  # fmt: skip
+                if result is None:
+                    continue
+                cpu, streams = number(result["target_cpu_s"]), number(result["streams"])
+                result["cpu_ms_per_request"] = round(cpu / streams * 1000, 3) if cpu and streams else None
+                self.record("store-cpu", target.name, rep, result)
+                result = await self.on_target(target, paced)
+                if result is not None:
+                    result["added_ttft_p50_ms"] = subtract(result["ttft_p50_ms"], direct["ttft_p50_ms"])
+                    self.record("store-ttft", target.name, rep, result)
+        await remove_bench_keys()
+
     async def run_all(self) -> None:
         p = self.profile
         print("fast text streams (CPU per token)", flush=True)
@@ -287,6 +327,34 @@ class Bench:
         await self.paced("paced", p.paced_concurrency, p.paced_tokens, 1)
         print("capacity (stepping the load up)", flush=True)
         await self.capacity()
+        print("store: true on SQLite and Redis against store: false", flush=True)
+        await self.store()
+
+
+async def remove_bench_keys() -> None:
+    import redis.asyncio as aioredis
+
+    from gateway.store.redis import split_prefix
+
+    url, prefix = split_prefix(BENCH_REDIS)
+    client = aioredis.from_url(url)
+    with contextlib.suppress(OSError, aioredis.RedisError):
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await client.delete(*keys[start : start + 1000])
+    await client.aclose()
+
+
+def store_table(runs: list[Result]) -> str:
+    lines = ["| store (median) | CPU ms / request | added CPU ms / request | added TTFT p50 ms (20 paced streams) |",
+             "|---|---|---|---|"]  # fmt: skip
+    base = median_of(runs, "store-cpu", "gateway", "cpu_ms_per_request")
+    for target, label in (("gateway", "store: false"), ("gateway-sqlite", "sqlite"), ("gateway-redis", "redis")):
+        cpu = median_of(runs, "store-cpu", target, "cpu_ms_per_request")
+        added = subtract(cpu, base) if target != "gateway" else None
+        ttft = median_of(runs, "store-ttft", target, "added_ttft_p50_ms")
+        lines.append(f"| {label} | {fmt(cpu)} | {fmt(added)} | {fmt(ttft)} |")
+    return "\n".join(lines)
 
 
 def subtract(a: object, b: object) -> float | None:
@@ -438,7 +506,7 @@ async def main_async(args: argparse.Namespace) -> int:
     title = (f"Benchmark ({'quick' if args.quick else 'full'}), {started_at:%Y-%m-%d %H:%M} UTC, {info['cpu']}, "
              f"{info['cores']} cores, Python {info['python']}, targets pinned to one core: "
              f"{'yes' if info['pinned'] else 'no'}")  # fmt: skip
-    markdown = f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}"
+    markdown = f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}\n\n{store_table(bench.runs)}"
     report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),
               "targets": [t.name for t in targets], "failed_to_start": bench.failed, "runs": bench.runs}  # fmt: skip
     write_outputs(report, markdown, Path(args.readme) if args.readme else None)

@@ -11,6 +11,9 @@ from .event_stream import KeepAlive
 from .log import get_logger
 from .routes import envelope_middleware, routes
 from .state import STATE, AppState
+from .store import StoreUnavailable, display_url, open_store_url
+from .store.service import StateService
+from .stored_routes import stored_routes
 from .upstream import UpstreamClient
 
 _DRAIN_POLL = 0.05
@@ -22,13 +25,32 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[envelope_middleware], client_max_size=config.server.max_body_bytes)
     state = AppState(config=config, upstream=UpstreamClient(config.upstream),
                      keepalive=KeepAlive(config.server.keepalive_interval),
+                     stored=StateService(open_store_url(config.store.url), config.store),
                      debug=config.server.log_level == "debug")
     app[STATE.key] = state
     app.add_routes(routes)
+    app.add_routes(stored_routes)
     app.on_startup.append(_start_upstream)
+    app.on_startup.append(_open_store)
     app.on_shutdown.append(_drain)
     app.on_cleanup.append(_close_upstream)
+    app.on_cleanup.append(_close_store)
     return app
+
+
+async def _open_store(app: web.Application) -> None:
+    """An unreachable store is not fatal: stateless requests keep working (requests needing it get 503)."""
+    stored = STATE.get(app).stored
+    try:
+        await stored.store.open()
+    except StoreUnavailable as exc:
+        stored.down_since = time.monotonic()
+        get_logger().warning("store.unavailable", store=display_url(stored.store.url), error=exc.detail,
+                             note="stateless requests (store: false) keep working")
+
+
+async def _close_store(app: web.Application) -> None:
+    await STATE.get(app).stored.store.close()
 
 
 async def _start_upstream(app: web.Application) -> None:

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.add_argument("--upstream-url", help="Chat Completions base URL, e.g. http://127.0.0.1:11434/v1")
+    serve.add_argument("--store", help="state store URL: memory:, sqlite:PATH or redis://HOST:PORT/DB "
+                       "(overrides store.url)")
     serve.add_argument("--log-format", choices=("json", "console"), help="log line format")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     return parser
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config, {
             "server": {"host": args.host, "port": args.port, "log_format": args.log_format,
                        "log_level": args.log_level},
-            "upstream": {"base_url": args.upstream_url}})
+            "upstream": {"base_url": args.upstream_url}, "store": {"url": args.store}})
     except ConfigError as exc:
         print(f"gateway: bad config: {exc}", file=sys.stderr)
         return 2

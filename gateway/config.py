@@ -63,9 +63,20 @@ class UpstreamConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Stored responses and conversations (gateway/store). Without a config file: in memory."""
+
+    url: str = "memory:"            # memory: | sqlite:PATH | redis://HOST:PORT/DB[?prefix=P]
+    ttl: float = 30 * 86400.0       # seconds a response (or an unused conversation) is kept
+    max_chain_length: int = 1000    # responses in one previous_response_id chain
+    max_stored_bytes: int = 16 * 1024 * 1024  # encoded input items of one stored response or one turn
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def expand_env(value: str, env: dict[str, str] | os._Environ[str] = os.environ) -> str:
@@ -130,19 +141,31 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"server.port: must be between 0 and 65535, got {config.server.port}")
     if config.server.keepalive_interval <= 0:
         raise ConfigError("server.keepalive_interval: must be positive")
+    _check_store(config.store)
     return config
+
+
+def _check_store(store: StoreConfig) -> None:
+    from .store import check_store_url
+    problem = check_store_url(store.url)
+    if problem:
+        raise ConfigError(f"store.url: {problem}")
+    for key in ("ttl", "max_chain_length", "max_stored_bytes"):
+        if getattr(store, key) <= 0:
+            raise ConfigError(f"store.{key}: must be positive")
 
 
 def parse_config(raw: Any) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("config: the top level must be a mapping with keys server and upstream")
-    unknown = set(raw) - {"server", "upstream"}
+        raise ConfigError("config: the top level must be a mapping with keys server, upstream and store")
+    unknown = set(raw) - {"server", "upstream", "store"}
     if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown key (known: server, upstream)")
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown key (known: server, upstream, store)")
     return _check(Config(server=_section("server", ServerConfig, raw.get("server")),
-                         upstream=_section("upstream", UpstreamConfig, raw.get("upstream"))))
+                         upstream=_section("upstream", UpstreamConfig, raw.get("upstream")),
+                         store=_section("store", StoreConfig, raw.get("store"))))
 
 
 def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:

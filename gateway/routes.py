@@ -17,13 +17,16 @@ from .log import get_logger
 from .openapi import openapi_document
 from .pipeline import Run, run_pipeline
 from .state import STATE, AppState
+from .store.recorder import StoreRecorder, Tee
+from .store.service import with_context
 from .translate import translate_request
 from .upstream import http_error
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json", "")
 # HTTP status for a non-streaming response that failed, by error code.
-_FAILED_STATUS = {"upstream_timeout": 504, "server_shutting_down": 503, "rate_limit_exceeded": 429}
+_FAILED_STATUS = {"upstream_timeout": 504, "server_shutting_down": 503, "rate_limit_exceeded": 429,
+                  "store_unavailable": 503}
 
 routes = web.RouteTableDef()
 OPENAPI = openapi_document()
@@ -122,18 +125,22 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if state.active >= state.config.server.max_concurrent_streams:
             raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        chat = translate_request(await read_json(request, state), state.config.upstream)
+        body = await read_json(request, state)
+        turn = await state.stored.prepare(body, request.headers.get("Authorization"))
+        chat = translate_request(with_context(body, turn), state.config.upstream)
     except GatewayError as exc:
         _log_rejected(state, request_id, exc, received)
         raise
     run = Run(request_id, chat)
     sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
-    del chat  # `run` keeps what it needs; the request body goes once it was sent upstream
+    del chat, body  # `run` keeps what it needs; the request body goes once it was sent upstream
+    # Stored responses: the recorder sees each batch before the client does (gateway/store/recorder.py).
+    pipeline_sink = Tee(sink, StoreRecorder(state.stored, turn)) if turn is not None and turn.records else sink
     http_status, error_code = 200, None
     state.runs.add(run)
     try:
-        await run_pipeline(run, state.upstream, sink, keepalive_interval=state.config.server.keepalive_interval,
-                           client_authorization=request.headers.get("Authorization"), debug=state.debug)
+        await run_pipeline(run, state.upstream, pipeline_sink,
+                           keepalive_interval=state.config.server.keepalive_interval, client_authorization=request.headers.get("Authorization"), debug=state.debug)
         if isinstance(sink, EventStream):
             await sink.close()
             assert sink.response is not None

@@ -8,6 +8,7 @@ from aiohttp import web
 from .config import Config
 from .event_stream import KeepAlive
 from .pipeline import Run
+from .store.service import StateService
 from .upstream import UpstreamClient
 
 
@@ -16,6 +17,7 @@ class AppState:
     config: Config
     upstream: UpstreamClient
     keepalive: KeepAlive
+    stored: StateService
     debug: bool = False
     shutting_down: bool = False
     runs: set[Run] = field(default_factory=set)

@@ -101,10 +101,9 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     if body.get("input") is None:
         raise _fail("Missing required parameter: 'input'.", "input")
     _expect(body, "input", (str, list), "a string or an array of input items")
-    if body.get("previous_response_id") is not None:
-        _expect(body, "previous_response_id", str, "a string")
-        raise _fail("previous_response_id is not supported by this gateway yet: resend the conversation "
-                    "items in 'input' instead.", "previous_response_id")
+    # Resolved against the store before translation (gateway/store/service.py): only echoed here.
+    previous_response_id = _expect(body, "previous_response_id", str, "a string")
+    conversation = body.get("conversation")
     stream = bool(_expect(body, "stream", bool, "a boolean"))
     instructions = _expect(body, "instructions", str, "a string")
     temperature = _number(body, "temperature", 0, 2)
@@ -160,11 +159,13 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     echo = {
         "instructions": instructions, "max_output_tokens": max_output_tokens,
         "metadata": metadata or {}, "parallel_tool_calls": True if parallel is None else parallel,
-        "previous_response_id": None, "reasoning": reasoning, "store": True if store is None else store,
+        "previous_response_id": previous_response_id, "reasoning": reasoning, "store": True if store is None else store,
         "temperature": temperature, "text": text or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
         "top_p": top_p, "truncation": truncation or "disabled", "user": user,
     }
+    if conversation is not None:
+        echo["conversation"] = {"id": conversation.get("id") if isinstance(conversation, dict) else conversation}
     seal = reasoning_sealer(config.reasoning_key) if include and ENCRYPTED_INCLUDE in include else None
     options = StreamOptions(model=model, echo=echo, tool_names=names.changed(), reasoning_summary=summary,
                             think_tags=config.think_tags, custom_tools=frozenset(custom),

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.app import create_app
-from gateway.config import Config, ServerConfig, UpstreamConfig
+from gateway.config import Config, ServerConfig, StoreConfig, UpstreamConfig
 
 from .scripted_upstream import ScriptedUpstream
 
@@ -45,10 +45,12 @@ def assert_valid_stream(raw: bytes) -> dict[str, Any]:
 def gateway_config(upstream_url: str, **server: Any) -> Config:
     """A gateway's Config over `upstream_url`, quiet and quick to give up; keywords override server/upstream keys."""
     upstream_opts = server.pop("upstream", {})
+    store_opts = server.pop("store", {})
     return Config(server=ServerConfig(**{"log_level": "warning", "keepalive_interval": 15.0,
                                                 "shutdown_grace": 0.5, **server}),
                   upstream=UpstreamConfig(**{"base_url": upstream_url, "retries": 0, "retry_backoff": 0.01,
-                                             "first_byte_timeout": 5.0, "idle_timeout": 5.0, **upstream_opts}))
+                                             "first_byte_timeout": 5.0, "idle_timeout": 5.0, **upstream_opts}),
+                  store=StoreConfig(**store_opts))
 
 
 @pytest.fixture
@@ -71,6 +73,35 @@ def make_gateway(aiohttp_server: Any, upstream: ScriptedUpstream) -> Any:
 @pytest.fixture
 async def gateway(make_gateway: Any) -> Any:
     return await make_gateway()
+
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+@pytest.fixture
+def redis_url() -> Any:
+    """The real Redis on 127.0.0.1:6379 under a key prefix of this test's own (removed afterwards).
+
+    Without a Redis the test skips, visibly; with CI=true that is a failure. (Synchronous, so async
+    fixtures can ask for it with `request.getfixturevalue`.)
+    """
+    import redis
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except (OSError, redis.RedisError) as exc:
+        client.close()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis at {REDIS_HOST}:{REDIS_PORT} is required when CI=true: {exc}")
+        pytest.skip(f"no Redis at {REDIS_HOST}:{REDIS_PORT} ({exc}); CI=true makes this a failure")
+    prefix = f"gwtest:{os.urandom(6).hex()}:"
+    try:
+        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/0?prefix={prefix}"
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 @pytest.fixture

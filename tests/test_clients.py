@@ -257,13 +257,12 @@ async def test_agents_run_streamed(upstream, responder, gateway):
 
 
 # ---------------------------------------------------------------------------------------- shared probe
-PROBE_CASES = ["create_nonstream", "create_stream", "stream_helper", "tool_stateless", "tool_stream",
-               "strict_schema", "agents_run", "agents_streamed"]
+PROBE_CASES = ["create_nonstream", "create_stream", "stream_helper", "tool_prev_id", "tool_stateless", "tool_stream",
+               "strict_schema", "agents_run", "agents_streamed", "agents_prev_id"]
 
 
 async def test_sdk_probe(upstream, responder, gateway):
-    """../shared/clients/sdk_probe.py, the real-client probe, against this gateway (previous_response_id
-    cases excluded: the gateway answers them with a 400 by design)."""
+    """../shared/clients/sdk_probe.py, the real-client probe, against this gateway (its default memory store)."""
     probe = SHARED / "clients" / "sdk_probe.py"
     if not probe.exists():
         pytest.skip(f"{probe} not found")

@@ -394,7 +394,8 @@ async def test_api_key_never_logged_even_at_debug(upstream, http):
     """A real `gateway serve` at debug level: the configured and the client's keys never reach the log."""
     secret, client_secret = "sk-upstream-SECRET-9f8e7d", "sk-client-SECRET-1a2b3c"
     async with gateway_process("--config", "config.yaml", "--log-level", "debug",
-                               env={"UPSTREAM_BASE_URL": upstream.url, "UPSTREAM_API_KEY": secret}) as gw:
+                               env={"UPSTREAM_BASE_URL": upstream.url, "UPSTREAM_API_KEY": secret,
+                                    "GATEWAY_STORE_URL": "memory:"}) as gw:
         upstream.enqueue(text_reply("Hi"))
         async with http.post(f"{gw.url}/v1/responses", json={"model": "scripted", "input": "hi", "stream": True},
                              headers={"Authorization": f"Bearer {client_secret}", "X-Request-ID": "dbg-1"}) as r:

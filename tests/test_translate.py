@@ -352,7 +352,7 @@ def test_missing_or_wrong_model_and_input(body, param):
     ({"tool_choice": "sometimes"}, "tool_choice"),
     ({"tool_choice": 1}, "tool_choice"),
     ({"tool_choice": {"type": "function"}}, "tool_choice.name"),
-    ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"previous_response_id": 5}, "previous_response_id"),
     ({"input": ["hi"]}, "input[0]"),
     ({"input": [{"content": "no role or type"}]}, "input[0].type"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),

@@ -1,0 +1,166 @@
+"""`redis://HOST:PORT/DB[?prefix=P]` — shared by any number of gateway instances (redis-py asyncio).
+
+Keys (all under the prefix, default `gateway:`): `r:{id}` a response record; `c:{id}` a
+conversation record with its items in the hash `ci:{id}` (item id → item), their order in the
+sorted set `co:{id}` and a counter `cn:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
+removes expired state by itself. A response and the conversation items it adds are written in one
+MULTI/EXEC transaction.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .base import Order, StoreUnavailable
+
+T = TypeVar("T")
+
+# KEYS: conversation record, items hash, order set, counter. ARGV: ttl ms, then id, item pairs.
+# Items keep their first position: an id appended again is ignored.
+_APPEND = """
+for i = 2, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('ZADD', KEYS[3], redis.call('INCR', KEYS[4]), ARGV[i])
+  end
+end
+for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ARGV[1]) end
+return 1
+"""
+
+
+def split_prefix(url: str) -> tuple[str, str]:
+    """The URL redis-py gets, and the key prefix taken out of its `prefix` query parameter."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = next((v for k, v in query if k == "prefix"), "gateway:")
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        redis_url, self.prefix = split_prefix(url)
+        # A pooled connection that died with a Redis restart is retried on a fresh one. Every write is
+        # idempotent (SET, and the append script skips ids already present), so a retry is safe.
+        self._redis = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5,
+                                        health_check_interval=30,
+                                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+                                        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis store: {exc}") from None
+
+    def _conversation_keys(self, conversation_id: str) -> list[str]:
+        p = self.prefix
+        return [f"{p}c:{conversation_id}", f"{p}ci:{conversation_id}", f"{p}co:{conversation_id}",
+                f"{p}cn:{conversation_id}"]
+
+    async def open(self) -> None:
+        await self.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
+
+    # ------------------------------------------------------------------ responses
+    async def put_response(self, response_id: str, record: bytes, ttl: float,
+                           conversation: tuple[str, list[tuple[str, bytes]]] | None = None) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(f"{self.prefix}r:{response_id}", record, px=_ms(ttl))
+        if conversation is not None:
+            self._append(pipe, conversation[0], conversation[1], ttl)
+        await self._call(pipe.execute())
+
+    def _append(self, client: Any, conversation_id: str, items: list[tuple[str, bytes]], ttl: float) -> None:
+        args: list[Any] = [_ms(ttl)]
+        for item_id, item in items:
+            args += [item_id, item]
+        # EVAL, not EVALSHA: a restarted Redis has no script cache, and the script is short.
+        client.eval(_APPEND, 4, *self._conversation_keys(conversation_id), *args)
+
+    async def get_responses(self, response_ids: list[str]) -> dict[str, bytes]:
+        if not response_ids:
+            return {}
+        values = await self._call(self._redis.mget([f"{self.prefix}r:{rid}" for rid in response_ids]))
+        return {rid: value for rid, value in zip(response_ids, values) if value is not None}
+
+    async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for rid in response_ids:
+            pipe.pexpire(f"{self.prefix}r:{rid}", _ms(ttl), gt=True)
+        await self._call(pipe.execute())
+
+    async def delete_response(self, response_id: str) -> bool:
+        return await self._call(self._redis.delete(f"{self.prefix}r:{response_id}")) > 0
+
+    # ------------------------------------------------------------------ conversations
+    async def put_conversation(self, conversation_id: str, record: bytes, ttl: float,
+                               items: list[tuple[str, bytes]] | None = None) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(self._conversation_keys(conversation_id)[0], record, px=_ms(ttl))
+        self._append(pipe, conversation_id, items or [], ttl)
+        await self._call(pipe.execute())
+
+    async def get_conversation(self, conversation_id: str) -> bytes | None:
+        return await self._call(self._redis.get(self._conversation_keys(conversation_id)[0]))
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        keys = self._conversation_keys(conversation_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(keys[0])
+        pipe.delete(*keys[1:])
+        deleted, _ = await self._call(pipe.execute())
+        return deleted > 0
+
+    async def list_items(self, conversation_id: str, *, after: str | None, limit: int | None,
+                         order: Order) -> tuple[list[bytes], bool]:
+        _, items_key, order_key, _ = self._conversation_keys(conversation_id)
+        low, high = "-inf", "+inf"
+        if after is not None:
+            score = await self._call(self._redis.zscore(order_key, after))
+            if score is None:
+                return [], False
+            if order == "asc":
+                low = f"({score}"
+            else:
+                high = f"({score}"
+        window = {"start": 0, "num": limit + 1} if limit is not None else {}
+        if order == "asc":
+            ids = await self._call(self._redis.zrangebyscore(order_key, low, high, **window))
+        else:
+            ids = await self._call(self._redis.zrevrangebyscore(order_key, high, low, **window))
+        more = limit is not None and len(ids) > limit
+        ids = ids[:limit] if more else ids
+        values = await self._call(self._redis.hmget(items_key, ids)) if ids else []
+        return [v for v in values if v is not None], more
+
+    async def get_item(self, conversation_id: str, item_id: str) -> bytes | None:
+        return await self._call(self._redis.hget(self._conversation_keys(conversation_id)[1], item_id))
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool:
+        _, items_key, order_key, _ = self._conversation_keys(conversation_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(items_key, item_id)
+        pipe.zrem(order_key, item_id)
+        removed, _ = await self._call(pipe.execute())
+        return removed > 0
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+

@@ -1,0 +1,218 @@
+"""`sqlite:PATH` — the embedded default: one file in WAL mode, written from one dedicated thread.
+
+Every operation is one function run on that thread (`run_in_executor` with a single worker), so a
+multi-statement transaction is never interleaved with another coroutine's statements and the
+event loop never waits on the disk. `synchronous=NORMAL` (WAL): a committed response survives a
+crash or restart of the gateway; a power loss may lose the last transactions. Expired rows are
+filtered on every read and deleted by a sweep every `SWEEP_INTERVAL` seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .base import Order, StoreUnavailable
+
+SWEEP_INTERVAL = 300.0
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at);
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conversations_by_expiry ON conversations (expires_at);
+CREATE TABLE IF NOT EXISTS conversation_items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id TEXT NOT NULL, id TEXT NOT NULL,
+    record BLOB NOT NULL, UNIQUE (conversation_id, id));
+CREATE INDEX IF NOT EXISTS items_by_conversation ON conversation_items (conversation_id, seq);
+"""
+
+
+class SQLiteStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.path = url.removeprefix("sqlite:").removeprefix("//")
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._thread, self._connected, fn, args)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def _connected(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """On the store's thread: (re)connect if an earlier attempt failed, then run `fn`."""
+        if self._db is None:
+            self._connect()
+        return fn(*args)
+
+    def _connect(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
+
+    async def open(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+        await self._run(self._sweep)
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+        self._thread.shutdown(wait=True)
+
+    async def ping(self) -> None:
+        await self._run(self._query, "SELECT 1", ())
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            with contextlib.suppress(StoreUnavailable):
+                await self.sweep()
+
+    async def sweep(self) -> None:
+        await self._run(self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM conversation_items WHERE conversation_id IN "
+                       "(SELECT id FROM conversations WHERE expires_at <= ?)", (now,))
+            db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        assert self._db is not None
+        return self._db.execute(sql, args).fetchall()
+
+    def _change(self, sql: str, args: tuple[Any, ...]) -> int:
+        assert self._db is not None
+        return self._db.execute(sql, args).rowcount
+
+    # ------------------------------------------------------------------ responses
+    async def put_response(self, response_id: str, record: bytes, ttl: float,
+                           conversation: tuple[str, list[tuple[str, bytes]]] | None = None) -> None:
+        await self._run(self._put_response, response_id, record, ttl, conversation)
+
+    def _put_response(self, response_id: str, record: bytes, ttl: float,
+                      conversation: tuple[str, list[tuple[str, bytes]]] | None) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO responses (id, record, expires_at) VALUES (?, ?, ?)",
+                       (response_id, record, time.time() + ttl))
+            if conversation is not None:
+                self._append(db, *conversation, ttl)
+
+    async def get_responses(self, response_ids: list[str]) -> dict[str, bytes]:
+        if not response_ids:
+            return {}
+        marks = ",".join("?" * len(response_ids))
+        rows = await self._run(self._query, f"SELECT id, record FROM responses WHERE id IN ({marks}) "
+                               "AND expires_at > ?", (*response_ids, time.time()))
+        return {rid: bytes(record) for rid, record in rows}
+
+    async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
+        if response_ids:
+            marks = ",".join("?" * len(response_ids))
+            await self._run(self._change, f"UPDATE responses SET expires_at = max(expires_at, ?) "
+                            f"WHERE id IN ({marks})", (time.time() + ttl, *response_ids))
+
+    async def delete_response(self, response_id: str) -> bool:
+        return await self._run(self._change, "DELETE FROM responses WHERE id = ?", (response_id,)) > 0
+
+    # ------------------------------------------------------------------ conversations
+    async def put_conversation(self, conversation_id: str, record: bytes, ttl: float,
+                               items: list[tuple[str, bytes]] | None = None) -> None:
+        await self._run(self._put_conversation, conversation_id, record, ttl, items or [])
+
+    def _put_conversation(self, conversation_id: str, record: bytes, ttl: float,
+                          items: list[tuple[str, bytes]]) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO conversations (id, record, expires_at) VALUES (?, ?, ?)",
+                       (conversation_id, record, time.time() + ttl))
+            self._append(db, conversation_id, items, ttl)
+
+    @staticmethod
+    def _append(db: sqlite3.Connection, conversation_id: str, items: list[tuple[str, bytes]], ttl: float) -> None:
+        """Items keep their first position: an id appended again is ignored."""
+        db.executemany("INSERT OR IGNORE INTO conversation_items (conversation_id, id, record) VALUES (?, ?, ?)",
+                       [(conversation_id, item_id, item) for item_id, item in items])
+        db.execute("UPDATE conversations SET expires_at = ? WHERE id = ?", (time.time() + ttl, conversation_id))
+
+    async def get_conversation(self, conversation_id: str) -> bytes | None:
+        rows = await self._run(self._query, "SELECT record FROM conversations WHERE id = ? AND expires_at > ?",
+                               (conversation_id, time.time()))
+        return bytes(rows[0][0]) if rows else None
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        return await self._run(self._delete_conversation, conversation_id)
+
+    def _delete_conversation(self, conversation_id: str) -> bool:
+        with self._transaction() as db:
+            db.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
+            return db.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
+
+    async def list_items(self, conversation_id: str, *, after: str | None, limit: int | None,
+                         order: Order) -> tuple[list[bytes], bool]:
+        return await self._run(self._list_items, conversation_id, after, limit, order)
+
+    def _list_items(self, conversation_id: str, after: str | None, limit: int | None,
+                    order: Order) -> tuple[list[bytes], bool]:
+        if not self._query("SELECT 1 FROM conversations WHERE id = ? AND expires_at > ?", (conversation_id, time.time())):
+            return [], False
+        sql = "SELECT record FROM conversation_items WHERE conversation_id = ?"
+        args: list[Any] = [conversation_id]
+        if after is not None:
+            cursor = self._query("SELECT seq FROM conversation_items WHERE conversation_id = ? AND id = ?",
+                                 (conversation_id, after))
+            if not cursor:
+                return [], False
+            sql += " AND seq > ?" if order == "asc" else " AND seq < ?"
+            args.append(cursor[0][0])
+        sql += " ORDER BY seq " + ("ASC" if order == "asc" else "DESC")
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit + 1)
+        rows = [bytes(r[0]) for r in self._query(sql, tuple(args))]
+        if limit is not None and len(rows) > limit:
+            return rows[:limit], True
+        return rows, False
+
+    async def get_item(self, conversation_id: str, item_id: str) -> bytes | None:
+        rows = await self._run(self._query, "SELECT i.record FROM conversation_items i JOIN conversations c ON "
+                               "c.id = i.conversation_id WHERE i.conversation_id = ? AND i.id = ? AND c.expires_at > ?",
+                               (conversation_id, item_id, time.time()))
+        return bytes(rows[0][0]) if rows else None
+
+    async def delete_item(self, conversation_id: str, item_id: str) -> bool:
+        return await self._run(self._change, "DELETE FROM conversation_items WHERE conversation_id = ? AND id = ?",
+                               (conversation_id, item_id)) > 0

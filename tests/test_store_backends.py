@@ -1,0 +1,167 @@
+"""The store interface, the same tests on every backend: memory, SQLite on a real file, the real Redis."""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.config import StoreConfig, load_config
+from gateway.errors import ConfigError
+from gateway.store import StoreUnavailable, open_store_url
+from gateway.store.redis import split_prefix
+from gateway.store.service import normalize_items, owner_of
+
+from .conftest import ROOT
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+async def store(request: Any, tmp_path: Any) -> Any:
+    if request.param == "memory":
+        url = "memory:"
+    elif request.param == "sqlite":
+        url = f"sqlite:{tmp_path / 'state' / 'gateway.db'}"
+    else:
+        url = request.getfixturevalue("redis_url")
+    backend = open_store_url(url)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+async def test_responses_put_get_touch_delete(store):
+    await store.put_response("resp_a", b'{"a":1}', ttl=60)
+    await store.put_response("resp_b", b'{"b":2}', ttl=60)
+    assert await store.get_responses(["resp_a", "resp_missing", "resp_b"]) == {"resp_a": b'{"a":1}',
+                                                                                "resp_b": b'{"b":2}'}
+    await store.touch_responses(["resp_a", "resp_missing"], ttl=120)
+    assert await store.delete_response("resp_a") is True
+    assert await store.delete_response("resp_a") is False
+    assert await store.get_responses(["resp_a"]) == {}
+    assert await store.get_responses([]) == {}
+
+
+async def test_conversation_items_in_order_with_paging(store):
+    items = [(f"msg_{i}", f'{{"i":{i}}}'.encode()) for i in range(5)]
+    await store.put_conversation("conv_1", b'{"c":1}', ttl=60, items=items[:3])
+    await store.put_response("resp_1", b"{}", ttl=60, conversation=("conv_1", items[3:]))
+    assert await store.get_conversation("conv_1") == b'{"c":1}'
+    every, more = await store.list_items("conv_1", after=None, limit=None, order="asc")
+    assert every == [item for _, item in items] and not more
+    page, more = await store.list_items("conv_1", after=None, limit=2, order="desc")
+    assert page == [items[4][1], items[3][1]] and more
+    page, more = await store.list_items("conv_1", after="msg_3", limit=2, order="desc")
+    assert page == [items[2][1], items[1][1]] and more
+    page, more = await store.list_items("conv_1", after="msg_1", limit=10, order="asc")
+    assert page == [items[2][1], items[3][1], items[4][1]] and not more
+    assert await store.list_items("conv_1", after="msg_unknown", limit=10, order="asc") == ([], False)
+    # an id appended again keeps its first place and value
+    await store.put_conversation("conv_1", b'{"c":2}', ttl=60, items=[("msg_0", b'{"again":1}')])
+    assert (await store.list_items("conv_1", after=None, limit=1, order="asc"))[0] == [items[0][1]]
+    assert await store.get_conversation("conv_1") == b'{"c":2}'
+    assert await store.get_item("conv_1", "msg_2") == items[2][1]
+    assert await store.delete_item("conv_1", "msg_2") is True
+    assert await store.delete_item("conv_1", "msg_2") is False
+    assert await store.get_item("conv_1", "msg_2") is None
+    assert len((await store.list_items("conv_1", after=None, limit=None, order="asc"))[0]) == 4
+    assert await store.delete_conversation("conv_1") is True
+    assert await store.get_conversation("conv_1") is None
+    assert await store.list_items("conv_1", after=None, limit=None, order="asc") == ([], False)
+    assert await store.delete_conversation("conv_1") is False
+
+
+async def test_expired_entries_are_gone(store):
+    await store.put_response("resp_old", b"{}", ttl=0.05)
+    await store.put_conversation("conv_old", b"{}", ttl=0.05, items=[("msg_1", b"{}")])
+    await store.put_response("resp_new", b"{}", ttl=60)
+    await asyncio.sleep(0.2)
+    assert await store.get_responses(["resp_old", "resp_new"]) == {"resp_new": b"{}"}
+    assert await store.get_conversation("conv_old") is None
+    assert await store.get_item("conv_old", "msg_1") is None
+    assert await store.list_items("conv_old", after=None, limit=None, order="asc") == ([], False)
+
+
+async def test_sqlite_sweep_deletes_rows_from_the_file(tmp_path):
+    path = tmp_path / "gateway.db"
+    store = open_store_url(f"sqlite:{path}")
+    await store.open()
+    await store.put_response("resp_old", b"{}", ttl=0.05)
+    await store.put_conversation("conv_old", b"{}", ttl=0.05, items=[("msg_1", b"{}")])
+    await store.put_response("resp_new", b"{}", ttl=60)
+    await asyncio.sleep(0.1)
+    await store.sweep()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert [r[0] for r in db.execute("SELECT id FROM responses")] == ["resp_new"]
+    assert db.execute("SELECT count(*) FROM conversations").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM conversation_items").fetchone() == (0,)
+    db.close()
+    await store.close()
+
+
+async def test_redis_keys_carry_their_expiry(redis_url):
+    store = open_store_url(redis_url)
+    await store.open()
+    _, prefix = split_prefix(redis_url)
+    await store.put_response("resp_1", b"{}", ttl=100, conversation=("conv_1", [("msg_1", b"{}")]))
+    await store.put_conversation("conv_1", b"{}", ttl=100)
+    client = aioredis.Redis(host="127.0.0.1", port=6379)
+    keys = [key.decode() async for key in client.scan_iter(match=f"{prefix}*")]
+    assert sorted(keys) == sorted(f"{prefix}{k}" for k in ("r:resp_1", "c:conv_1", "ci:conv_1", "co:conv_1",
+                                                            "cn:conv_1"))
+    for key in keys:
+        assert 0 < await client.pttl(key) <= 100_000, key
+    await client.aclose()
+    await store.close()
+
+
+async def test_unreachable_backends_raise_store_unavailable(tmp_path):
+    for url in ("redis://127.0.0.1:1/0", f"sqlite:{tmp_path / 'file'}/under/a/file.db"):
+        if url.startswith("sqlite:"):
+            (tmp_path / "file").write_text("not a directory")
+        store = open_store_url(url)
+        with pytest.raises(StoreUnavailable) as info:
+            await store.open()
+        assert info.value.status == 503 and info.value.code == "store_unavailable"
+        with pytest.raises(StoreUnavailable):
+            await store.get_responses(["resp_x"])
+        await store.close()
+
+
+def test_store_config_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("store:\n  url: ${NO_SUCH_VAR_X:-sqlite:state/x.db}\n  ttl: 60\n  max_chain_length: 5\n")
+    config = load_config(path)
+    assert config.store.url == "sqlite:state/x.db" and config.store.ttl == 60 and config.store.max_chain_length == 5
+    assert load_config(None, {"store": {"url": "redis://127.0.0.1:6379/0"}}).store.url == "redis://127.0.0.1:6379/0"
+    for bad, key in (("url: mysql://x", "store.url"), ("ttl: 0", "store.ttl"), ("nope: 1", "store.nope")):
+        path.write_text(f"store:\n  {bad}\n")
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(path)
+
+
+def test_shipped_config_and_unit_keep_state_in_a_file(monkeypatch):
+    monkeypatch.delenv("GATEWAY_STORE_URL", raising=False)
+    shipped = load_config(ROOT / "config.yaml").store
+    assert shipped == StoreConfig(url="sqlite:state/gateway.db")
+    unit = (ROOT / "deploy" / "gateway.service").read_text()
+    assert "StateDirectory=gateway" in unit and "GATEWAY_STORE_URL=sqlite:/var/lib/gateway/gateway.db" in unit
+
+
+def test_owner_is_a_hash_of_the_bearer_token():
+    assert owner_of("Bearer sk-one") == owner_of("Bearer sk-one") != owner_of("Bearer sk-two")
+    assert "sk-one" not in owner_of("Bearer sk-one")
+    assert owner_of(None) == owner_of("") == "anonymous"
+
+
+def test_input_items_get_ids_and_typed_content():
+    items = normalize_items([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                             {"type": "function_call_output", "call_id": "c", "output": "x", "id": "fco_given"}])
+    assert items[0]["id"].startswith("msg_") and items[0]["content"] == [{"type": "input_text", "text": "hi"}]
+    assert items[0]["type"] == "message" and items[0]["status"] == "completed"
+    assert items[1]["content"] == [{"type": "output_text", "text": "yo", "annotations": []}]
+    assert items[2]["id"] == "fco_given"
+    assert normalize_items("hello")[0]["content"] == [{"type": "input_text", "text": "hello"}]
+    assert normalize_items([{"type": [], "id": 5}])[0]["id"].startswith("item_")  # translate.py rejects it later
