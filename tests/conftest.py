@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -13,31 +12,17 @@ import aiohttp
 import pytest
 
 from gateway.app import create_app
+from gateway.check import check_bytes
 from gateway.config import Config, ServerConfig, UpstreamConfig
 
 from .scripted_upstream import ScriptedUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GATEWAY_SHARED_DIR", ROOT.parent / "shared"))
-
-
-def _load_check_stream() -> Any:
-    path = SHARED / "tools" / "check_stream.py"
-    spec = importlib.util.spec_from_file_location("check_stream", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}: set GATEWAY_SHARED_DIR to the shared/ folder")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_stream"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check_stream = _load_check_stream()
 
 
 def assert_valid_stream(raw: bytes) -> dict[str, Any]:
-    """Validate captured SSE bytes with shared/tools/check_stream.py; return its folded result."""
-    violations, warnings, result = check_stream.check_bytes(raw)
+    """Validate captured SSE bytes with the project's validator (gateway.check); return its folded result."""
+    violations, warnings, result = check_bytes(raw)
     assert not violations, "stream violations:\n" + "\n".join(violations) + "\n" + raw.decode(errors="replace")
     return result
 
