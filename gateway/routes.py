@@ -129,7 +129,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     run = Run(request_id, chat)
     sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
     del chat  # `run` keeps what it needs; the request body goes once it was sent upstream
-    http_status, error_code = 200, None
+    http_status, error_code, error_message = 200, None, None
     state.runs.add(run)
     try:
         await run_pipeline(run, state.upstream, sink, keepalive_interval=state.config.server.keepalive_interval,
@@ -146,13 +146,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                  status=http_status)
         return json_response(response)
     except GatewayError as exc:
-        http_status, error_code = exc.status, exc.code
+        http_status, error_code, error_message = exc.status, exc.code, exc.message
         raise
     finally:
         if isinstance(sink, EventStream):
             sink.abandon()
         state.runs.discard(run)
-        _log_finished(state, run, http_status, error_code)
+        _log_finished(state, run, http_status, error_code, error_message)
 
 
 def _log_rejected(state: AppState, request_id: str, exc: GatewayError, received: float) -> None:
@@ -160,16 +160,18 @@ def _log_rejected(state: AppState, request_id: str, exc: GatewayError, received:
     get_logger().info(
         "response.finished", request_id=request_id, response_id=None, model=None,
         upstream=state.upstream.base_url, stream=None, http_status=exc.status, status=None, finish_reason=None,
-        error_code=exc.code, param=exc.param, ttft_ms=None,
+        error_code=exc.code, error_message=exc.message, param=exc.param, ttft_ms=None,
         duration_ms=round((time.monotonic() - received) * 1000, 1), events=0, input_tokens=None,
         output_tokens=None, client_disconnected=False)
 
 
-def _log_finished(state: AppState, run: Run, http_status: int, error_code: str | None) -> None:
+def _log_finished(state: AppState, run: Run, http_status: int, error_code: str | None,
+                  error_message: str | None) -> None:
     stream = run.stream
     terminal = stream.terminal
     response = terminal["response"] if terminal else None
     usage = (response or {}).get("usage") or {}
+    error = (response or {}).get("error") or {}
     for warning in run.warnings + stream.warnings:
         get_logger().warning("response.warning", request_id=run.request_id, warning=warning)
     get_logger().info(
@@ -177,7 +179,8 @@ def _log_finished(state: AppState, run: Run, http_status: int, error_code: str |
         model=run.model, upstream=state.upstream.base_url, stream=run.streaming,
         http_status=http_status, status=response["status"] if response else None,
         finish_reason=stream.finish_reason,
-        error_code=((response or {}).get("error") or {}).get("code") or error_code,
+        error_code=error.get("code") or error_code,
+        error_message=(error.get("message") or error_message or "")[:500] or None,
         ttft_ms=run.ttft_ms, duration_ms=round((time.monotonic() - run.started_at) * 1000, 1),
         events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
         output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected)

@@ -83,6 +83,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+async def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`python -m gateway ARGS` as a subprocess (stdout and stderr together): exit status and output."""
+    import asyncio
+    import subprocess
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, cwd=ROOT, stdin=subprocess.PIPE if stdin is not None else None,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    out, _ = await asyncio.wait_for(proc.communicate(stdin), 120)
+    return proc.returncode or 0, out.decode()
+
+
 class GatewayProcess:
     """`python -m gateway serve` in a subprocess; `output` holds its stdout+stderr once stopped."""
 

@@ -5,11 +5,9 @@ text and a tool call. Every fault is one precise edit of it.
 """
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +17,7 @@ from aiohttp import web
 from gateway.check import check_bytes
 from gateway.stream_processor import ResponseStream
 
-from .conftest import ROOT
+from .conftest import run_cli
 from .scripted_upstream import chunk, usage
 from .test_clients import ToolResponder
 
@@ -218,13 +216,6 @@ def test_a_failed_stream_may_leave_items_open_with_a_warning():
 
 
 # ---------------------------------------------------------------------------------------- gateway check
-async def run_cli(*args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "gateway", *args, cwd=ROOT,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode or 0, out.decode()
-
-
 async def test_check_battery_passes_on_the_gateway(upstream, gateway):
     upstream.responder = ToolResponder()
     code, out = await run_cli("check", str(gateway.make_url("/v1")), "--model", "scripted", "--disconnect", "--json")
