@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from .capture import CaptureStore
 from .config import Config
 from .event_stream import KeepAlive
 from .log import get_logger
@@ -22,7 +23,8 @@ def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[envelope_middleware], client_max_size=config.server.max_body_bytes)
     state = AppState(config=config, upstream=UpstreamClient(config.upstream),
                      keepalive=KeepAlive(config.server.keepalive_interval),
-                     debug=config.server.log_level == "debug")
+                     debug=config.server.log_level == "debug",
+                     capture=CaptureStore(config) if config.debug.capture != "off" else None)
     app[STATE.key] = state
     app.add_routes(routes)
     app.on_startup.append(_start_upstream)

@@ -554,6 +554,18 @@ def usage_problems(usage: Any) -> list[str]:
     return problems
 
 
+def check_events(events: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Validate events that were never framed (a replay, a processor's output): as `check_bytes`."""
+    validator = StreamValidator()
+    for event in events:
+        validator.frames += 1
+        validator.event(event)
+    validator.end()
+    result = validator.result()
+    result["events"] = len(events)
+    return validator.violations, validator.warnings, result
+
+
 def check_bytes(raw: bytes) -> tuple[list[str], list[str], dict[str, Any]]:
     """Validate one raw SSE response body: (violations, warnings, folded result)."""
     frames, problems, notes = parse_sse(raw)

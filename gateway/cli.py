@@ -9,7 +9,7 @@ import sys
 
 from aiohttp import web
 
-from . import check, tail
+from . import check, replay, tail
 from .app import create_app
 from .config import Config, load_config
 from .errors import ConfigError
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=("json", "console"), help="log line format")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     # Debugging tools: each module adds its subcommand and sets `run`.
-    for tool in (check, tail):
+    for tool in (check, tail, replay):
         tool.register(commands)
     return parser
 

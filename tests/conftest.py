@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,10 +12,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
 from gateway.app import create_app
 from gateway.check import check_bytes
 from gateway.config import Config, ServerConfig, UpstreamConfig
+from gateway.log import configure_logging
 
 from .scripted_upstream import ScriptedUpstream
 
@@ -81,6 +85,24 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def log_capture():
+    """Configure the gateway's logging in-process into a buffer; yields a function returning parsed lines."""
+    buffer = io.BytesIO()
+
+    def configure(level: str = "info", secrets: tuple[str, ...] = ()) -> Any:
+        configure_logging("json", level, secrets=secrets)
+        # Same processors and renderer; only the sink (sys.stdout.buffer) is swapped for ours.
+        structlog.configure(logger_factory=structlog.BytesLoggerFactory(buffer))
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in buffer.getvalue().decode().splitlines() if line.strip()]
+        lines.raw = buffer  # type: ignore[attr-defined]
+        return lines
+    yield configure
+    structlog.reset_defaults()
 
 
 async def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> tuple[int, str]:
