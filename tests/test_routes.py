@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-
+from .conftest import assert_valid_stream, free_port, gateway_process, post_stream
 from .scripted_upstream import Reply, chunk, error_reply, sse, text_reply, tool_reply, usage
 
 ROOT_KEYS = ("id", "created_at", "completed_at")
