@@ -11,7 +11,7 @@ only wire shape and statuses are checked:
               arguments a JSON object string), streamed arguments deltas == done arguments
   roundtrip   history + function_call + function_call_output resent (Codex style, no
               previous_response_id): HTTP 200, status completed, non-empty output
-  wire        the raw SSE of a text request validated by shared/tools/check_stream.py
+  wire        the raw SSE of a text request validated by gateway.check (the project's validator)
 Prints PASS/FAIL per case and "N passed, N failed"; exit 1 on any failure.
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import traceback
@@ -28,9 +27,8 @@ import urllib.error
 import urllib.request
 from openai import OpenAI
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CHECK_STREAM = os.path.join(os.environ.get("GATEWAY_SHARED_DIR", os.path.join(HERE, "..", "..", "shared")),
-                            "tools", "check_stream.py")
+from gateway.check import check_bytes
+
 WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
@@ -182,11 +180,9 @@ def main(argv=None):
         path = os.path.join(a.save_dir or "/tmp", f"gateway_{a.tag}_text.sse")
         with open(path, "wb") as f:
             f.write(raw)
-        p = subprocess.run([sys.executable, CHECK_STREAM, path],
-                           capture_output=True, text=True, timeout=60)
-        out = (p.stdout + p.stderr).strip()
-        check(p.returncode == 0, f"check_stream.py: {out[-800:]}")
-        return out.splitlines()[-1] if out else "ok"
+        violations, _, result = check_bytes(raw)
+        check(not violations, "gateway.check: " + "; ".join(violations)[:800])
+        return f"valid: status={result['status']} events={result['events']}"
 
     for fn in (text, text_strict, tool, roundtrip, wire):
         fn()

@@ -9,8 +9,8 @@
 # `$UPSTREAM` literal in it (single quotes; `$$PORT` inside a Makefile).
 # Phases:
 #   1. Codex CLI (pinned, e2e/install_codex.sh) -> gateway -> e2e/scripted_upstream.py, plain and
-#      --reasoning: shared check_stream.py wire checks, llama_sdk_check.py (openai SDK), then
-#      codex_probe.sh (text + shell-tool round trip).
+#      --reasoning: wire_check.py (raw SSE judged by gateway.check), llama_sdk_check.py (openai SDK),
+#      then codex_probe.sh (text + shell-tool round trip). Everything used here is in the repository.
 #   2. llama-server (e2e/llama.sh, tiny random model) -> gateway: llama_sdk_check.py (openai SDK)
 #      and one `codex exec` turn (gibberish model: judged on the wire, see codex_llama below).
 # env: E2E_SKIP_LLAMA=1 skips phase 2; E2E_LOG_DIR (default e2e/logs/run-<time>).
@@ -21,9 +21,6 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 E2E=e2e
-# The read-only shared/ folder beside the checkout (CI lays it at ../shared).
-SHARED=${GATEWAY_SHARED_DIR:-$(cd "$ROOT/../shared" && pwd)}
-export GATEWAY_SHARED_DIR=$SHARED
 GATEWAY_CMD=${GATEWAY_CMD:-'.venv/bin/python -m gateway serve --config e2e/gateway.yaml --port $PORT --upstream-url $UPSTREAM'}
 PYTHON=${E2E_PYTHON:-.venv/bin/python}
 LOG=${E2E_LOG_DIR:-$ROOT/$E2E/logs/run-$(date +%Y%m%d-%H%M%S)}
@@ -149,12 +146,12 @@ scripted_phase() { # label extra-args...
   if ! start_gateway "http://127.0.0.1:$uport/v1" "$label"; then stop_pid "$UP_PID"; return; fi
   [ "$label" = reasoning ] && reasoning_expect=(--expect-reasoning "Let me think. The user wants me to act; I will do it.")
 
-  # wire checks with the shared stream validator
-  out=$(OPENAI_API_KEY=$GATEWAY_API_KEY timeout 60 "$PYTHON" "$SHARED/tools/check_stream.py" --url "$GW_URL/responses" --timeout 30 \
+  # wire checks with the project's stream validator
+  out=$(OPENAI_API_KEY=$GATEWAY_API_KEY timeout 60 "$PYTHON" "$E2E/wire_check.py" "$GW_URL/responses" --timeout 30 \
         --save "$LOG/$label-text.sse" --body '{"model":"'$MODEL'","input":"Reply with the single word: pong"}' \
         --expect-text pong --expect-status completed "${reasoning_expect[@]}" 2>&1); rc=$?
   if [ $rc -eq 0 ]; then pass "$label/wire_text" "$(echo "$out" | tail -1)"; else fail "$label/wire_text" "$(echo "$out" | tail -6 | tr '\n' ' ' | cut -c1-900)"; fi
-  out=$(OPENAI_API_KEY=$GATEWAY_API_KEY timeout 60 "$PYTHON" "$SHARED/tools/check_stream.py" --url "$GW_URL/responses" --timeout 30 \
+  out=$(OPENAI_API_KEY=$GATEWAY_API_KEY timeout 60 "$PYTHON" "$E2E/wire_check.py" "$GW_URL/responses" --timeout 30 \
         --save "$LOG/$label-tool.sse" --body '{"model":"'$MODEL'","input":"Run the shell command `echo probe-7319`.",
           "tools":[{"type":"function","name":"exec_command","parameters":{"type":"object","properties":{"cmd":{"type":"string"}},"required":["cmd"]}}]}' \
         --expect-tool 'exec_command={"cmd": "echo probe-7319"}' --expect-status completed "${reasoning_expect[@]}" 2>&1); rc=$?
@@ -168,7 +165,7 @@ scripted_phase() { # label extra-args...
 
   if [ -n "$CODEX_BIN" ]; then
     local before=$FAIL
-    PROBE_TMP="$LOG" CODEX_BIN="$CODEX_BIN" timeout 700 bash "$SHARED/clients/codex_probe.sh" "$GW_URL" "$MODEL" GATEWAY_API_KEY \
+    PROBE_TMP="$LOG" CODEX_BIN="$CODEX_BIN" timeout 700 bash "$E2E/codex_probe.sh" "$GW_URL" "$MODEL" GATEWAY_API_KEY \
       >"$LOG/codex-$label.out" 2>"$LOG/codex-$label.err" </dev/null; rc=$?
     run_probe_output "codex-$label" "$LOG/codex-$label.out"
     grep -q ' passed, ' "$LOG/codex-$label.out" || fail "codex-$label" "probe did not finish (rc=$rc): $(tail -3 "$LOG/codex-$label.err" | tr '\n' ' ')"
@@ -182,8 +179,12 @@ scripted_phase plain
 scripted_phase reasoning --reasoning
 
 # ---------------------------------------------------------------- phase 2: llama-server
+# The tiny model's generator is not in this repository yet (see e2e/llama.sh): without it, skip visibly.
+GGUF_MAKER=${GATEWAY_SHARED_DIR:-$ROOT/../shared}/tools/make_tiny_gguf.py
 if [ "${E2E_SKIP_LLAMA:-0}" = 1 ]; then
   note "E2E_SKIP_LLAMA=1: skipping llama-server phase"
+elif [ ! -f "$GGUF_MAKER" ] && [ ! -s "$E2E/models/tiny.gguf" ]; then
+  note "SKIP llama-server phase: no $GGUF_MAKER to build the tiny model (and no e2e/models/tiny.gguf)"
 else
   t0=$SECONDS
   if bash "$E2E/llama.sh" build >"$LOG/llama-build.log" 2>&1 && bash "$E2E/llama.sh" model >>"$LOG/llama-build.log" 2>&1; then

@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from .capture import CaptureStore
 from .config import Config
 from .event_stream import KeepAlive
 from .log import get_logger
@@ -26,7 +27,8 @@ def create_app(config: Config) -> web.Application:
     state = AppState(config=config, upstream=UpstreamClient(config.upstream),
                      keepalive=KeepAlive(config.server.keepalive_interval),
                      stored=StateService(open_store_url(config.store.url), config.store),
-                     debug=config.server.log_level == "debug")
+                     debug=config.server.log_level == "debug",
+                     capture=CaptureStore(config) if config.debug.capture != "off" else None)
     app[STATE.key] = state
     app.add_routes(routes)
     app.add_routes(stored_routes)

@@ -9,6 +9,7 @@ import sys
 
 from aiohttp import web
 
+from . import check, replay, tail
 from .app import create_app
 from .config import Config, load_config
 from .errors import ConfigError
@@ -28,11 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "(overrides store.url)")
     serve.add_argument("--log-format", choices=("json", "console"), help="log line format")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    # Debugging tools: each module adds its subcommand and sets `run`.
+    for tool in (check, tail, replay):
+        tool.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        return int(args.run(args))
     try:
         config = load_config(args.config, {
             "server": {"host": args.host, "port": args.port, "log_format": args.log_format,

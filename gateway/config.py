@@ -73,10 +73,26 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class DebugConfig:
+    """Operator debugging aids (README "Debugging a stream"); all off by default."""
+
+    # Write one file per request: off | failed (only requests that failed) | all.
+    capture: Literal["off", "failed", "all"] = "off"
+    # Share of requests considered for capture (0..1), decided when the request starts.
+    capture_sample: float = 1.0
+    capture_dir: str = "captures"
+    # Bytes of upstream reads plus client events kept per file; past it the file says `truncated`.
+    capture_max_file_bytes: int = 1024 * 1024
+    # Past this total, the oldest capture files are removed first.
+    capture_max_dir_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def expand_env(value: str, env: dict[str, str] | os._Environ[str] = os.environ) -> str:
@@ -92,6 +108,8 @@ def expand_env(value: str, env: dict[str, str] | os._Environ[str] = os.environ) 
 def _coerce(key: str, hint: Any, value: Any) -> Any:
     if get_origin(hint) is Literal:
         choices = get_args(hint)
+        if isinstance(value, bool) and ("on" if value else "off") in choices:
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if value not in choices:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
         return value
@@ -142,6 +160,8 @@ def _check(config: Config) -> Config:
     if config.server.keepalive_interval <= 0:
         raise ConfigError("server.keepalive_interval: must be positive")
     _check_store(config.store)
+    if config.debug.capture_sample > 1:
+        raise ConfigError(f"debug.capture_sample: must be between 0 and 1, got {config.debug.capture_sample}")
     return config
 
 
@@ -159,13 +179,14 @@ def parse_config(raw: Any) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("config: the top level must be a mapping with keys server, upstream and store")
-    unknown = set(raw) - {"server", "upstream", "store"}
+        raise ConfigError("config: the top level must be a mapping with keys server, upstream, store and debug")
+    unknown = set(raw) - {"server", "upstream", "store", "debug"}
     if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown key (known: server, upstream, store)")
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown key (known: debug, server, store, upstream)")
     return _check(Config(server=_section("server", ServerConfig, raw.get("server")),
                          upstream=_section("upstream", UpstreamConfig, raw.get("upstream")),
-                         store=_section("store", StoreConfig, raw.get("store"))))
+                         store=_section("store", StoreConfig, raw.get("store")),
+                         debug=_section("debug", DebugConfig, raw.get("debug"))))
 
 
 def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import structlog
 
-_SECRET_KEYS = frozenset({"authorization", "api_key", "apikey", "x-api-key", "password", "secret"})
+SECRET_KEYS = frozenset({"authorization", "api_key", "apikey", "x-api-key", "password", "secret"})
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -21,7 +21,7 @@ class _Scrubber:
 
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         for key in list(event):
-            if key.lower() in _SECRET_KEYS:
+            if key.lower() in SECRET_KEYS:
                 event[key] = "[redacted]"
             elif self.secrets:
                 event[key] = self._mask(event[key])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from .errors import GatewayError, UpstreamError, UpstreamTimeout
@@ -39,7 +40,7 @@ class Run:
     """The state of one pipeline run, shared with the route (logging) and the app (shutdown)."""
 
     __slots__ = ("request_id", "body", "model", "streaming", "warnings", "started_at", "first_output_at", "stream",
-                 "upstream", "opening", "stop_reason", "stop_cancelled", "client_disconnected")
+                 "upstream", "opening", "stop_reason", "stop_cancelled", "client_disconnected", "tap")
 
     def __init__(self, request_id: str, chat: ChatRequest) -> None:
         self.request_id = request_id
@@ -51,12 +52,13 @@ class Run:
         self.warnings = chat.warnings
         self.started_at = time.monotonic()
         self.first_output_at: float | None = None
-        self.stream = ResponseStream(chat.options, response_id=new_response_id(), clock=time.time, new_id=new_id)
+        self.stream = response_stream(chat, new_response_id())
         self.upstream: UpstreamStream | None = None
         self.opening: asyncio.Task[Any] | None = None  # the task waiting for the upstream's headers
         self.stop_reason: tuple[str, str] | None = None
         self.stop_cancelled = False  # stop() cancelled `opening`: that CancelledError is ours to absorb
         self.client_disconnected = False
+        self.tap: Callable[[bytes], None] | None = None  # sees the upstream's raw reads (debug capture)
 
     def stop(self, code: str, message: str) -> None:
         """Ask the run to end now with response.failed(code): closing the upstream wakes its read."""
@@ -72,6 +74,12 @@ class Run:
         if self.first_output_at is None:
             return None
         return round((self.first_output_at - self.started_at) * 1000, 1)
+
+
+def response_stream(chat: ChatRequest, response_id: str, created_at: int | None = None) -> ResponseStream:
+    """The stream processor that answers `chat` (also used by `gateway replay` to rebuild a run)."""
+    clock = time.time if created_at is None else (lambda: float(created_at))
+    return ResponseStream(chat.options, response_id=response_id, clock=clock, new_id=new_id)
 
 
 async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepalive_interval: float,
@@ -170,7 +178,7 @@ async def _await_upstream(run: Run, client: UpstreamClient, client_authorization
     try:
         async with asyncio.timeout(timeout):
             return await client.open(run.body, request_id=run.request_id,
-                                     client_authorization=client_authorization)
+                                     client_authorization=client_authorization, tap=run.tap)
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {timeout:g}s") from None
     except asyncio.CancelledError:

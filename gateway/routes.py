@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .capture import Recorder
 from .errors import GatewayError, InvalidRequest, UpstreamUnavailable, error_envelope
 from .event_stream import EventStream, FinalResponse
 from .ids import new_request_id
@@ -19,7 +20,8 @@ from .pipeline import Run, run_pipeline
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder, Tee
 from .store.service import with_context
-from .translate import translate_request
+from .tee import tee
+from .translate import ChatRequest, translate_request
 from .upstream import http_error
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -133,14 +135,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise
     run = Run(request_id, chat)
     sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
+    recorder = _start_capture(state, request, run, body, chat)
     del chat, body  # `run` keeps what it needs; the request body goes once it was sent upstream
     # Stored responses: the recorder sees each batch before the client does (gateway/store/recorder.py).
-    pipeline_sink = Tee(sink, StoreRecorder(state.stored, turn)) if turn is not None and turn.records else sink
-    http_status, error_code = 200, None
+    client_sink = Tee(sink, StoreRecorder(state.stored, turn)) if turn is not None and turn.records else sink
+    http_status, error_code, error_message = 200, None, None
     state.runs.add(run)
     try:
-        await run_pipeline(run, state.upstream, pipeline_sink,
-                           keepalive_interval=state.config.server.keepalive_interval, client_authorization=request.headers.get("Authorization"), debug=state.debug)
+        await run_pipeline(run, state.upstream, tee(client_sink, recorder),
+                           keepalive_interval=state.config.server.keepalive_interval,
+                           client_authorization=request.headers.get("Authorization"), debug=state.debug)
         if isinstance(sink, EventStream):
             await sink.close()
             assert sink.response is not None
@@ -153,13 +157,26 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                  status=http_status)
         return json_response(response)
     except GatewayError as exc:
-        http_status, error_code = exc.status, exc.code
+        http_status, error_code, error_message = exc.status, exc.code, exc.message
         raise
     finally:
         if isinstance(sink, EventStream):
             sink.abandon()
         state.runs.discard(run)
-        _log_finished(state, run, http_status, error_code)
+        outcome = _outcome(run, http_status, error_code, error_message)
+        capture = await recorder.finish(outcome) if recorder is not None else None
+        _log_finished(state, run, outcome, capture)
+
+
+def _start_capture(state: AppState, request: web.Request, run: Run, document: Any,
+                   chat: ChatRequest) -> Recorder | None:
+    """Debug capture (`debug.capture`): a recorder tapping the upstream's bytes, or None."""
+    if state.capture is None:
+        return None
+    recorder = state.capture.recorder(run.request_id, request.headers, document, chat.body)
+    if recorder is not None:
+        run.tap = recorder.tap
+    return recorder
 
 
 def _log_rejected(state: AppState, request_id: str, exc: GatewayError, received: float) -> None:
@@ -167,27 +184,37 @@ def _log_rejected(state: AppState, request_id: str, exc: GatewayError, received:
     get_logger().info(
         "response.finished", request_id=request_id, response_id=None, model=None,
         upstream=state.upstream.base_url, stream=None, http_status=exc.status, status=None, finish_reason=None,
-        error_code=exc.code, param=exc.param, ttft_ms=None,
+        error_code=exc.code, error_message=exc.message, param=exc.param, ttft_ms=None,
         duration_ms=round((time.monotonic() - received) * 1000, 1), events=0, input_tokens=None,
         output_tokens=None, client_disconnected=False)
 
 
-def _log_finished(state: AppState, run: Run, http_status: int, error_code: str | None) -> None:
+def _outcome(run: Run, http_status: int, error_code: str | None, error_message: str | None) -> dict[str, Any]:
+    """How the request ended, for its log line and its capture."""
+    terminal = run.stream.terminal
+    response = terminal["response"] if terminal else {}
+    error = response.get("error") or {}
+    return {"response_id": run.stream.response_id, "http_status": http_status, "status": response.get("status"),
+            "error_code": error.get("code") or error_code,
+            "error_message": (error.get("message") or error_message or "")[:500] or None,
+            "client_disconnected": run.client_disconnected}
+
+
+def _log_finished(state: AppState, run: Run, outcome: dict[str, Any], capture: str | None) -> None:
     stream = run.stream
     terminal = stream.terminal
-    response = terminal["response"] if terminal else None
-    usage = (response or {}).get("usage") or {}
+    usage = (terminal["response"].get("usage") if terminal else None) or {}
     for warning in run.warnings + stream.warnings:
         get_logger().warning("response.warning", request_id=run.request_id, warning=warning)
     get_logger().info(
-        "response.finished", request_id=run.request_id, response_id=stream.response_id,
+        "response.finished", request_id=run.request_id, response_id=outcome["response_id"],
         model=run.model, upstream=state.upstream.base_url, stream=run.streaming,
-        http_status=http_status, status=response["status"] if response else None,
-        finish_reason=stream.finish_reason,
-        error_code=((response or {}).get("error") or {}).get("code") or error_code,
+        http_status=outcome["http_status"], status=outcome["status"], finish_reason=stream.finish_reason,
+        error_code=outcome["error_code"], error_message=outcome["error_message"],
         ttft_ms=run.ttft_ms, duration_ms=round((time.monotonic() - run.started_at) * 1000, 1),
         events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
-        output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected)
+        output_tokens=usage.get("output_tokens"), client_disconnected=outcome["client_disconnected"],
+        **({"capture": capture} if capture else {}))
 
 
 @routes.post("/v1/chat/completions")

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .capture import CaptureStore
 from .config import Config
 from .event_stream import KeepAlive
 from .pipeline import Run
@@ -21,6 +22,7 @@ class AppState:
     debug: bool = False
     shutting_down: bool = False
     runs: set[Run] = field(default_factory=set)
+    capture: CaptureStore | None = None   # debug.capture on
 
     @property
     def active(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -57,9 +57,12 @@ class UpstreamClient:
             headers["Authorization"] = client_authorization
         return headers
 
-    async def open(self, body: dict[str, Any], *, request_id: str,
-                   client_authorization: str | None = None) -> UpstreamStream:
-        """POST /chat/completions; retry connection errors and 502/503/504 before any byte."""
+    async def open(self, body: dict[str, Any], *, request_id: str, client_authorization: str | None = None,
+                   tap: Callable[[bytes], None] | None = None) -> UpstreamStream:
+        """POST /chat/completions; retry connection errors and 502/503/504 before any byte.
+
+        `tap`, when given, is called with every body read of the answer (debug capture).
+        """
         payload = orjson.dumps(body)
         headers = self.headers(request_id, client_authorization)
         attempts = 1 + self.config.retries
@@ -74,7 +77,7 @@ class UpstreamClient:
                                               f"{_reason(exc)}") from None
             else:
                 if response.status < 400:
-                    return await UpstreamStream.from_response(response, self.config)
+                    return await UpstreamStream.from_response(response, self.config, tap)
                 if response.status not in _RETRY_STATUSES or last:
                     raise await http_error(response)
                 response.release()
@@ -99,11 +102,12 @@ class UpstreamStream:
     """An open upstream answer; `batches()` yields decoded chunks per network read."""
 
     __slots__ = ("_response", "_config", "_whole", "saw_done", "skipped_warning", "_wait", "_deadline", "_reading",
-                 "_timer", "_expired")
+                 "_timer", "_expired", "_tap")
 
     def __init__(self, response: aiohttp.ClientResponse, config: UpstreamConfig,
-                 whole: list[Any] | None = None) -> None:
+                 whole: list[Any] | None = None, tap: Callable[[bytes], None] | None = None) -> None:
         self._response = response
+        self._tap = tap
         self._config = config
         self._whole = whole          # the upstream ignored stream:true and sent one JSON body
         self.saw_done = False
@@ -116,23 +120,26 @@ class UpstreamStream:
         self._expired = False
 
     @classmethod
-    async def from_response(cls, response: aiohttp.ClientResponse, config: UpstreamConfig) -> UpstreamStream:
+    async def from_response(cls, response: aiohttp.ClientResponse, config: UpstreamConfig,
+                            tap: Callable[[bytes], None] | None = None) -> UpstreamStream:
         content_type = response.content_type
         if content_type == "application/json":
             body = await _read_limited(response)
             response.release()
+            if tap is not None:
+                tap(body)
             try:
                 document = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise UpstreamError(f"the upstream answered {response.status} with invalid JSON: "
                                     f"{_snippet(body)}") from None
-            return cls(response, config, whole=[document])
+            return cls(response, config, whole=[document], tap=tap)
         if content_type in ("text/html", "application/xml", "text/xml"):
             body = await _read_limited(response)
             response.release()
             raise UpstreamError(f"the upstream answered {response.status} with {content_type} instead of an "
                                 f"event stream: {_snippet(body)}")
-        return cls(response, config)
+        return cls(response, config, tap=tap)
 
     def close(self) -> None:
         """Drop the upstream connection now (client gone, shutdown, timeout)."""
@@ -180,7 +187,10 @@ class UpstreamStream:
                 if self._expired:
                     raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s") from None
                 # Bytes that arrived together with the failure are still ours: decode them first.
-                tail = decoder.feed(_unread(content))
+                unread = _unread(content)
+                if self._tap is not None and unread:
+                    self._tap(unread)
+                tail = decoder.feed(unread)
                 self.close()
                 if tail:
                     yield tail
@@ -193,6 +203,8 @@ class UpstreamStream:
                 raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s")
             if not data:
                 break
+            if self._tap is not None:
+                self._tap(data)
             wait = self._wait = idle
             chunks = decoder.feed(data)
             data = b""  # nothing of this read stays alive while the next one waits

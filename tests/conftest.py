@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib.util
+import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,33 +12,21 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
 from gateway.app import create_app
+from gateway.check import check_bytes
 from gateway.config import Config, ServerConfig, StoreConfig, UpstreamConfig
+from gateway.log import configure_logging
 
 from .scripted_upstream import ScriptedUpstream
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("GATEWAY_SHARED_DIR", ROOT.parent / "shared"))
-
-
-def _load_check_stream() -> Any:
-    path = SHARED / "tools" / "check_stream.py"
-    spec = importlib.util.spec_from_file_location("check_stream", path)
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {path}: set GATEWAY_SHARED_DIR to the shared/ folder")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["check_stream"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-check_stream = _load_check_stream()
 
 
 def assert_valid_stream(raw: bytes) -> dict[str, Any]:
-    """Validate captured SSE bytes with shared/tools/check_stream.py; return its folded result."""
-    violations, warnings, result = check_stream.check_bytes(raw)
+    """Validate captured SSE bytes with the project's validator (gateway.check); return its folded result."""
+    violations, warnings, result = check_bytes(raw)
     assert not violations, "stream violations:\n" + "\n".join(violations) + "\n" + raw.decode(errors="replace")
     return result
 
@@ -121,6 +110,35 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def log_capture():
+    """Configure the gateway's logging in-process into a buffer; yields a function returning parsed lines."""
+    buffer = io.BytesIO()
+
+    def configure(level: str = "info", secrets: tuple[str, ...] = ()) -> Any:
+        configure_logging("json", level, secrets=secrets)
+        # Same processors and renderer; only the sink (sys.stdout.buffer) is swapped for ours.
+        structlog.configure(logger_factory=structlog.BytesLoggerFactory(buffer))
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in buffer.getvalue().decode().splitlines() if line.strip()]
+        lines.raw = buffer  # type: ignore[attr-defined]
+        return lines
+    yield configure
+    structlog.reset_defaults()
+
+
+async def run_cli(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """`python -m gateway ARGS` as a subprocess (stdout and stderr together): exit status and output."""
+    import asyncio
+    import subprocess
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", *args, cwd=ROOT, stdin=subprocess.PIPE if stdin is not None else None,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    out, _ = await asyncio.wait_for(proc.communicate(stdin), 120)
+    return proc.returncode or 0, out.decode()
 
 
 class GatewayProcess:

@@ -5,14 +5,17 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import SHARED
+from .conftest import ROOT
 from .scripted_upstream import Reply, chunk, sse, text_reply, tool_reply, usage
 
 os.environ.setdefault("OPENAI_AGENTS_DISABLE_TRACING", "1")  # never phone api.openai.com
+# The read-only shared/ folder of external probes, when one lies beside the checkout.
+SHARED = Path(os.environ.get("GATEWAY_SHARED_DIR", ROOT.parent / "shared"))
 
 openai = pytest.importorskip("openai")
 
@@ -265,7 +268,7 @@ async def test_sdk_probe(upstream, responder, gateway):
     """../shared/clients/sdk_probe.py, the real-client probe, against this gateway (its default memory store)."""
     probe = SHARED / "clients" / "sdk_probe.py"
     if not probe.exists():
-        pytest.skip(f"{probe} not found")
+        pytest.skip(f"external probe {probe} not found (no shared/ folder beside the checkout)")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(probe), str(gateway.make_url("/v1")), "--model", "scripted", "--timeout", "20",
         "--only", ",".join(PROBE_CASES), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
