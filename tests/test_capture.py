@@ -30,7 +30,7 @@ SECRET = "sk-client-secret-0123456789"
 @pytest.fixture
 def start_gateway(aiohttp_server, upstream, tmp_path):
     async def start(**debug: Any) -> Any:
-        config = replace(conftest.test_config(upstream.url, upstream={"api_key": "sk-upstream-key-9876"}),
+        config = replace(conftest.gateway_config(upstream.url, upstream={"api_key": "sk-upstream-key-9876"}),
                          debug={"capture_dir": str(tmp_path / "captures"), **debug})
         return await aiohttp_server(create_app(config), host="127.0.0.1")
     return start

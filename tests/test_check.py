@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from gateway.check import check_bytes
-from gateway.stream_processor import ResponseStream
 
 from .conftest import run_cli
+from .helpers import new_stream
 from .scripted_upstream import chunk, usage
 from .test_clients import ToolResponder
 
@@ -25,7 +25,7 @@ Events = list[dict[str, Any]]
 
 
 def good_events() -> Events:
-    stream = ResponseStream(response_id="resp_check", model="m", created_at=1764000000)
+    stream = new_stream(model="m", response_id="resp_check", created_at=1764000000)
     chunks = [chunk({"role": "assistant", "reasoning_content": "Think"}), chunk({"reasoning_content": "ing."}),
               chunk({"content": "Hello"}), chunk({"content": " wörld 👋"}),
               chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
