@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,9 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
 from gateway.app import create_app
-from gateway.config import Config, ServerConfig, UpstreamConfig
+from gateway.config import Config, ServerConfig, UpstreamConfig, parse_config
+from gateway.log import configure_logging
 
 from .scripted_upstream import ScriptedUpstream
 
@@ -56,6 +60,38 @@ async def upstream(aiohttp_server: Any) -> ScriptedUpstream:
     server = await aiohttp_server(scripted.app, host="127.0.0.1")
     scripted.url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
     return scripted
+
+
+@pytest.fixture
+async def three_upstreams(aiohttp_server: Any) -> list[ScriptedUpstream]:
+    """Three scripted upstreams on loopback, each answering to its own model list."""
+    scripted = []
+    for name in ("alpha", "beta", "gamma"):
+        one = ScriptedUpstream()
+        one.model_list = {"object": "list", "data": [{"id": f"{name}-model", "object": "model", "created": 0,
+                                                       "owned_by": name}]}
+        server = await aiohttp_server(one.app, host="127.0.0.1")
+        one.url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+        scripted.append(one)
+    return scripted
+
+
+def upstream_entry(name: str, url: str, **options: Any) -> dict[str, Any]:
+    """One `upstreams:` entry as a config file would have it, with test timeouts."""
+    return {"name": name, "base_url": url, "retries": 0, "first_byte_timeout": 5, "idle_timeout": 5, **options}
+
+
+def routed_config(upstreams: list[dict[str, Any]], **sections: Any) -> Config:
+    """A several-upstream configuration through the real parser (as from YAML)."""
+    return parse_config({"server": {"log_level": "warning", "shutdown_grace": 0.5}, "upstreams": upstreams,
+                         **sections})
+
+
+@pytest.fixture
+def start_gateway(aiohttp_server: Any) -> Any:
+    async def start(config: Config) -> Any:
+        return await aiohttp_server(create_app(config), host="127.0.0.1")
+    return start
 
 
 @pytest.fixture
@@ -159,3 +195,21 @@ async def gateway_process(*args: str, env: dict[str, str] | None = None, port: i
             proc.kill()
             gw.returncode = await proc.wait()
         await asyncio.gather(*pumps)
+
+
+@pytest.fixture
+def log_capture():
+    """Configure the gateway's logging in-process into a buffer; yields a function returning parsed lines."""
+    buffer = io.BytesIO()
+
+    def configure(level: str = "info", secrets: tuple[str, ...] = ()) -> Any:
+        configure_logging("json", level, secrets=secrets)
+        # Same processors and renderer; only the sink (sys.stdout.buffer) is swapped for ours.
+        structlog.configure(logger_factory=structlog.BytesLoggerFactory(buffer))
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in buffer.getvalue().decode().splitlines() if line.strip()]
+        lines.raw = buffer  # type: ignore[attr-defined]
+        return lines
+    yield configure
+    structlog.reset_defaults()
