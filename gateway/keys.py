@@ -21,7 +21,6 @@ from .state import STATE
 
 # Paths anyone may call, keys or not: probes, metrics scraping, the API description.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
-_KEY = "gateway_key"  # where the middleware leaves the caller's Key on the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +31,10 @@ class Key:
 
     def allows(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
+
+
+# Where the middleware leaves the caller's Key on the request (typed keys exist from aiohttp 3.14).
+_KEY: Any = web.RequestKey("gateway_key", Key) if hasattr(web, "RequestKey") else "gateway_key"
 
 
 class KeyRing:

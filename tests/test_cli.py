@@ -254,3 +254,11 @@ def test_log_formats(capsys, fmt):
         assert "demo.event" in lines[0] and "request_id=r1" in lines[0]
         with pytest.raises(ValueError):
             json.loads(lines[0])
+
+
+def test_upstream_url_flag_with_an_upstreams_list(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("upstreams:\n  - {name: a, base_url: 'http://127.0.0.1:1/v1'}\n")
+    assert load_config(config, {"upstream": {"base_url": None}}).upstreams[0].name == "a"
+    with pytest.raises(ConfigError, match="^--upstream-url: "):
+        load_config(config, {"upstream": {"base_url": "http://127.0.0.1:2/v1"}})
