@@ -214,7 +214,7 @@ async def test_subprocess_serves_healthz_with_flags_over_file(tmp_path, http):
             assert response.status == 503  # nothing listens on the upstream port
     assert gw.returncode == 0  # SIGTERM is a clean shutdown
     assert '"gateway.started"' in gw.output  # --log-format json won over the file's console
-    assert '"upstream":"http://127.0.0.1:2/v1"' in gw.output
+    assert '"upstreams":{"default":"http://127.0.0.1:2/v1"}' in gw.output
 
 
 async def test_subprocess_port_in_use_exits_1(tmp_path):
