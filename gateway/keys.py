@@ -94,9 +94,14 @@ def hash_key(key: str) -> str:
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     """With keys configured, every path but the open ones needs a valid key (401 in the envelope)."""
-    ring = STATE.get(request.app).keys
-    if ring.enabled and request.path not in OPEN_PATHS:
-        request[_KEY] = ring.identify(request.headers.get("Authorization"))
+    state = STATE.get(request.app)
+    if state.keys.enabled and request.path not in OPEN_PATHS:
+        try:
+            request[_KEY] = state.keys.identify(request.headers.get("Authorization"))
+        except InvalidKey as exc:
+            resource = request.match_info.route.resource
+            state.metrics.rejected(resource.canonical if resource else "other", exc.status, None)
+            raise
     return await handler(request)
 
 

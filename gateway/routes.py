@@ -204,7 +204,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     body = await request.read()
     document, model = _model_of(body)
-    routed = route_request(state, request, model)
+    try:
+        routed = route_request(state, request, model)
+    except GatewayError as exc:
+        key = request_key(request)
+        state.metrics.rejected(_PASSTHROUGH, exc.status, key.name if key else None)
+        raise
     authorization = forwarded_authorization(request)
 
     async def attempt(target: Target, last: bool) -> aiohttp.ClientResponse:
