@@ -140,7 +140,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     http_status, error_code = 200, None
     state.runs.add(run)
     try:
-        await run_pipeline(run, routed, sink, keepalive_interval=state.config.server.keepalive_interval,  # type: ignore[arg-type]
+        # `routed` opens upstream like an UpstreamClient, failing over between the route's upstreams.
+        await run_pipeline(run, routed, sink, keepalive_interval=state.config.server.keepalive_interval,
                            client_authorization=forwarded_authorization(request), debug=state.debug)
         if isinstance(sink, EventStream):
             await sink.close()

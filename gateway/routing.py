@@ -93,6 +93,7 @@ class RoutingTable:
         # Lifetime: requests in flight on this table; retired tables close what the next one dropped.
         self.users = 0
         self._dropped: list[Upstream] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.retiring: set[RoutingTable] = set(previous.retiring) if previous else set()
 
     # ------------------------------------------------------------------------------------------ routing
@@ -245,7 +246,9 @@ class RoutingTable:
     def _close_dropped(self) -> None:
         dropped, self._dropped = self._dropped or [], []
         for upstream in dropped:
-            asyncio.get_running_loop().create_task(upstream.client.close())
+            task = asyncio.get_running_loop().create_task(upstream.client.close())
+            self._closing.add(task)  # the loop keeps only a weak reference
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """At shutdown: this table's clients and those of retired tables still draining."""
