@@ -24,7 +24,8 @@ _STOP_FLUSH = 5.0
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[envelope_middleware, auth_middleware],
                           client_max_size=config.server.max_body_bytes)
-    metrics = Metrics(lambda: ((u.name, u.breaker) for u in state.routing.upstreams.values()))
+    metrics = Metrics(lambda: ((u.name, u.breaker) for u in state.routing.upstreams.values()),
+                      enabled=config.server.metrics)
     state = AppState(config=config, routing=RoutingTable(config), keys=KeyRing(config.auth),
                      stream_limits=StreamLimits(), metrics=metrics,
                      keepalive=KeepAlive(config.server.keepalive_interval),

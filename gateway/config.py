@@ -32,6 +32,8 @@ class ServerConfig:
     # Seconds running streams may take to finish after SIGTERM.
     shutdown_grace: float = 30.0
     uvloop: bool = False
+    # GET /metrics and the per-request recording behind it.
+    metrics: bool = True
 
 
 @dataclass(frozen=True)

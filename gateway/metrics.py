@@ -36,7 +36,8 @@ routes = web.RouteTableDef()
 class Metrics:
     """One registry per app (tests run several gateways in one process)."""
 
-    def __init__(self, breakers: Callable[[], Iterable[tuple[str, Breaker]]]) -> None:
+    def __init__(self, breakers: Callable[[], Iterable[tuple[str, Breaker]]], enabled: bool = True) -> None:
+        self.enabled = enabled  # off: nothing is recorded and /metrics is a 404 (server.metrics: false)
         self.registry = registry = CollectorRegistry()
         self.requests = Counter("gateway_requests", "Requests by route, model, upstream, key, HTTP status and outcome",
                                 ("route", _MODEL, _UPSTREAM, _KEY, "http_status", "outcome"), registry=registry)
@@ -54,44 +55,59 @@ class Metrics:
         self.failovers = Counter("gateway_failovers", "Requests moved on to a fallback upstream",
                                  ("from_upstream", "to_upstream"), registry=registry)
         registry.register(_BreakerCollector(breakers))
+        # Labelled children by (metric, label values): `labels()` costs more than the observation itself.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def failover(self, failed: str, next_upstream: str) -> None:
-        self.failovers.labels(failed, next_upstream).inc()
+        self._child(self.failovers, failed, next_upstream).inc()
 
     def upstream_error(self, upstream: str, code: str) -> None:
-        self.upstream_errors.labels(upstream, code).inc()
+        self._child(self.upstream_errors, upstream, code).inc()
 
     def rejected(self, route: str, status: int, key: str | None, model: str = "") -> None:
         """A request answered with an error before any upstream was asked."""
-        self.requests.labels(route, model, "", key or "", str(status), "rejected").inc()
+        if not self.enabled:
+            return
+        self._child(self.requests, route, model, "", key or "", str(status), "rejected").inc()
 
     def finished(self, route: str, run: Run, routed: RoutedRequest, http_status: int, error_code: str | None) -> None:
         """Everything about one /v1/responses request, at its end."""
+        if not self.enabled:
+            return
         terminal = run.stream.terminal
         response: dict[str, Any] = terminal["response"] if terminal else {}
         code = (response.get("error") or {}).get("code") or error_code
         outcome = "client_disconnected" if run.client_disconnected else response.get("status") or "error"
         upstream, key = routed.upstream_name, routed.key.name if routed.key else ""
-        self.requests.labels(route, run.model, upstream, key, str(http_status), outcome).inc()
-        self.duration.labels(route, run.model, upstream, code or "").observe(time.monotonic() - run.started_at)
+        self._child(self.requests, route, run.model, upstream, key, str(http_status), outcome).inc()
+        self._child(self.duration, route, run.model, upstream, code or "").observe(time.monotonic() - run.started_at)
         if run.first_output_at is not None:
-            self.ttft.labels(run.model, upstream).observe(run.first_output_at - run.started_at)
+            self._child(self.ttft, run.model, upstream).observe(run.first_output_at - run.started_at)
         usage = response.get("usage") or {}
         for kind in ("input", "output"):
             tokens = usage.get(f"{kind}_tokens")
             if isinstance(tokens, int):
-                self.tokens.labels(run.model, upstream, key, kind).observe(tokens)
+                self._child(self.tokens, run.model, upstream, key, kind).observe(tokens)
         # Failures before an answer were counted per attempt; count what went wrong after it.
         upstream_fault = routed.answered is not None or (code == "upstream_timeout" and not routed.failed)
         if code and code not in _GATEWAY_CODES and upstream_fault:
             self.upstream_error(upstream, code)
 
     def passthrough(self, route: str, model: Any, routed: RoutedRequest, http_status: int, started: float) -> None:
+        if not self.enabled:
+            return
         key, model = routed.key.name if routed.key else "", model if isinstance(model, str) else ""
         outcome = "completed" if http_status < 400 else "error"
-        self.requests.labels(route, model, routed.upstream_name, key, str(http_status), outcome).inc()
-        self.duration.labels(route, model, routed.upstream_name, "" if http_status < 400 else str(http_status)
-                             ).observe(time.monotonic() - started)
+        self._child(self.requests, route, model, routed.upstream_name, key, str(http_status), outcome).inc()
+        self._child(self.duration, route, model, routed.upstream_name, "" if http_status < 400 else str(http_status)
+                    ).observe(time.monotonic() - started)
 
 
 class _BreakerCollector(Collector):
@@ -114,5 +130,8 @@ class _BreakerCollector(Collector):
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(STATE.get(request.app).metrics.registry),
+    metrics = STATE.get(request.app).metrics
+    if not metrics.enabled:
+        raise web.HTTPNotFound()
+    return web.Response(body=generate_latest(metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -371,4 +371,5 @@ def route_request(state: AppState, request: web.Request, model: Any) -> RoutedRe
         targets = [Target(table.default or next(iter(table.upstreams.values())), "")]
     release = state.stream_limits.acquire(key) if key is not None else None
     trace = {name: request.headers[name] for name in _TRACE_HEADERS if name in request.headers}
-    return RoutedRequest(table, targets, key=key, trace=trace, metrics=state.metrics, release=release)
+    metrics = state.metrics if state.metrics.enabled else None
+    return RoutedRequest(table, targets, key=key, trace=trace, metrics=metrics, release=release)

@@ -114,3 +114,11 @@ async def test_traceparent_and_request_id_go_upstream(upstream, gateway, http):
     for recorded in upstream.requests:
         assert recorded.headers["traceparent"] == TRACEPARENT and recorded.headers["tracestate"] == "vendor=1"
         assert recorded.headers["X-Request-ID"] == "trace-req-1"
+
+
+async def test_metrics_off(upstream, make_gateway, http):
+    gateway = await make_gateway(metrics=False)
+    response, _ = await post(http, gateway, {"model": "m", "input": "hi"})
+    assert response.status == 200
+    async with http.get(gateway.make_url("/metrics")) as response:
+        assert response.status == 404
