@@ -112,6 +112,9 @@ TARGETS = {
     "floor": Target("floor", "chat", "/v1/responses", "/healthz", floor_command),
     # store: false, so the main table measures the stream alone (the store scenario adds the rest).
     "gateway": Target("gateway", "responses", "/v1/responses", "/healthz", gateway_command, store=False),
+    # The same gateway with server.metrics off: the difference is what metrics cost (< 5% allowed).
+    "gateway-nometrics": Target("gateway-nometrics", "responses", "/v1/responses", "/healthz", gateway_command,
+                                lambda upstream_port: {"BENCH_GATEWAY_METRICS": "false"}, store=False),
     "open-responses-server": Target(
         "open-responses-server", "responses", "/responses", "/health", ors_command, ors_env, in_scratch=True
     ),
@@ -437,6 +440,16 @@ def table(runs: list[Result], targets: list[str], profile: Profile) -> str:
     return "\n".join(lines)
 
 
+def metrics_cost(runs: list[Result]) -> str:
+    """What metrics add to the gateway's CPU per token: gateway vs gateway-nometrics, same run (target: < 5%)."""
+    parts = []
+    for label, scenario in (("text stream", "fast-text"), ("tool call in pieces", "fast-tool")):
+        on, off = (median_of(runs, scenario, target, "cpu_s_per_mtok") for target in ("gateway", "gateway-nometrics"))
+        if on is not None and off:
+            parts.append(f"{label} {100 * (on - off) / off:+.1f}% ({fmt(on)} vs {fmt(off)} CPU-s / M tokens)")
+    return f"\n\nMetrics cost, gateway vs gateway-nometrics in this run: {'; '.join(parts)}." if parts else ""
+
+
 def machine(loop: str, pinning: Pinning) -> dict[str, object]:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())  # fmt: skip
@@ -506,7 +519,8 @@ async def main_async(args: argparse.Namespace) -> int:
     title = (f"Benchmark ({'quick' if args.quick else 'full'}), {started_at:%Y-%m-%d %H:%M} UTC, {info['cpu']}, "
              f"{info['cores']} cores, Python {info['python']}, targets pinned to one core: "
              f"{'yes' if info['pinned'] else 'no'}")  # fmt: skip
-    markdown = f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}\n\n{store_table(bench.runs)}"
+    markdown = (f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}{metrics_cost(bench.runs)}"
+                f"\n\n{store_table(bench.runs)}")
     report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),
               "targets": [t.name for t in targets], "failed_to_start": bench.failed, "runs": bench.runs}  # fmt: skip
     write_outputs(report, markdown, Path(args.readme) if args.readme else None)
@@ -517,7 +531,8 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition, smaller loads (< 2 minutes)")
-    parser.add_argument("--targets", default="gateway,floor", help="comma-separated: gateway, floor")
+    parser.add_argument("--targets", default="gateway,gateway-nometrics,floor",
+                        help="comma-separated: gateway, gateway-nometrics, floor")
     parser.add_argument("--peers", action="store_true", help="add open-responses-server (own virtualenv)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     parser.add_argument("--readme", help="markdown file whose bench:start/end block gets the table")

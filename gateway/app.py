@@ -9,13 +9,16 @@ from aiohttp import web
 from .capture import CaptureStore
 from .config import Config
 from .event_stream import KeepAlive
+from .keys import KeyRing, StreamLimits, auth_middleware
 from .log import get_logger
+from .metrics import Metrics
+from .metrics import routes as metrics_routes
 from .routes import envelope_middleware, routes
+from .routing import RoutingTable
 from .state import STATE, AppState
 from .store import StoreUnavailable, display_url, open_store_url
 from .store.service import StateService
 from .stored_routes import stored_routes
-from .upstream import UpstreamClient
 
 _DRAIN_POLL = 0.05
 # After the grace period, stopped streams get this long to write their response.failed.
@@ -23,8 +26,12 @@ _STOP_FLUSH = 5.0
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[envelope_middleware], client_max_size=config.server.max_body_bytes)
-    state = AppState(config=config, upstream=UpstreamClient(config.upstream),
+    app = web.Application(middlewares=[envelope_middleware, auth_middleware],
+                          client_max_size=config.server.max_body_bytes)
+    metrics = Metrics(lambda: ((u.name, u.breaker) for u in state.routing.upstreams.values()),
+                      enabled=config.server.metrics)
+    state = AppState(config=config, routing=RoutingTable(config), keys=KeyRing(config.auth),
+                     stream_limits=StreamLimits(), metrics=metrics,
                      keepalive=KeepAlive(config.server.keepalive_interval),
                      stored=StateService(open_store_url(config.store.url), config.store),
                      debug=config.server.log_level == "debug",
@@ -32,6 +39,7 @@ def create_app(config: Config) -> web.Application:
     app[STATE.key] = state
     app.add_routes(routes)
     app.add_routes(stored_routes)
+    app.add_routes(metrics_routes)
     app.on_startup.append(_start_upstream)
     app.on_startup.append(_open_store)
     app.on_shutdown.append(_drain)
@@ -56,13 +64,13 @@ async def _close_store(app: web.Application) -> None:
 
 
 async def _start_upstream(app: web.Application) -> None:
-    await STATE.get(app).upstream.start()
+    await STATE.get(app).routing.start()
 
 
 async def _close_upstream(app: web.Application) -> None:
     state = STATE.get(app)
     await state.keepalive.close()
-    await state.upstream.close()
+    await state.routing.close()
 
 
 async def _drain(app: web.Application) -> None:

@@ -34,10 +34,14 @@ class ServerConfig:
     # Seconds running streams may take to finish after SIGTERM.
     shutdown_grace: float = 30.0
     uvloop: bool = False
+    # GET /metrics and the per-request recording behind it.
+    metrics: bool = True
 
 
 @dataclass(frozen=True)
 class UpstreamConfig:
+    # How logs, metrics, `name/model` routing and client-facing messages call this upstream.
+    name: str = "default"
     base_url: str = "http://127.0.0.1:11434/v1"
     api_key: str = field(default="", repr=False)
     connect_timeout: float = 10.0
@@ -60,6 +64,34 @@ class UpstreamConfig:
     tool_call_id_style: CallIdStyle = "openai"
     # Key sealing reasoning into encrypted_content for stateless clients; empty: random per process.
     reasoning_key: str = field(default="", repr=False)
+    # Routing (gateway/routing.py): exact names or globs served here, public aliases, failover order.
+    models: tuple[str, ...] = ()
+    aliases: dict[str, str] = field(default_factory=dict)
+    fallbacks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoutingConfig:
+    # The upstream for models no entry claims (the single `upstream:` block is always the default).
+    default: str = ""
+    # Circuit breaker: this many consecutive failures skip an upstream for `breaker_cooldown` seconds.
+    breaker_failures: int = 3
+    breaker_cooldown: float = 30.0
+    models_cache_ttl: float = 10.0
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    name: str = ""
+    sha256: str = field(default="", repr=False)
+    models: tuple[str, ...] = ()       # empty: every model
+    max_concurrent_streams: int = 0    # 0: only the server-wide limit
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    keys: tuple[KeyConfig, ...] = ()
+    keys_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +125,19 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    # Several upstreams; empty means the single `upstream` above.
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+
+    @property
+    def upstream_list(self) -> tuple[UpstreamConfig, ...]:
+        return self.upstreams or (self.upstream,)
+
+    @property
+    def secrets(self) -> list[str]:
+        """Values the log scrubber masks wherever they appear."""
+        return [value for u in self.upstream_list for value in (u.api_key, u.reasoning_key) if value]
 
 
 def expand_env(value: str, env: dict[str, str] | os._Environ[str] = os.environ) -> str:
@@ -106,6 +151,15 @@ def expand_env(value: str, env: dict[str, str] | os._Environ[str] = os.environ) 
 
 
 def _coerce(key: str, hint: Any, value: Any) -> Any:
+    if get_origin(hint) is tuple:
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise ConfigError(f"{key}: must be a list of names, got {value!r}")
+        return tuple(expand_env(item) for item in value)
+    if get_origin(hint) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and k and v
+                                                  for k, v in value.items()):
+            raise ConfigError(f"{key}: must be a mapping of names to names, got {value!r}")
+        return {k: expand_env(v) for k, v in value.items()}
     if get_origin(hint) is Literal:
         choices = get_args(hint)
         if isinstance(value, bool) and ("on" if value else "off") in choices:
@@ -152,9 +206,12 @@ def _section(name: str, cls: type, raw: Any) -> Any:
 
 
 def _check(config: Config) -> Config:
-    url = config.upstream.base_url
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"upstream.base_url: must start with http:// or https://, got {url!r}")
+    for where, upstream in _upstream_keys(config):
+        url = upstream.base_url
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}.base_url: must start with http:// or https://, got {url!r}")
+    _check_upstreams(config)
+    _check_keys(config.auth)
     if not 0 < config.server.port < 65536 and config.server.port != 0:
         raise ConfigError(f"server.port: must be between 0 and 65535, got {config.server.port}")
     if config.server.keepalive_interval <= 0:
@@ -175,38 +232,134 @@ def _check_store(store: StoreConfig) -> None:
             raise ConfigError(f"store.{key}: must be positive")
 
 
+def _upstream_keys(config: Config) -> list[tuple[str, UpstreamConfig]]:
+    if config.upstreams:
+        return [(f"upstreams[{i}]", upstream) for i, upstream in enumerate(config.upstreams)]
+    return [("upstream", config.upstream)]
+
+
+def _list(name: str, cls: type, raw: Any) -> tuple[Any, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{name}: must be a non-empty list of mappings")
+    return tuple(_section(f"{name}[{i}]", cls, entry) for i, entry in enumerate(raw))
+
+
+def _auth(raw: Any) -> AuthConfig:
+    if raw is None:
+        return AuthConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"auth: must be a mapping, got {type(raw).__name__}")
+    unknown = set(raw) - {"keys", "keys_file"}
+    if unknown:
+        raise ConfigError(f"auth.{sorted(unknown)[0]}: unknown key (known: keys, keys_file)")
+    keys = _list("auth.keys", KeyConfig, raw.get("keys"))
+    keys_file = _coerce("auth.keys_file", str, raw.get("keys_file") or "")
+    if keys_file:
+        keys += _list("auth.keys_file", KeyConfig, _read_yaml(keys_file, "auth.keys_file"))
+    return AuthConfig(keys=keys, keys_file=keys_file)
+
+
+_SECTIONS = ("server", "upstream", "upstreams", "routing", "auth", "store", "debug")
+
+
 def parse_config(raw: Any) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("config: the top level must be a mapping with keys server, upstream, store and debug")
-    unknown = set(raw) - {"server", "upstream", "store", "debug"}
+        raise ConfigError(f"config: the top level must be a mapping with keys {', '.join(_SECTIONS)}")
+    unknown = set(raw) - set(_SECTIONS)
     if unknown:
-        raise ConfigError(f"{sorted(unknown)[0]}: unknown key (known: debug, server, store, upstream)")
+        raise ConfigError(f"{sorted(unknown)[0]}: unknown key (known: {', '.join(_SECTIONS)})")
+    if raw.get("upstream") is not None and raw.get("upstreams") is not None:
+        raise ConfigError("upstreams: use either the single upstream block or the upstreams list, not both")
+    upstreams = _list("upstreams", UpstreamConfig, raw.get("upstreams"))
+    for i, entry in enumerate(raw.get("upstreams") or ()):
+        for required in ("name", "base_url"):
+            if required not in entry:
+                raise ConfigError(f"upstreams[{i}].{required}: required")
     return _check(Config(server=_section("server", ServerConfig, raw.get("server")),
                          upstream=_section("upstream", UpstreamConfig, raw.get("upstream")),
-                         store=_section("store", StoreConfig, raw.get("store")),
+                         upstreams=upstreams, routing=_section("routing", RoutingConfig, raw.get("routing")),
+                         auth=_auth(raw.get("auth")), store=_section("store", StoreConfig, raw.get("store")),
                          debug=_section("debug", DebugConfig, raw.get("debug"))))
+
+
+def _read_yaml(path: str | Path, key: str) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{key}: {path} is not valid YAML{where}") from None
 
 
 def load_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> Config:
     """Read the file (or defaults when path is None) and apply CLI overrides per section."""
     raw: Any = {}
     if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as exc:
-            raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config: {path} is not valid YAML{where}") from None
+        raw = _read_yaml(path, "config") or {}
     if not isinstance(raw, dict):
         return parse_config(raw)
     for section, values in (overrides or {}).items():
+        given = {k: v for k, v in values.items() if v is not None}
+        if not given:
+            continue
+        if section == "upstream" and raw.get("upstreams") is not None:
+            raise ConfigError("--upstream-url: not with an upstreams list; set upstreams[].base_url instead")
         if raw.get(section) is not None and not isinstance(raw[section], dict):
             continue  # parse_config reports the malformed section by name
-        merged = dict(raw.get(section) or {})
-        merged.update({k: v for k, v in values.items() if v is not None})
-        raw[section] = merged
+        raw[section] = {**(raw.get(section) or {}), **given}
     return parse_config(raw)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")  # no "/": `name/model` selects an upstream
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_upstreams(config: Config) -> None:
+    """Names unique and usable as a `name/` prefix; fallbacks and the default exist; no public name twice."""
+    entries = _upstream_keys(config)
+    names: set[str] = set()
+    public: dict[str, str] = {}
+    for where, upstream in entries:
+        if not _NAME.match(upstream.name):
+            raise ConfigError(f"{where}.name: must be letters, digits, '.', '_', ':' or '-', got {upstream.name!r}")
+        if upstream.name in names:
+            raise ConfigError(f"{where}.name: {upstream.name!r} is used twice")
+        names.add(upstream.name)
+        claimed = [m for m in upstream.models if not _is_glob(m)] + list(upstream.aliases)
+        for model in claimed:
+            if model in public and public[model] != upstream.name:
+                raise ConfigError(f"{where}.models: {model!r} is already routed to {public[model]!r}")
+            public[model] = upstream.name
+    for where, upstream in entries:
+        for fallback in upstream.fallbacks:
+            if fallback not in names or fallback == upstream.name:
+                raise ConfigError(f"{where}.fallbacks: {fallback!r} is not another upstream's name "
+                                  f"(names: {', '.join(sorted(names))})")
+    default = config.routing.default
+    if default and default not in names:
+        raise ConfigError(f"routing.default: {default!r} is not an upstream's name (names: {', '.join(sorted(names))})")
+    if config.routing.breaker_failures < 1:
+        raise ConfigError("routing.breaker_failures: must be at least 1")
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+def _check_keys(auth: AuthConfig) -> None:
+    names: set[str] = set()
+    for i, key in enumerate(auth.keys):
+        where = f"auth.keys[{i}]"
+        if not key.name:
+            raise ConfigError(f"{where}.name: required")
+        if key.name in names:
+            raise ConfigError(f"{where}.name: {key.name!r} is used twice")
+        names.add(key.name)
+        if not _HEX64.match(key.sha256):
+            raise ConfigError(f"{where}.sha256: must be 64 lowercase hex digits (`gateway hash-key` prints one)")

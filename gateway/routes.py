@@ -14,9 +14,11 @@ from .capture import Recorder
 from .errors import GatewayError, InvalidRequest, UpstreamUnavailable, error_envelope
 from .event_stream import EventStream, FinalResponse
 from .ids import new_request_id
+from .keys import forwarded_authorization, owner_of, request_key
 from .log import get_logger
 from .openapi import openapi_document
 from .pipeline import Run, run_pipeline
+from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder, Tee
 from .store.service import with_context
@@ -27,6 +29,7 @@ from .upstream import http_error
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json", "")
 # HTTP status for a non-streaming response that failed, by error code.
+_PASSTHROUGH = "/v1/chat/completions"
 _FAILED_STATUS = {"upstream_timeout": 504, "server_shutting_down": 503, "rate_limit_exceeded": 429,
                   "store_unavailable": 503}
 
@@ -120,6 +123,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     state = STATE.get(request.app)
     request_id = current_request_id.get()
     received = time.monotonic()
+    routed: RoutedRequest | None = None
     try:
         if state.shutting_down:
             raise GatewayError("The gateway is shutting down; retry the request.", status=503,
@@ -128,10 +132,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         body = await read_json(request, state)
-        turn = await state.stored.prepare(body, request.headers.get("Authorization"))
-        chat = translate_request(with_context(body, turn), state.config.upstream)
+        routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
+        turn = await state.stored.prepare(body, owner_of(request))
+        chat = translate_request(with_context(body, turn), routed.config)
     except GatewayError as exc:
-        _log_rejected(state, request_id, exc, received)
+        if routed is not None:
+            routed.release()
+        _log_rejected(state, request, exc, received)
         raise
     run = Run(request_id, chat)
     sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
@@ -142,9 +149,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     http_status, error_code, error_message = 200, None, None
     state.runs.add(run)
     try:
-        await run_pipeline(run, state.upstream, tee(client_sink, recorder),
+        # `routed` opens upstream like an UpstreamClient, failing over between the route's upstreams.
+        await run_pipeline(run, routed, tee(client_sink, recorder),
                            keepalive_interval=state.config.server.keepalive_interval,
-                           client_authorization=request.headers.get("Authorization"), debug=state.debug)
+                           client_authorization=forwarded_authorization(request), debug=state.debug)
         if isinstance(sink, EventStream):
             await sink.close()
             assert sink.response is not None
@@ -163,9 +171,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if isinstance(sink, EventStream):
             sink.abandon()
         state.runs.discard(run)
+        routed.release()
         outcome = _outcome(run, http_status, error_code, error_message)
         capture = await recorder.finish(outcome) if recorder is not None else None
-        _log_finished(state, run, outcome, capture)
+        _log_finished(run, outcome, capture, routed)
+        state.metrics.finished("/v1/responses", run, routed, http_status, error_code)
 
 
 def _start_capture(state: AppState, request: web.Request, run: Run, document: Any,
@@ -179,12 +189,14 @@ def _start_capture(state: AppState, request: web.Request, run: Run, document: An
     return recorder
 
 
-def _log_rejected(state: AppState, request_id: str, exc: GatewayError, received: float) -> None:
+def _log_rejected(state: AppState, request: web.Request, exc: GatewayError, received: float) -> None:
     """The one log line of a request refused before it reached the upstream (same fields as below)."""
+    key = request_key(request)
+    state.metrics.rejected("/v1/responses", exc.status, key.name if key else None)
     get_logger().info(
-        "response.finished", request_id=request_id, response_id=None, model=None,
-        upstream=state.upstream.base_url, stream=None, http_status=exc.status, status=None, finish_reason=None,
-        error_code=exc.code, error_message=exc.message, param=exc.param, ttft_ms=None,
+        "response.finished", request_id=current_request_id.get(), response_id=None, model=None,
+        upstream=None, key=key.name if key else None, stream=None, http_status=exc.status, status=None,
+        finish_reason=None, error_code=exc.code, error_message=exc.message, param=exc.param, ttft_ms=None,
         duration_ms=round((time.monotonic() - received) * 1000, 1), events=0, input_tokens=None,
         output_tokens=None, client_disconnected=False)
 
@@ -200,7 +212,7 @@ def _outcome(run: Run, http_status: int, error_code: str | None, error_message: 
             "client_disconnected": run.client_disconnected}
 
 
-def _log_finished(state: AppState, run: Run, outcome: dict[str, Any], capture: str | None) -> None:
+def _log_finished(run: Run, outcome: dict[str, Any], capture: str | None, routed: RoutedRequest) -> None:
     stream = run.stream
     terminal = stream.terminal
     usage = (terminal["response"].get("usage") if terminal else None) or {}
@@ -208,7 +220,7 @@ def _log_finished(state: AppState, run: Run, outcome: dict[str, Any], capture: s
         get_logger().warning("response.warning", request_id=run.request_id, warning=warning)
     get_logger().info(
         "response.finished", request_id=run.request_id, response_id=outcome["response_id"],
-        model=run.model, upstream=state.upstream.base_url, stream=run.streaming,
+        model=run.model, **routed.log_fields(), stream=run.streaming,
         http_status=outcome["http_status"], status=outcome["status"], finish_reason=stream.finish_reason,
         error_code=outcome["error_code"], error_message=outcome["error_message"],
         ttft_ms=run.ttft_ms, duration_ms=round((time.monotonic() - run.started_at) * 1000, 1),
@@ -220,19 +232,41 @@ def _log_finished(state: AppState, run: Run, outcome: dict[str, Any], capture: s
 @routes.post("/v1/chat/completions")
 @routes.post("/chat/completions")
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    """Pass-through: the client's bytes go up, the upstream's bytes come back unchanged."""
+    """Pass-through: the client's bytes go up (only `model` renamed for an alias), the upstream's come back."""
     state = STATE.get(request.app)
+    started = time.monotonic()
     body = await request.read()
-    headers = state.upstream.headers(current_request_id.get(), request.headers.get("Authorization"))
-    headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
+    document, model = _model_of(body)
     try:
-        upstream = await state.upstream.session.post(f"{state.upstream.base_url}/chat/completions",
-                                                     data=body, headers=headers)
-    except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamUnavailable(f"cannot reach the upstream at {state.upstream.base_url}: {exc}") from None
+        routed = route_request(state, request, model)
+    except GatewayError as exc:
+        key = request_key(request)
+        state.metrics.rejected(_PASSTHROUGH, exc.status, key.name if key else None)
+        raise
+    authorization = forwarded_authorization(request)
+
+    async def attempt(target: Target, last: bool) -> aiohttp.ClientResponse:
+        client = target.upstream.client
+        headers = client.headers(current_request_id.get(), authorization, routed.trace)
+        headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
+        data = body if target.model in (model, "") else orjson.dumps({**document, "model": target.model})
+        try:
+            answer = await client.session.post(f"{client.base_url}/chat/completions", data=data, headers=headers)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamUnavailable(f"cannot reach upstream {client.name!r}: {exc}") from None
+        retry_elsewhere = not last and (answer.status >= 500 or answer.status == 429)
+        if answer.status >= 400 and (answer.content_type != "application/json" or retry_elsewhere):
+            raise await http_error(answer)
+        return answer
+
     try:
-        if upstream.status >= 400 and upstream.content_type != "application/json":
-            raise await http_error(upstream)
+        upstream = await routed.first_answer(attempt)
+    except BaseException as exc:
+        routed.release()
+        state.metrics.passthrough(_PASSTHROUGH, model, routed, getattr(exc, "status", 499), started)
+        raise
+    status = upstream.status
+    try:
         response = web.StreamResponse(status=upstream.status, headers={
             "Content-Type": upstream.headers.get("Content-Type", "application/json"),
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -246,16 +280,28 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         upstream.close()
+        routed.release()
+        state.metrics.passthrough(_PASSTHROUGH, model, routed, status, started)
+
+
+def _model_of(body: bytes) -> tuple[Any, Any]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    return document, document.get("model") if isinstance(document, dict) else None
 
 
 @routes.get("/v1/models")
 @routes.get("/models")
 async def models(request: web.Request) -> web.Response:
-    state = STATE.get(request.app)
-    status, body, content_type = await state.upstream.get_json(
-        "/models", request_id=current_request_id.get(), client_authorization=request.headers.get("Authorization"),
-        timeout=state.config.upstream.connect_timeout + 5)
-    return web.Response(body=body, status=status, content_type=content_type or "application/json")
+    """Every upstream's models, under names that route to them (see routing.RoutingTable.list_models)."""
+    key = request_key(request)
+    with STATE.get(request.app).routing.hold() as table:
+        data = await table.list_models(current_request_id.get(), forwarded_authorization(request))
+    if key is not None:
+        data = [entry for entry in data if key.allows(entry["id"])]
+    return json_response({"object": "list", "data": data})
 
 
 @routes.get("/openapi.json")
@@ -270,14 +316,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    state = STATE.get(request.app)
-    try:
-        status, _, _ = await state.upstream.get_json("/models", request_id=current_request_id.get(),
-                                                     client_authorization=None,
-                                                     timeout=state.config.upstream.connect_timeout)
-    except GatewayError as exc:
-        return json_response({"status": "unavailable", "upstream": state.upstream.base_url,
-                              "error": exc.message}, status=503)
-    ready = status < 500
-    return json_response({"status": "ready" if ready else "unavailable", "upstream": state.upstream.base_url,
-                          "upstream_status": status}, status=200 if ready else 503)
+    """Each upstream's state; 200 while at least one answers."""
+    with STATE.get(request.app).routing.hold() as table:
+        ready, report = await table.readiness(current_request_id.get())
+    return json_response(report, status=200 if ready else 503)

@@ -1,7 +1,8 @@
-"""What the running app holds: config, the shared upstream client, the runs in flight."""
+"""What the running app holds: config, routing table and keys (swapped on reload), metrics, the runs in flight."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -10,13 +11,20 @@ from .config import Config
 from .event_stream import KeepAlive
 from .pipeline import Run
 from .store.service import StateService
-from .upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from .keys import KeyRing, StreamLimits
+    from .metrics import Metrics
+    from .routing import RoutingTable
 
 
 @dataclass
 class AppState:
     config: Config
-    upstream: UpstreamClient
+    routing: RoutingTable
+    keys: KeyRing
+    stream_limits: StreamLimits
+    metrics: Metrics
     keepalive: KeepAlive
     stored: StateService
     debug: bool = False

@@ -1,7 +1,7 @@
 """HTTP edge of stored state: GET/DELETE /v1/responses/{id}, its input_items, and the Conversations API.
 
 Shapes follow the openai SDK (see README "State and scaling out"); every object is visible only to
-the owner that created it (`store.service.owner_of`), anyone else gets the same 404 as for a
+the owner that created it (`keys.owner_of`), anyone else gets the same 404 as for a
 missing id.
 """
 from __future__ import annotations
@@ -16,14 +16,11 @@ from .reasoning import ENCRYPTED_INCLUDE, reasoning_sealer
 from .routes import json_response, read_json
 from .state import STATE
 from .store.base import Order, page
-from .store.service import MAX_ITEMS_PER_CALL, StateService, normalize_items, owner_of
+from .keys import owner_of
+from .store.service import MAX_ITEMS_PER_CALL, StateService, normalize_items
 
 stored_routes = web.RouteTableDef()
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
-
-
-def _owner(request: web.Request) -> str:
-    return owner_of(request.headers.get("Authorization"))
 
 
 def _service(request: web.Request) -> StateService:
@@ -125,7 +122,7 @@ def _items(body: dict[str, Any], service: StateService, required: bool = False) 
 @stored_routes.get("/v1/responses/{response_id}")
 @stored_routes.get("/responses/{response_id}")
 async def get_response(request: web.Request) -> web.Response:
-    record = await _service(request).response_record(request.match_info["response_id"], _owner(request))
+    record = await _service(request).response_record(request.match_info["response_id"], owner_of(request))
     key = STATE.get(request.app).config.upstream.reasoning_key
     return json_response(_shown(record["response"], _includes(request), key))
 
@@ -134,7 +131,7 @@ async def get_response(request: web.Request) -> web.Response:
 @stored_routes.delete("/responses/{response_id}")
 async def delete_response(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    await _service(request).delete_response(response_id, _owner(request))
+    await _service(request).delete_response(response_id, owner_of(request))
     return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
@@ -142,7 +139,7 @@ async def delete_response(request: web.Request) -> web.Response:
 @stored_routes.get("/responses/{response_id}/input_items")
 async def input_items(request: web.Request) -> web.Response:
     after, limit, order = _page_query(request)
-    record = await _service(request).response_record(request.match_info["response_id"], _owner(request))
+    record = await _service(request).response_record(request.match_info["response_id"], owner_of(request))
     by_id = {item["id"]: item for item in record["input"]}
     ids, more = page(list(by_id), after, limit, order)
     return json_response(_list([by_id[item_id] for item_id in ids], more))
@@ -154,7 +151,7 @@ async def input_items(request: web.Request) -> web.Response:
 async def create_conversation(request: web.Request) -> web.Response:
     service = _service(request)
     body = await _body(request)
-    conversation = await service.create_conversation(_owner(request), _items(body, service), _metadata(body))
+    conversation = await service.create_conversation(owner_of(request), _items(body, service), _metadata(body))
     return json_response(conversation)
 
 
@@ -162,7 +159,7 @@ async def create_conversation(request: web.Request) -> web.Response:
 @stored_routes.get("/conversations/{conversation_id}")
 async def get_conversation(request: web.Request) -> web.Response:
     return json_response(await _service(request).conversation(request.match_info["conversation_id"],
-                                                              _owner(request)))
+                                                              owner_of(request)))
 
 
 @stored_routes.post("/v1/conversations/{conversation_id}")
@@ -170,14 +167,14 @@ async def get_conversation(request: web.Request) -> web.Response:
 async def update_conversation(request: web.Request) -> web.Response:
     metadata = _metadata(await _body(request), required=True)
     return json_response(await _service(request).update_conversation(
-        request.match_info["conversation_id"], _owner(request), metadata))
+        request.match_info["conversation_id"], owner_of(request), metadata))
 
 
 @stored_routes.delete("/v1/conversations/{conversation_id}")
 @stored_routes.delete("/conversations/{conversation_id}")
 async def delete_conversation(request: web.Request) -> web.Response:
     conversation_id = request.match_info["conversation_id"]
-    await _service(request).delete_conversation(conversation_id, _owner(request))
+    await _service(request).delete_conversation(conversation_id, owner_of(request))
     return json_response({"id": conversation_id, "object": "conversation.deleted", "deleted": True})
 
 
@@ -185,7 +182,7 @@ async def delete_conversation(request: web.Request) -> web.Response:
 @stored_routes.get("/conversations/{conversation_id}/items")
 async def list_conversation_items(request: web.Request) -> web.Response:
     after, limit, order = _page_query(request)
-    items, more = await _service(request).list_items(request.match_info["conversation_id"], _owner(request),
+    items, more = await _service(request).list_items(request.match_info["conversation_id"], owner_of(request),
                                                      after=after, limit=limit, order=order)
     return json_response(_list(items, more))
 
@@ -195,14 +192,14 @@ async def list_conversation_items(request: web.Request) -> web.Response:
 async def add_conversation_items(request: web.Request) -> web.Response:
     service = _service(request)
     items = _items(await _body(request), service, required=True)
-    await service.add_items(request.match_info["conversation_id"], _owner(request), items)
+    await service.add_items(request.match_info["conversation_id"], owner_of(request), items)
     return json_response(_list(items, False))
 
 
 @stored_routes.get("/v1/conversations/{conversation_id}/items/{item_id}")
 @stored_routes.get("/conversations/{conversation_id}/items/{item_id}")
 async def get_conversation_item(request: web.Request) -> web.Response:
-    return json_response(await _service(request).item(request.match_info["conversation_id"], _owner(request),
+    return json_response(await _service(request).item(request.match_info["conversation_id"], owner_of(request),
                                                       request.match_info["item_id"]))
 
 
@@ -210,4 +207,4 @@ async def get_conversation_item(request: web.Request) -> web.Response:
 @stored_routes.delete("/conversations/{conversation_id}/items/{item_id}")
 async def delete_conversation_item(request: web.Request) -> web.Response:
     return json_response(await _service(request).delete_item(request.match_info["conversation_id"],
-                                                             _owner(request), request.match_info["item_id"]))
+                                                             owner_of(request), request.match_info["item_id"]))

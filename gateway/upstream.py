@@ -28,6 +28,7 @@ class UpstreamClient:
 
     def __init__(self, config: UpstreamConfig) -> None:
         self.config = config
+        self.name = config.name
         self.base_url = config.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
 
@@ -48,9 +49,10 @@ class UpstreamClient:
             raise RuntimeError("UpstreamClient.start() was not awaited")
         return self._session
 
-    def headers(self, request_id: str, client_authorization: str | None) -> dict[str, str]:
+    def headers(self, request_id: str, client_authorization: str | None,
+                trace: Mapping[str, str] | None = None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
-                   "X-Request-ID": request_id}
+                   "X-Request-ID": request_id, **(trace or {})}
         if self.config.api_key:
             headers["Authorization"] = f"Bearer {self.config.api_key}"
         elif client_authorization:
@@ -58,13 +60,14 @@ class UpstreamClient:
         return headers
 
     async def open(self, body: dict[str, Any], *, request_id: str, client_authorization: str | None = None,
+                   trace: Mapping[str, str] | None = None,
                    tap: Callable[[bytes], None] | None = None) -> UpstreamStream:
         """POST /chat/completions; retry connection errors and 502/503/504 before any byte.
 
         `tap`, when given, is called with every body read of the answer (debug capture).
         """
         payload = orjson.dumps(body)
-        headers = self.headers(request_id, client_authorization)
+        headers = self.headers(request_id, client_authorization, trace)
         attempts = 1 + self.config.retries
         for attempt in range(attempts):
             last = attempt == attempts - 1

@@ -16,7 +16,7 @@ import structlog
 
 from gateway.app import create_app
 from gateway.check import check_bytes
-from gateway.config import Config, ServerConfig, StoreConfig, UpstreamConfig
+from gateway.config import Config, ServerConfig, StoreConfig, UpstreamConfig, parse_config
 from gateway.log import configure_logging
 
 from .scripted_upstream import ScriptedUpstream
@@ -48,6 +48,38 @@ async def upstream(aiohttp_server: Any) -> ScriptedUpstream:
     server = await aiohttp_server(scripted.app, host="127.0.0.1")
     scripted.url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
     return scripted
+
+
+@pytest.fixture
+async def three_upstreams(aiohttp_server: Any) -> list[ScriptedUpstream]:
+    """Three scripted upstreams on loopback, each answering to its own model list."""
+    scripted = []
+    for name in ("alpha", "beta", "gamma"):
+        one = ScriptedUpstream()
+        one.model_list = {"object": "list", "data": [{"id": f"{name}-model", "object": "model", "created": 0,
+                                                       "owned_by": name}]}
+        server = await aiohttp_server(one.app, host="127.0.0.1")
+        one.url = str(server.make_url("/v1"))  # type: ignore[attr-defined]
+        scripted.append(one)
+    return scripted
+
+
+def upstream_entry(name: str, url: str, **options: Any) -> dict[str, Any]:
+    """One `upstreams:` entry as a config file would have it, with test timeouts."""
+    return {"name": name, "base_url": url, "retries": 0, "first_byte_timeout": 5, "idle_timeout": 5, **options}
+
+
+def routed_config(upstreams: list[dict[str, Any]], **sections: Any) -> Config:
+    """A several-upstream configuration through the real parser (as from YAML)."""
+    return parse_config({"server": {"log_level": "warning", "shutdown_grace": 0.5}, "upstreams": upstreams,
+                         **sections})
+
+
+@pytest.fixture
+def start_gateway(aiohttp_server: Any) -> Any:
+    async def start(config: Config) -> Any:
+        return await aiohttp_server(create_app(config), host="127.0.0.1")
+    return start
 
 
 @pytest.fixture

@@ -45,6 +45,36 @@ def test_no_command_is_a_usage_error():
     ("upstream: [1, 2]\n", "upstream"),
     ("listen: 1\n", "listen"),
     ("server: {port: [1\n", "line"),
+    # several upstreams, routing, keys
+    ("upstream: {}\nupstreams: [{name: a, base_url: 'http://h/v1'}]\n", "upstreams"),
+    ("upstreams: []\n", "upstreams"),
+    ("upstreams: [{base_url: 'http://h/v1'}]\n", "upstreams[0].name"),
+    ("upstreams: [{name: a}]\n", "upstreams[0].base_url"),
+    ("upstreams: [{name: a/b, base_url: 'http://h/v1'}]\n", "upstreams[0].name"),
+    ("upstreams: [{name: a, base_url: 'http://h/v1'}, {name: a, base_url: 'http://h/v1'}]\n", "upstreams[1].name"),
+    ("upstreams: [{name: a, base_url: 'ftp://h'}]\n", "upstreams[0].base_url"),
+    ("upstreams: [{name: a, base_url: 'http://h/v1', retries: x}]\n", "upstreams[0].retries"),
+    ("upstreams: [{name: a, base_url: 'http://h/v1', think_tags: maybe}]\n", "upstreams[0].think_tags"),
+    ("upstreams: [{name: a, base_url: 'http://h/v1', modles: [m]}]\n", "upstreams[0].modles"),
+    ("upstreams: [{name: a, base_url: 'http://h/v1', models: m}]\n", "upstreams[0].models"),
+    ("upstreams: [{name: a, base_url: 'http://h/v1', aliases: [m]}]\n", "upstreams[0].aliases"),
+    ("upstreams: [{name: a, base_url: 'http://h/v1', fallbacks: [b]}]\n", "upstreams[0].fallbacks"),
+    ("upstreams: [{name: a, base_url: 'http://h/v1', models: [m]}, {name: b, base_url: 'http://h/v1', "
+     "aliases: {m: x}}]\n", "upstreams[1].models"),
+    ("upstreams: [not-a-mapping]\n", "upstreams[0]"),
+    ("routing: {default: nowhere}\n", "routing.default"),
+    ("routing: {breaker_failures: 0}\n", "routing.breaker_failures"),
+    ("routing: {breaker_cooldown: soon}\n", "routing.breaker_cooldown"),
+    ("auth: {keys: [{sha256: " + "a" * 64 + "}]}\n", "auth.keys[0].name"),
+    ("auth: {keys: [{name: k, sha256: abc}]}\n", "auth.keys[0].sha256"),
+    ("auth: {keys: [{name: k, sha256: " + "a" * 64 + "}, {name: k, sha256: " + "b" * 64 + "}]}\n",
+     "auth.keys[1].name"),
+    ("auth: {keys: [{name: k, sha256: " + "a" * 64 + ", max_concurrent_streams: -1}]}\n",
+     "auth.keys[0].max_concurrent_streams"),
+    ("auth: {keys: [{name: k, sha256: " + "a" * 64 + ", models: gpt}]}\n", "auth.keys[0].models"),
+    ("auth: {keys_file: /nonexistent/keys.yaml}\n", "auth.keys_file"),
+    ("auth: {tokens: []}\n", "auth.tokens"),
+    ("auth: [1]\n", "auth"),
 ])
 def test_bad_config_one_line_naming_the_key_exit_2(tmp_path, capsys, yaml_text, key):
     """In-process through cli.main (fast); one case below also runs the real subprocess."""
@@ -184,7 +214,7 @@ async def test_subprocess_serves_healthz_with_flags_over_file(tmp_path, http):
             assert response.status == 503  # nothing listens on the upstream port
     assert gw.returncode == 0  # SIGTERM is a clean shutdown
     assert '"gateway.started"' in gw.output  # --log-format json won over the file's console
-    assert '"upstream":"http://127.0.0.1:2/v1"' in gw.output
+    assert '"upstreams":{"default":"http://127.0.0.1:2/v1"}' in gw.output
 
 
 async def test_subprocess_port_in_use_exits_1(tmp_path):
@@ -224,3 +254,11 @@ def test_log_formats(capsys, fmt):
         assert "demo.event" in lines[0] and "request_id=r1" in lines[0]
         with pytest.raises(ValueError):
             json.loads(lines[0])
+
+
+def test_upstream_url_flag_with_an_upstreams_list(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("upstreams:\n  - {name: a, base_url: 'http://127.0.0.1:1/v1'}\n")
+    assert load_config(config, {"upstream": {"base_url": None}}).upstreams[0].name == "a"
+    with pytest.raises(ConfigError, match="^--upstream-url: "):
+        load_config(config, {"upstream": {"base_url": "http://127.0.0.1:2/v1"}})

@@ -276,7 +276,8 @@ async def test_readyz(upstream, gateway, http):
     async with http.get(gateway.make_url("/readyz")) as response:
         assert response.status == 200
         body = await response.json()
-        assert body["status"] == "ready" and body["upstream"] == upstream.url
+        assert body == {"status": "ready", "upstreams": {"default": {"status": "ready", "upstream_status": 200,
+                                                                     "breaker": "closed"}}}
 
 
 async def test_readyz_upstream_down(make_gateway, http):
@@ -299,7 +300,7 @@ async def test_readyz_upstream_5xx(aiohttp_server, make_gateway, http):
     gateway = await make_gateway(upstream={"base_url": str(server.make_url("/v1"))})
     async with http.get(gateway.make_url("/readyz")) as response:
         assert response.status == 503
-        assert (await response.json())["upstream_status"] == 500
+        assert (await response.json())["upstreams"]["default"]["upstream_status"] == 500
 
 
 # ---------------------------------------------------------------------------------------- keys and logs
@@ -331,7 +332,7 @@ async def test_response_finished_log_line(upstream, make_gateway, http, log_capt
     assert line["level"] == "info"
     assert line["request_id"] == "log-req-1"
     assert line["model"] == "scripted"
-    assert line["upstream"] == upstream.url
+    assert line["upstream"] == "default" and line["failed_first"] is None and line["key"] is None
     assert line["http_status"] == 200
     assert line["status"] == "completed"
     assert line["finish_reason"] == "stop"

@@ -12,7 +12,7 @@ from gateway.config import StoreConfig, load_config
 from gateway.errors import ConfigError
 from gateway.store import StoreUnavailable, open_store_url
 from gateway.store.redis import split_prefix
-from gateway.store.service import normalize_items, owner_of
+from gateway.store.service import normalize_items, token_owner
 
 from .conftest import ROOT
 
@@ -151,9 +151,9 @@ def test_shipped_config_and_unit_keep_state_in_a_file(monkeypatch):
 
 
 def test_owner_is_a_hash_of_the_bearer_token():
-    assert owner_of("Bearer sk-one") == owner_of("Bearer sk-one") != owner_of("Bearer sk-two")
-    assert "sk-one" not in owner_of("Bearer sk-one")
-    assert owner_of(None) == owner_of("") == "anonymous"
+    assert token_owner("Bearer sk-one") == token_owner("Bearer sk-one") != token_owner("Bearer sk-two")
+    assert "sk-one" not in token_owner("Bearer sk-one")
+    assert token_owner(None) == token_owner("") == "anonymous"
 
 
 def test_input_items_get_ids_and_typed_content():

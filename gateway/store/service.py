@@ -31,8 +31,8 @@ _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "
 MAX_ITEMS_PER_CALL = 20  # POST /v1/conversations and …/items (OpenAI's limit)
 
 
-def owner_of(authorization: str | None) -> str:
-    """Who owns what a request stores: a hash of its bearer token (a gateway key's name later)."""
+def token_owner(authorization: str | None) -> str:
+    """The owner of what a request stores when the gateway has no keys: a hash of its bearer token."""
     token = (authorization or "").removeprefix("Bearer ").strip()
     if not token:
         return ANONYMOUS
@@ -130,7 +130,7 @@ class StateService:
             await self.call(self.store.ping())
 
     # ------------------------------------------------------------------ create
-    async def prepare(self, body: Any, authorization: str | None) -> Turn | None:
+    async def prepare(self, body: Any, owner: str) -> Turn | None:
         """The turn's context and recording plan; None for a stateless request (store false, no chain)."""
         if not isinstance(body, dict):
             return None  # translate.py explains what is wrong
@@ -152,7 +152,7 @@ class StateService:
             return None
         if body.get("input") is None:
             return None  # translate.py names the missing parameter
-        turn = Turn(owner_of(authorization), store, normalize_items(body["input"]), conversation_id=conversation_id)
+        turn = Turn(owner, store, normalize_items(body["input"]), conversation_id=conversation_id)
         if turn.records and len(orjson.dumps(turn.input_items)) > self.config.max_stored_bytes:
             raise InvalidRequest(f"The input is larger than this gateway stores for one response "
                                  f"({self.config.max_stored_bytes} bytes, store.max_stored_bytes).",
