@@ -1,6 +1,7 @@
 """HTTP edge: parse and validate client requests, run the pipeline, shape errors."""
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from contextvars import ContextVar
@@ -8,32 +9,27 @@ from typing import Any
 
 import aiohttp
 import orjson
+import structlog
 from aiohttp import web
 
-from .errors import GatewayError, InvalidRequest, UpstreamUnavailable, error_envelope
-from .event_stream import EventStream, FinalResponse
+from .bounds import depth_exceeds
+from .errors import GatewayError, InvalidRequest, UpstreamTimeout, error_envelope, internal_error_message
+from .event_stream import EventStream, FinalResponse, json_response
 from .ids import new_request_id
 from .log import get_logger
 from .openapi import openapi_document
-from .pipeline import Run, run_pipeline
+from .pipeline import DebugLog, Run, Sink, Tee, run_pipeline
 from .state import STATE, AppState
 from .translate import translate_request
 from .upstream import http_error
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json", "")
-# HTTP status for a non-streaming response that failed, by error code.
-_FAILED_STATUS = {"upstream_timeout": 504, "server_shutting_down": 503, "rate_limit_exceeded": 429}
 
 routes = web.RouteTableDef()
 OPENAPI = openapi_document()
 # Each request runs in its own task, so a ContextVar carries its id to handlers and logs.
 current_request_id: ContextVar[str] = ContextVar("request_id", default="")
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
-                        content_type="application/json")
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -50,8 +46,16 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
     """Request ids on every answer; every error, even aiohttp's own 404/405/413, in OpenAI's shape."""
     request_id = request_id_of(request)
     current_request_id.set(request_id)
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        response = await _answer(request, handler, request_id)
+    if not response.prepared:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+async def _answer(request: web.Request, handler: Any, request_id: str) -> web.StreamResponse:
     try:
-        response = await handler(request)
+        return await handler(request)
     except GatewayError as exc:
         response = error_response(exc)
     except web.HTTPException as exc:
@@ -62,12 +66,9 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
                                  status=exc.status, headers={k: v for k, v in exc.headers.items()
                                                              if k in ("Allow", "Retry-After")})
     except Exception:
-        get_logger().exception("request.crashed", request_id=request_id, path=request.path)
-        response = json_response(error_envelope("The gateway hit an internal error; see its log for "
-                                                f"request {request_id}.", "server_error", None, "internal_error"),
-                                 status=500)
-    if not response.prepared:
-        response.headers["X-Request-ID"] = request_id
+        get_logger().exception("request.crashed", path=request.path)
+        response = json_response(error_envelope(internal_error_message(request_id), "server_error", None,
+                                                "internal_error"), status=500)
     return response
 
 
@@ -92,21 +93,10 @@ async def read_json(request: web.Request, state: AppState) -> Any:
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"We could not parse the JSON body of your request ({exc}).",
                              code="invalid_json") from None
-    if _depth_exceeds(document, state.config.server.max_json_depth):
+    if depth_exceeds(document, state.config.server.max_json_depth):
         raise InvalidRequest(f"The JSON body is nested deeper than {state.config.server.max_json_depth} levels.",
                              code="invalid_json")
     return document
-
-
-def _depth_exceeds(document: Any, limit: int) -> bool:
-    level = [document]
-    for _ in range(limit):
-        level = [child for node in level if isinstance(node, (dict, list))
-                 for child in (node.values() if isinstance(node, dict) else node)
-                 if isinstance(child, (dict, list))]
-        if not level:
-            return False
-    return True
 
 
 @routes.post("/v1/responses")
@@ -124,63 +114,61 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         chat = translate_request(await read_json(request, state), state.config.upstream)
     except GatewayError as exc:
-        _log_rejected(state, request_id, exc, received)
+        _log_finished(state, received, exc.status, error=exc)
         raise
     run = Run(request_id, chat)
-    sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
+    sink = _sink(request, state, request_id, streaming=chat.stream)
     del chat  # `run` keeps what it needs; the request body goes once it was sent upstream
-    http_status, error_code = 200, None
+    http_status, error = 200, None
     state.runs.add(run)
     try:
         await run_pipeline(run, state.upstream, sink, keepalive_interval=state.config.server.keepalive_interval,
                            client_authorization=request.headers.get("Authorization"), debug=state.debug)
-        if isinstance(sink, EventStream):
-            await sink.close()
-            assert sink.response is not None
-            return sink.response
-        response = run.stream.response
-        if response["status"] == "failed":
-            error_code = response["error"]["code"]
-            http_status = _FAILED_STATUS.get(error_code, 502)
-            return json_response(error_envelope(response["error"]["message"], "upstream_error", None, error_code),
-                                 status=http_status)
-        return json_response(response)
+        response = await sink.finish()
+        assert response is not None, "the client's sink answers"
+        http_status = response.status
+        return response
     except GatewayError as exc:
-        http_status, error_code = exc.status, exc.code
+        http_status, error = exc.status, exc
+        raise
+    except Exception:
+        http_status = 500  # a gateway bug before the stream started: the middleware answers and logs it
         raise
     finally:
-        if isinstance(sink, EventStream):
-            sink.abandon()
+        sink.abandon()
         state.runs.discard(run)
-        _log_finished(state, run, http_status, error_code)
+        _log_finished(state, received, http_status, error=error, run=run)
 
 
-def _log_rejected(state: AppState, request_id: str, exc: GatewayError, received: float) -> None:
-    """The one log line of a request refused before it reached the upstream (same fields as below)."""
-    get_logger().info(
-        "response.finished", request_id=request_id, response_id=None, model=None,
-        upstream=state.upstream.base_url, stream=None, http_status=exc.status, status=None, finish_reason=None,
-        error_code=exc.code, param=exc.param, ttft_ms=None,
-        duration_ms=round((time.monotonic() - received) * 1000, 1), events=0, input_tokens=None,
-        output_tokens=None, client_disconnected=False)
+def _sink(request: web.Request, state: AppState, request_id: str, *, streaming: bool) -> Sink:
+    """The request's consumers of its events, chosen once: the client's sink, behind a debug tap at debug level."""
+    client: Sink = (EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if streaming
+                    else FinalResponse(request_id))
+    return Tee(DebugLog(), client) if state.debug else client
 
 
-def _log_finished(state: AppState, run: Run, http_status: int, error_code: str | None) -> None:
-    stream = run.stream
-    terminal = stream.terminal
-    response = terminal["response"] if terminal else None
-    usage = (response or {}).get("usage") or {}
-    for warning in run.warnings + stream.warnings:
-        get_logger().warning("response.warning", request_id=run.request_id, warning=warning)
-    get_logger().info(
-        "response.finished", request_id=run.request_id, response_id=stream.response_id,
-        model=run.model, upstream=state.upstream.base_url, stream=run.streaming,
-        http_status=http_status, status=response["status"] if response else None,
-        finish_reason=stream.finish_reason,
-        error_code=((response or {}).get("error") or {}).get("code") or error_code,
-        ttft_ms=run.ttft_ms, duration_ms=round((time.monotonic() - run.started_at) * 1000, 1),
-        events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
-        output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected)
+def _log_finished(state: AppState, received: float, http_status: int, *, error: GatewayError | None = None,
+                  run: Run | None = None) -> None:
+    """The one `response.finished` line of every request, refused before the upstream or run (same fields)."""
+    fields: dict[str, Any] = {
+        "response_id": None, "model": None, "stream": None, "status": None, "finish_reason": None,
+        "error_code": error.code if error else None, "param": error.param if error else None, "ttft_ms": None,
+        "events": 0, "input_tokens": None, "output_tokens": None, "client_disconnected": False}
+    log = get_logger()
+    if run is not None:
+        stream = run.stream
+        response = stream.terminal["response"] if stream.terminal else None
+        usage = (response or {}).get("usage") or {}
+        for warning in run.warnings + stream.warnings:
+            log.warning("response.warning", warning=warning)
+        fields.update(
+            response_id=stream.response_id, model=run.model, stream=run.streaming,
+            status=response["status"] if response else None, finish_reason=stream.finish_reason,
+            error_code=((response or {}).get("error") or {}).get("code") or fields["error_code"],
+            ttft_ms=run.ttft_ms, events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected)
+    log.info("response.finished", upstream=state.upstream.base_url, http_status=http_status,
+             duration_ms=round((time.monotonic() - received) * 1000, 1), **fields)
 
 
 @routes.post("/v1/chat/completions")
@@ -191,11 +179,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     headers = state.upstream.headers(current_request_id.get(), request.headers.get("Authorization"))
     headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
+    config = state.upstream.config
     try:
-        upstream = await state.upstream.session.post(f"{state.upstream.base_url}/chat/completions",
-                                                     data=body, headers=headers)
+        async with asyncio.timeout(config.first_byte_timeout):
+            upstream = await state.upstream.session.post(f"{state.upstream.base_url}/chat/completions",
+                                                         data=body, headers=headers)
+    except TimeoutError:
+        raise UpstreamTimeout(f"the upstream did not answer within {config.first_byte_timeout:g}s") from None
     except (aiohttp.ClientError, OSError) as exc:
-        raise UpstreamUnavailable(f"cannot reach the upstream at {state.upstream.base_url}: {exc}") from None
+        raise state.upstream.unreachable(exc, current_request_id.get()) from None
     try:
         if upstream.status >= 400 and upstream.content_type != "application/json":
             raise await http_error(upstream)
@@ -206,12 +198,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             response.headers["Retry-After"] = upstream.headers["Retry-After"]
         response.headers["X-Request-ID"] = current_request_id.get()
         await response.prepare(request)
-        async for data in upstream.content.iter_any():
-            await response.write(data)
+        failure = await _relay(upstream, response, config.idle_timeout)
+        if failure:
+            # Bytes were relayed: a second status line cannot follow, and ending the body normally
+            # would pass the truncation off as complete. Close the connection without the body's end.
+            get_logger().warning("passthrough.upstream_cut", upstream=state.upstream.base_url, reason=failure)
+            response.force_close()
+            if request.transport is not None:
+                request.transport.close()
+            return response
         await response.write_eof()
         return response
     finally:
         upstream.close()
+
+
+async def _relay(upstream: aiohttp.ClientResponse, response: web.StreamResponse, idle_timeout: float) -> str:
+    """Copy the upstream's body to the client as it arrives; why it stopped early, or "" at its end."""
+    content = upstream.content
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):  # waiting for the client does not count
+                data = await content.readany()
+        except TimeoutError:
+            return f"the upstream sent nothing for {idle_timeout:g}s"
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            exc.__traceback__ = None  # aiohttp may raise one shared object (see UpstreamStream.batches)
+            return str(exc) or type(exc).__name__
+        if not data:
+            return ""
+        await response.write(data)
 
 
 @routes.get("/v1/models")

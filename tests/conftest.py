@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,9 +13,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 
 from gateway.app import create_app
 from gateway.config import Config, ServerConfig, UpstreamConfig
+from gateway.log import configure_logging
 
 from .scripted_upstream import ScriptedUpstream
 
@@ -83,6 +87,24 @@ async def post_stream(http: aiohttp.ClientSession, gateway: Any, body: dict[str,
     body = {"model": "scripted", "input": "hi", "stream": True, **body}
     async with http.post(gateway.make_url("/v1/responses"), json=body, headers=headers) as response:
         return response, await response.read()
+
+
+@pytest.fixture
+def log_capture():
+    """Configure the gateway's logging in-process into a buffer; yields a function returning parsed lines."""
+    buffer = io.BytesIO()
+
+    def configure(level: str = "info", secrets: tuple[str, ...] = ()) -> Any:
+        configure_logging("json", level, secrets=secrets)
+        # Same processors and renderer; only the sink (sys.stdout.buffer) is swapped for ours.
+        structlog.configure(logger_factory=structlog.BytesLoggerFactory(buffer))
+
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in buffer.getvalue().decode().splitlines() if line.strip()]
+        lines.raw = buffer  # type: ignore[attr-defined]
+        return lines
+    yield configure
+    structlog.reset_defaults()
 
 
 def replace(config: Config, **sections: dict[str, Any]) -> Config:
