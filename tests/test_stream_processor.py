@@ -560,6 +560,51 @@ def test_malformed_chunk_fails_cleanly():
     assert result["error"]["code"] == "upstream_protocol_error"
 
 
+@pytest.mark.parametrize("bad, says", [
+    ([1, 2], "a chunk must be a JSON object"),
+    ({"choices": [5]}, "a choice must be an object"),
+    ({"choices": [{"delta": "text"}]}, "delta must be an object"),
+    ({"choices": [{"delta": {}, "finish_reason": {"a": 1}}]}, "finish_reason must be a string"),
+    ({"choices": [{"delta": {"tool_calls": {"index": 0}}}]}, "tool_calls must be a list"),
+    ({"choices": [{"delta": {"tool_calls": [{"index": [0], "function": {"name": "f"}}]}}]}, "index must be an integer"),
+    ({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]}, "function must be an object"),
+    ({"choices": [{"delta": {"reasoning_details": [{"text": 5}]}}]}, "reasoning_details text must be a string"),
+    ({"x_groq": "usage"}, "x_groq must be an object"),
+])
+def test_malformed_shapes_are_named_where_they_enter(bad, says):
+    _, _, result = run([chunk({"content": "x"}), bad])
+    assert result["error"]["code"] == "upstream_protocol_error"
+    assert says in result["error"]["message"]
+
+
+def test_a_gateway_bug_is_not_blamed_on_the_upstream(monkeypatch):
+    """Only the shape checks speak for the upstream: any other exception leaves feed() for the crash handler."""
+    def bug(self: Any, text: str, part_type: str) -> None:
+        raise TypeError("a bug of ours")
+    monkeypatch.setattr(ResponseStream, "_text_delta", bug)
+    stream = ResponseStream(response_id=RID, model="m")
+    stream.start()
+    with pytest.raises(TypeError, match="a bug of ours"):
+        stream.feed(chunk({"content": "x"}))
+
+
+def test_salvage_numbers_the_terminal_after_the_last_delivered_event():
+    stream = ResponseStream(response_id=RID, model="m", created_at=1764000000)
+    delivered = stream.start() + stream.feed(chunk({"content": "x"}))
+    stream.finish(True)  # built, but say its encoding failed: never delivered
+    events = delivered + stream.salvage("server_error", "bug", len(delivered))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1] is stream.terminal and stream.terminal["type"] == "response.failed"
+    assert stream.terminal["response"]["error"] == {"code": "server_error", "message": "bug"}
+
+
+def test_usage_counts_out_of_range_count_zero_with_a_warning():
+    warnings: list[str] = []
+    mapped = map_usage({"prompt_tokens": 2 ** 64, "completion_tokens": -3, "total_tokens": 1}, warnings)
+    assert mapped["input_tokens"] == 0 and mapped["output_tokens"] == 0 and mapped["total_tokens"] == 0
+    assert len(warnings) == 2 and "prompt_tokens" in warnings[0]
+
+
 def test_unknown_finish_reason_is_stop_with_warning():
     stream, _, result = run([chunk({"content": "x"}), chunk({}, finish="weird")])
     assert result["status"] == "completed"
