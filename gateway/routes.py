@@ -190,7 +190,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         raise state.upstream.unreachable(exc, current_request_id.get()) from None
     try:
         if upstream.status >= 400 and upstream.content_type != "application/json":
-            raise await http_error(upstream)
+            raise await http_error(upstream, config.idle_timeout)
         response = web.StreamResponse(status=upstream.status, headers={
             "Content-Type": upstream.headers.get("Content-Type", "application/json"),
             "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

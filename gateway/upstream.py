@@ -79,7 +79,7 @@ class UpstreamClient:
                 if response.status < 400:
                     return await UpstreamStream.from_response(response, self.config)
                 if response.status not in _RETRY_STATUSES or last:
-                    raise await http_error(response)
+                    raise await http_error(response, self.config.idle_timeout)
                 response.release()
             await asyncio.sleep(self.config.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -128,7 +128,7 @@ class UpstreamStream:
     async def from_response(cls, response: aiohttp.ClientResponse, config: UpstreamConfig) -> UpstreamStream:
         content_type = response.content_type
         if content_type == "application/json":
-            body = await _read_limited(response, _WHOLE_BODY_LIMIT + 1)
+            body = await _read_limited(response, config.idle_timeout, _WHOLE_BODY_LIMIT + 1)
             response.release()
             if len(body) > _WHOLE_BODY_LIMIT:
                 raise UpstreamError(f"the upstream answered {response.status} with a JSON body larger than "
@@ -140,7 +140,7 @@ class UpstreamStream:
                                     f"{_snippet(body)}") from None
             return cls(response, config, whole=[document])
         if content_type in ("text/html", "application/xml", "text/xml"):
-            body = await _read_limited(response)
+            body = await _read_limited(response, config.idle_timeout)
             response.release()
             raise UpstreamError(f"the upstream answered {response.status} with {content_type} instead of an "
                                 f"event stream: {_snippet(body)}")
@@ -252,28 +252,31 @@ def _unread(content: aiohttp.StreamReader) -> bytes:
     return b"".join(buffer)[getattr(content, "_buffer_offset", 0):]
 
 
-async def _read_limited(response: aiohttp.ClientResponse, limit: int = _ERROR_BODY_LIMIT) -> bytes:
+async def _read_limited(response: aiohttp.ClientResponse, idle_timeout: float,
+                        limit: int = _ERROR_BODY_LIMIT) -> bytes:
     """Up to `limit` bytes of the body, over as many network reads as it takes (any framing).
 
-    A body cut short keeps what arrived: a partial error message beats none.
+    A body cut short, or silent for `idle_timeout`, keeps what arrived: a partial error message
+    beats none, and waiting longer would hang the client.
     """
     parts: list[bytes] = []
     size = 0
     try:
         while size < limit:
-            data = await response.content.read(limit - size)
+            async with asyncio.timeout(idle_timeout):
+                data = await response.content.read(limit - size)
             if not data:
                 break
             parts.append(data)
             size += len(data)
-    except (aiohttp.ClientError, OSError):
+    except (aiohttp.ClientError, OSError, TimeoutError):
         pass
     return b"".join(parts)
 
 
-async def http_error(response: aiohttp.ClientResponse) -> UpstreamHTTPError:
+async def http_error(response: aiohttp.ClientResponse, idle_timeout: float) -> UpstreamHTTPError:
     """An upstream non-2xx answer as our error, keeping status, message and Retry-After."""
-    body = await _read_limited(response)
+    body = await _read_limited(response, idle_timeout)
     response.release()
     message, code, err_type, param = f"the upstream answered HTTP {response.status}", None, None, None
     try:

@@ -363,8 +363,8 @@ class FuzzUpstream:
                 else:
                     await response.write(step)
             if plan.end == "abort":
-                assert request.transport is not None
-                request.transport.abort()
+                if request.transport is not None:  # None: the gateway already hung up
+                    request.transport.abort()
                 return response
             if plan.end == "hang":
                 await asyncio.sleep(3600)
@@ -511,13 +511,14 @@ class Summary:
     log_problems: list[str]
     rss_start_kb: int
     rss_warm_kb: int
+    rss_half_kb: int
     rss_end_kb: int
 
     def lines(self, seed: str) -> list[str]:
         out = [f"fuzz: {self.streams} streams, seed {seed}, {self.seconds:.1f} s, "
                f"{len(self.failures)} failing, {len(self.log_problems)} log problems",
                f"gateway RSS: {self.rss_start_kb} kB at start, {self.rss_warm_kb} kB after the first "
-               f"{min(200, self.streams)} streams, {self.rss_end_kb} kB after all "
+               f"{min(200, self.streams)} streams, {self.rss_half_kb} kB after half, {self.rss_end_kb} kB after all "
                f"({self.rss_end_kb - self.rss_warm_kb:+d} kB since warm-up)",
                "answers: " + ", ".join(f"{k} {v}" for k, v in sorted(self.kinds.items())),
                "mutations: " + ", ".join(f"{k} {v}" for k, v in sorted(self.mutations.items()))]
@@ -562,17 +563,19 @@ async def run_fuzz(streams: int, seed: str, *, concurrency: int = 8, only: int |
             config = _config(f"http://127.0.0.1:{port}/v1", directory)
             async with gateway_process("--config", config) as gw:
                 pid = gw.proc.pid
-                rss_start = rss_warm = rss_kb(pid)
+                rss_start = rss_warm = rss_half = rss_kb(pid)
                 started = time.monotonic()
                 gate = asyncio.Semaphore(concurrency)
                 connector = aiohttp.TCPConnector(limit=concurrency * 2)
                 async with aiohttp.ClientSession(connector=connector) as http:
                     async def one(index: int) -> None:
-                        nonlocal rss_warm
+                        nonlocal rss_warm, rss_half
                         async with gate:
                             outcomes.append(await drive_one(http, gw.url, seed, index))
                         if len(outcomes) == min(200, len(indexes)):
                             rss_warm = rss_kb(pid)
+                        if len(outcomes) == len(indexes) // 2:
+                            rss_half = rss_kb(pid)
                     await asyncio.gather(*(one(index) for index in indexes))
                 seconds = time.monotonic() - started
                 rss_end = rss_kb(pid)
@@ -582,7 +585,8 @@ async def run_fuzz(streams: int, seed: str, *, concurrency: int = 8, only: int |
     mutations: Counter[str] = Counter(m for outcome in outcomes for m in outcome.plan.mutations)
     return Summary(streams=len(indexes), seconds=seconds, kinds=Counter(o.kind for o in outcomes),
                    mutations=mutations, failures=sorted((o for o in outcomes if o.problems), key=lambda o: o.index),
-                   log_problems=log_problems, rss_start_kb=rss_start, rss_warm_kb=rss_warm, rss_end_kb=rss_end)
+                   log_problems=log_problems, rss_start_kb=rss_start, rss_warm_kb=rss_warm, rss_half_kb=rss_half,
+                   rss_end_kb=rss_end)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,6 +151,17 @@ async def test_error_body_in_two_segments_keeps_message_and_code(upstream, gatew
     assert got["code"] == "context_length_exceeded"
 
 
+async def test_error_body_that_stalls_is_answered_after_the_idle_timeout(upstream, make_gateway, http):
+    """Reading a whole body must not wait forever (found by the fuzz once bodies were read to the end)."""
+    gateway = await make_gateway(upstream={"idle_timeout": 0.3})
+    upstream.enqueue(Reply([b"model runner crashed: "], status=500, headers={"Content-Type": "text/plain"},
+                           end="hang"))
+    async with asyncio.timeout(5):
+        async with http.post(gateway.make_url("/v1/responses"), json={"model": "m", "input": "hi"}) as response:
+            assert response.status == 500
+            assert "model runner crashed" in (await response.json())["error"]["message"]
+
+
 # ------------------------------------------------------------------------------------- passthrough
 async def test_passthrough_cut_mid_body_closes_the_connection(upstream, gateway):
     upstream.enqueue(Reply([sse(chunk({"role": "assistant", "content": "partial"}), done=False), 0.05],
