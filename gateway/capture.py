@@ -92,13 +92,20 @@ class CaptureStore:
 
 
 class Recorder:
-    """Sink-like: sees the events the client was sent (`start`/`send`), and the upstream's raw reads (`tap`)."""
+    """A sink after the client's: sees the events the client was sent, and the upstream's raw reads (`tap`).
+
+    `save(outcome)` writes the file once the request's outcome is known (after the pipeline's
+    `finish`), when the capture policy keeps it.
+    """
+
+    streaming = False
+    started = False
 
     def __init__(self, store: CaptureStore, request_id: str, headers: Mapping[str, str], body: Any,
                  upstream_body: dict[str, Any]) -> None:
         self.store = store
         self.request_id = request_id
-        self.started = time.monotonic()
+        self.t0 = time.monotonic()
         self.wall = datetime.datetime.now(datetime.timezone.utc)
         client_token = headers.get("Authorization", "").removeprefix("Bearer ").strip()
         self.secrets = [*store.secrets, client_token]
@@ -120,7 +127,7 @@ class Recorder:
     def tap(self, data: bytes) -> None:
         if not self._room(len(data)):
             return
-        at = round((time.monotonic() - self.started) * 1000, 3)
+        at = round((time.monotonic() - self.t0) * 1000, 3)
         try:
             self.reads.append({"t_ms": at, "text": data.decode("utf-8")})
         except UnicodeDecodeError:  # a read may end inside a character: keep it exact
@@ -133,10 +140,13 @@ class Recorder:
         if events and self._room(len(orjson.dumps(events))):
             self.events.extend(events)
 
-    async def close(self) -> None:
+    async def finish(self) -> None:
+        return None
+
+    def abandon(self) -> None:
         pass
 
-    async def finish(self, outcome: dict[str, Any]) -> str | None:
+    async def save(self, outcome: dict[str, Any]) -> str | None:
         """Write the file if the policy keeps this request; its name, for the log line."""
         failed = bool(outcome.get("error_code")) or outcome.get("status") == "failed" or \
             (outcome.get("http_status") or 200) >= 400

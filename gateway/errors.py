@@ -81,6 +81,11 @@ def error_envelope(message: str, err_type: str, param: str | None = None,
     return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
 
 
+def internal_error_message(request_id: str) -> str:
+    """What a client learns of a gateway bug: where to look, nothing more."""
+    return f"The gateway hit an internal error; see its log for request {request_id}."
+
+
 def error_code(code: Any, err_type: Any, message: Any, status: int | None = None) -> str:
     """The `error.code` a client should see for an upstream error, in OpenAI's vocabulary where one fits."""
     for candidate in (code, err_type):

@@ -1,4 +1,4 @@
-"""Writing Responses events to the client: SSE bytes, or nothing until the final JSON.
+"""The client's sinks: Responses events as SSE bytes, or folded into the final JSON (see pipeline.py).
 
 `EventStream` is a plain aiohttp `StreamResponse` with the event-stream headers; each batch
 of events is framed by `sse.encode_events` and goes out in one write, which also waits for
@@ -13,9 +13,13 @@ import asyncio
 import contextlib
 from typing import Any
 
+import orjson
 from aiohttp import web
 
+from .errors import error_envelope, internal_error_message
+from .log import get_logger
 from .sse import PING, encode_events
+from .stream_processor import TERMINAL_TYPES
 
 # The headers aiohttp-sse's EventSourceResponse set (the gateway used it before the shared ticker).
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "Connection": "keep-alive",
@@ -79,6 +83,11 @@ class KeepAlive:
             self._task = None
 
 
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
+                        content_type="application/json")
+
+
 class EventStream:
     """The streaming sink: `text/event-stream`, started lazily by the pipeline."""
 
@@ -123,27 +132,53 @@ class EventStream:
             return False
         return True
 
-    async def close(self) -> None:
+    async def finish(self) -> web.StreamResponse:
         self._keepalive.discard(self)
-        if self.response is not None:
-            await self.response.write_eof()
+        assert self.response is not None, "the pipeline starts a streaming sink before it returns"
+        await self.response.write_eof()
+        return self.response
 
     def abandon(self) -> None:
-        """The pipeline ended without close() (client gone): stop pinging."""
+        """Stop pinging (also when the pipeline ended without finish(): client gone)."""
         self._keepalive.discard(self)
+
+
+# HTTP status for a non-streaming response that failed, by error code.
+_FAILED_STATUS = {"upstream_timeout": 504, "server_shutting_down": 503, "rate_limit_exceeded": 429,
+                  "store_unavailable": 503}
 
 
 class FinalResponse:
-    """The non-streaming sink: events are folded by the stream processor; nothing is sent early."""
+    """The non-streaming sink: folds the events into the final Response, answered as JSON at the end."""
 
+    __slots__ = ("_request_id", "_final")
     streaming = False
     started = False
+
+    def __init__(self, request_id: str) -> None:
+        self._request_id = request_id
+        self._final: dict[str, Any] | None = None
 
     async def start(self, events: list[dict[str, Any]]) -> None:
         pass
 
     async def send(self, events: list[dict[str, Any]]) -> None:
-        pass
+        if events and events[-1]["type"] in TERMINAL_TYPES:
+            self._final = events[-1]["response"]
 
-    async def close(self) -> None:
+    async def finish(self) -> web.Response:
+        response = self._final
+        assert response is not None, "the pipeline ends every run it returns from with a terminal event"
+        try:
+            if response["status"] == "failed":
+                error = response["error"]
+                return json_response(error_envelope(error["message"], "upstream_error", None, error["code"]),
+                                     status=_FAILED_STATUS.get(error["code"], 502))
+            return json_response(response)
+        except orjson.JSONEncodeError:
+            get_logger().exception("response.unencodable")
+            return json_response(error_envelope(internal_error_message(self._request_id), "server_error", None,
+                                                "server_error"), status=500)
+
+    def abandon(self) -> None:
         pass

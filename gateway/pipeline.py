@@ -1,35 +1,134 @@
 """One request's trip: upstream chunks → `ResponseStream` → sink, with timeouts and faults.
 
-Streaming and non-streaming requests take exactly this path; only the sink differs.
-Before the sink has started, failures propagate as `GatewayError` (the route answers
-with an HTTP error); after it started they become `response.failed` on the stream.
+One pipeline, many sinks. Streaming and non-streaming requests take exactly this path; only
+the sink differs. Before the sink has started, failures propagate as `GatewayError` (the route
+answers with an HTTP error); after it started they become `response.failed` on the stream.
+
+The sink contract. A sink consumes one run's event sequence; `run_pipeline` drives it:
+
+- `start(events)` once, with the stream's head (`response.created`, `response.in_progress`);
+  for a `streaming` sink possibly before the upstream answered, so keep-alives can flow.
+- `send(events)` for every later batch, in order, including empty ones. Sequence numbers run
+  on by one across `start` and `send`; the one terminal event (`response.completed`,
+  `.incomplete` or `.failed`) is the last event of the last batch. A batch is all or nothing:
+  a sink that raises has delivered none of it (the pipeline then ends the stream with a
+  terminal numbered after the last batch every sink took).
+- `started` is true once the client has seen the head: from then on failures go in-band.
+  A sink that does not answer the client (a recorder, a log) is never `started`.
+- `finish()` after the pipeline returned: the sink's own ending (write the SSE end, build the
+  JSON answer, flush a record) and the web response for the route to return, or None for a
+  sink that does not answer the client.
+- `abandon()` always, last, also after errors and disconnects: release what the sink holds.
+  It must be idempotent and must not raise.
+
+More consumers are more sinks, fanned out by `Tee(first, second, ...)`: each call reaches each
+sink in that order, so a sink that must act before the client sees an event goes before the
+client's sink (the store recorder persists the final response in `send` before the terminal
+event reaches the client). A consumer that must not slow the client down (the background event
+log, a live inspector tap) returns from `send` at once and does its I/O from a queue. At debug
+level the route puts `DebugLog` in front; its chunk-side twin wraps the upstream's batches.
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import GatewayError, UpstreamError, UpstreamTimeout
+from .bounds import encode_bounded
+from .errors import GatewayError, UpstreamError, UpstreamTimeout, internal_error_message
 from .ids import new_id, new_response_id
 from .log import get_logger
 from .stream_processor import ResponseStream
 from .translate import ChatRequest
 from .upstream import UpstreamClient, UpstreamStream
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
+Events = list[dict[str, Any]]
+
 
 class Sink(Protocol):
+    """One consumer of a run's events (see the module docstring for the contract)."""
+
     streaming: bool
 
     @property
     def started(self) -> bool: ...
 
-    async def start(self, events: list[dict[str, Any]]) -> None: ...
+    async def start(self, events: Events) -> None: ...
 
-    async def send(self, events: list[dict[str, Any]]) -> None: ...
+    async def send(self, events: Events) -> None: ...
 
-    async def close(self) -> None: ...
+    async def finish(self) -> web.StreamResponse | None: ...
+
+    def abandon(self) -> None: ...
+
+
+class Tee:
+    """Several sinks driven by one run, each call reaching each sink in the given order."""
+
+    __slots__ = ("sinks", "streaming")
+
+    def __init__(self, *sinks: Sink) -> None:
+        self.sinks = sinks
+        self.streaming = any(sink.streaming for sink in sinks)
+
+    @property
+    def started(self) -> bool:
+        return any(sink.started for sink in self.sinks)
+
+    async def start(self, events: Events) -> None:
+        for sink in self.sinks:
+            await sink.start(events)
+
+    async def send(self, events: Events) -> None:
+        for sink in self.sinks:
+            await sink.send(events)
+
+    async def finish(self) -> web.StreamResponse | None:
+        answer = None
+        for sink in self.sinks:
+            response = await sink.finish()
+            answer = answer or response
+        return answer
+
+    def abandon(self) -> None:
+        for sink in self.sinks:
+            sink.abandon()
+
+
+class DebugLog:
+    """A tap that logs every event at debug level (`server.log_level: debug`)."""
+
+    __slots__ = ()
+    streaming = False
+    started = False
+
+    async def start(self, events: Events) -> None:
+        await self.send(events)
+
+    async def send(self, events: Events) -> None:
+        log = get_logger()
+        for event in events:
+            log.debug("response.event", data=event)  # `event` is structlog's message key
+
+    async def finish(self) -> None:
+        return None
+
+    def abandon(self) -> None:
+        pass
+
+
+async def _logged_chunks(batches: AsyncIterator[list[Any]]) -> AsyncIterator[list[Any]]:
+    """The upstream's chunks, each logged at debug level first, bounded: the upstream controls them."""
+    log = get_logger()
+    async for batch in batches:
+        for chunk in batch:
+            fits = encode_bounded(chunk, depth=64, size=1 << 20) is not None
+            log.debug("upstream.chunk", chunk=chunk if fits else "(nested too deep or too large to log)")
+        yield batch
 
 
 class StreamStopped(Exception):
@@ -40,7 +139,7 @@ class Run:
     """The state of one pipeline run, shared with the route (logging) and the app (shutdown)."""
 
     __slots__ = ("request_id", "body", "model", "streaming", "warnings", "started_at", "first_output_at", "stream",
-                 "upstream", "opening", "stop_reason", "stop_cancelled", "client_disconnected", "tap")
+                 "upstream", "opening", "stop_reason", "stop_cancelled", "client_disconnected", "tap", "delivered")
 
     def __init__(self, request_id: str, chat: ChatRequest) -> None:
         self.request_id = request_id
@@ -59,6 +158,7 @@ class Run:
         self.stop_cancelled = False  # stop() cancelled `opening`: that CancelledError is ours to absorb
         self.client_disconnected = False
         self.tap: Callable[[bytes], None] | None = None  # sees the upstream's raw reads (debug capture)
+        self.delivered = 0  # events every sink has taken: a crash gives the numbers after them back
 
     def stop(self, code: str, message: str) -> None:
         """Ask the run to end now with response.failed(code): closing the upstream wakes its read."""
@@ -84,61 +184,95 @@ def response_stream(chat: ChatRequest, response_id: str, created_at: int | None 
 
 async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepalive_interval: float,
                        client_authorization: str | None, debug: bool = False) -> None:
-    stream = run.stream
-    log = get_logger().bind(request_id=run.request_id) if debug else None
+    """Drive `run` to its terminal event through `sink`; raises `GatewayError` only before the sink started."""
     try:
-        run.upstream = await _open(run, client, sink, keepalive_interval, client_authorization)
-        run.body = None  # sent: not needed for the rest of the stream
-        if run.stop_reason is not None:
-            raise StreamStopped  # stopped as the headers arrived
-        if not sink.started:
-            await sink.start(stream.start())
-        feed = stream.feed
-        async for batch in run.upstream.batches():
-            if log is not None:
-                for chunk in batch:
-                    log.debug("upstream.chunk", chunk=chunk)
-            # One read is usually one chunk (a paced token): skip the flattening then.
-            events = feed(batch[0]) if len(batch) == 1 else [event for chunk in batch for event in feed(chunk)]
-            if run.first_output_at is None and stream.has_output:
-                run.first_output_at = time.monotonic()
-            if log is None:
-                await sink.send(events)  # the hot path: one coroutine frame fewer than _send
-            else:
-                await _send(sink, events, log)
-            if stream.terminal is not None:
-                break
-            # Not kept alive while the next read waits (most of a paced stream's life).
-            batch = events = None  # type: ignore[assignment]
-        if run.stop_reason is not None:
-            raise StreamStopped
-        if run.upstream.skipped_warning:
-            run.warnings.append(run.upstream.skipped_warning)
-        await _send(sink, stream.finish(run.upstream.saw_done), log)
+        await _stream(run, client, sink, keepalive_interval, client_authorization, debug)
+        return
     except (GatewayError, StreamStopped) as exc:
         code, message = _failure(run, exc)
         if not sink.started:
             if isinstance(exc, GatewayError):
                 raise
             raise UpstreamError(message, code=code, status=503) from None
-        await _send(sink, stream.fail(code, message), log)
     except ConnectionResetError:
         run.client_disconnected = True
+        return
     except asyncio.CancelledError:
         # aiohttp cancels the handler when the client goes away.
         run.client_disconnected = True
         raise
     except Exception:
-        # A gateway bug after the stream started: the route can no longer answer with an HTTP
-        # error, so end the stream properly instead of leaving the client waiting forever.
+        # A gateway bug: before the stream started the route answers 500; after it, the stream
+        # must still end properly instead of leaving the client waiting forever.
         if not sink.started:
             raise
-        get_logger().exception("pipeline.crashed", request_id=run.request_id)
-        await sink.send(stream.fail("server_error", "The gateway hit an internal error; see its log for "
-                                                    f"request {run.request_id}."))
+        get_logger().exception("pipeline.crashed")
+        code, message = "server_error", internal_error_message(run.request_id)
     finally:
         if run.upstream is not None:
             run.upstream.close()
+    await _end(run, sink, code, message)
+
+
+async def _stream(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval: float,
+                  client_authorization: str | None, debug: bool) -> None:
+    stream = run.stream
+    run.upstream = await _open(run, client, sink, keepalive_interval, client_authorization)
+    run.body = None  # sent: not needed for the rest of the stream
+    if run.stop_reason is not None:
+        raise StreamStopped  # stopped as the headers arrived
+    if not sink.started:
+        await _start(run, sink)
+    feed = stream.feed
+    batches = run.upstream.batches()
+    if debug:
+        batches = _logged_chunks(batches)
+    async for batch in batches:
+        # One read is usually one chunk (a paced token): skip the flattening then.
+        events = feed(batch[0]) if len(batch) == 1 else [event for chunk in batch for event in feed(chunk)]
+        if run.first_output_at is None and stream.has_output:
+            run.first_output_at = time.monotonic()
+        await sink.send(events)
+        run.delivered = stream.events_emitted
+        if stream.terminal is not None:
+            break
+        # Not kept alive while the next read waits (most of a paced stream's life).
+        batch = events = None  # type: ignore[assignment]
+    if run.stop_reason is not None:
+        raise StreamStopped
+    if run.upstream.skipped_warning:
+        run.warnings.append(run.upstream.skipped_warning)
+    await sink.send(stream.finish(run.upstream.saw_done))
+    run.delivered = stream.events_emitted
+
+
+async def _start(run: Run, sink: Sink) -> None:
+    await sink.start(run.stream.start())
+    run.delivered = run.stream.events_emitted
+
+
+async def _end(run: Run, sink: Sink, code: str, message: str) -> None:
+    """End a started stream with response.failed; whatever goes wrong, the client gets a terminal event.
+
+    When every built event was delivered, `fail` closes the open items properly. When events
+    were built but not delivered (building or encoding them failed), or ending normally fails,
+    `salvage` sends a bare terminal numbered right after the last delivered event.
+    """
+    stream = run.stream
+    try:
+        if run.delivered == stream.events_emitted:
+            await sink.send(stream.fail(code, message))
+            return
+    except ConnectionResetError:
+        run.client_disconnected = True
+        return
+    except Exception:
+        get_logger().exception("pipeline.crashed")
+        code, message = "server_error", internal_error_message(run.request_id)
+    try:
+        await sink.send(stream.salvage(code, message, run.delivered))
+    except ConnectionResetError:
+        run.client_disconnected = True
 
 
 async def _open(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval: float,
@@ -152,7 +286,7 @@ async def _open(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval
     early: list[asyncio.Task[None]] = []
 
     def start_early() -> None:
-        early.append(loop.create_task(sink.start(run.stream.start())))
+        early.append(loop.create_task(_start(run, sink)))
 
     timer = loop.call_later(keepalive_interval, start_early) if sink.streaming else None
     try:
@@ -202,13 +336,6 @@ async def _settle(early: list[asyncio.Task[None]], *, cancel: bool, quiet: bool)
     except BaseException:
         if not quiet:
             raise
-
-
-async def _send(sink: Sink, events: list[dict[str, Any]], log: Any) -> None:
-    if log is not None:
-        for event in events:
-            log.debug("response.event", data=event)  # `event` is structlog's message key
-    await sink.send(events)
 
 
 def _failure(run: Run, exc: Exception) -> tuple[str, str]:

@@ -1,6 +1,7 @@
 """HTTP edge: parse and validate client requests, run the pipeline, shape errors."""
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from contextvars import ContextVar
@@ -8,40 +9,33 @@ from typing import Any
 
 import aiohttp
 import orjson
+import structlog
 from aiohttp import web
 
+from .bounds import depth_exceeds
 from .capture import Recorder
-from .errors import GatewayError, InvalidRequest, UpstreamUnavailable, error_envelope
-from .event_stream import EventStream, FinalResponse
+from .errors import GatewayError, InvalidRequest, UpstreamTimeout, error_envelope, internal_error_message
+from .event_stream import EventStream, FinalResponse, json_response
 from .ids import new_request_id
 from .keys import forwarded_authorization, owner_of, request_key
 from .log import get_logger
 from .openapi import openapi_document
-from .pipeline import Run, run_pipeline
+from .pipeline import DebugLog, Run, Sink, Tee, run_pipeline
 from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
-from .store.recorder import StoreRecorder, Tee
+from .store.recorder import StoreRecorder
 from .store.service import with_context
-from .tee import tee
 from .translate import ChatRequest, translate_request
 from .upstream import http_error
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json", "")
-# HTTP status for a non-streaming response that failed, by error code.
 _PASSTHROUGH = "/v1/chat/completions"
-_FAILED_STATUS = {"upstream_timeout": 504, "server_shutting_down": 503, "rate_limit_exceeded": 429,
-                  "store_unavailable": 503}
 
 routes = web.RouteTableDef()
 OPENAPI = openapi_document()
 # Each request runs in its own task, so a ContextVar carries its id to handlers and logs.
 current_request_id: ContextVar[str] = ContextVar("request_id", default="")
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers,
-                        content_type="application/json")
 
 
 def error_response(exc: GatewayError) -> web.Response:
@@ -58,8 +52,16 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
     """Request ids on every answer; every error, even aiohttp's own 404/405/413, in OpenAI's shape."""
     request_id = request_id_of(request)
     current_request_id.set(request_id)
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        response = await _answer(request, handler, request_id)
+    if not response.prepared:
+        response.headers["X-Request-ID"] = request_id
+    return response
+
+
+async def _answer(request: web.Request, handler: Any, request_id: str) -> web.StreamResponse:
     try:
-        response = await handler(request)
+        return await handler(request)
     except GatewayError as exc:
         response = error_response(exc)
     except web.HTTPException as exc:
@@ -70,12 +72,9 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
                                  status=exc.status, headers={k: v for k, v in exc.headers.items()
                                                              if k in ("Allow", "Retry-After")})
     except Exception:
-        get_logger().exception("request.crashed", request_id=request_id, path=request.path)
-        response = json_response(error_envelope("The gateway hit an internal error; see its log for "
-                                                f"request {request_id}.", "server_error", None, "internal_error"),
-                                 status=500)
-    if not response.prepared:
-        response.headers["X-Request-ID"] = request_id
+        get_logger().exception("request.crashed", path=request.path)
+        response = json_response(error_envelope(internal_error_message(request_id), "server_error", None,
+                                                "internal_error"), status=500)
     return response
 
 
@@ -100,21 +99,10 @@ async def read_json(request: web.Request, state: AppState) -> Any:
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"We could not parse the JSON body of your request ({exc}).",
                              code="invalid_json") from None
-    if _depth_exceeds(document, state.config.server.max_json_depth):
+    if depth_exceeds(document, state.config.server.max_json_depth):
         raise InvalidRequest(f"The JSON body is nested deeper than {state.config.server.max_json_depth} levels.",
                              code="invalid_json")
     return document
-
-
-def _depth_exceeds(document: Any, limit: int) -> bool:
-    level = [document]
-    for _ in range(limit):
-        level = [child for node in level if isinstance(node, (dict, list))
-                 for child in (node.values() if isinstance(node, dict) else node)
-                 if isinstance(child, (dict, list))]
-        if not level:
-            return False
-    return True
 
 
 @routes.post("/v1/responses")
@@ -138,44 +126,36 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     except GatewayError as exc:
         if routed is not None:
             routed.release()
-        _log_rejected(state, request, exc, received)
+        await _log_finished(state, request, received, exc.status, error=exc)
         raise
     run = Run(request_id, chat)
-    sink = EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if chat.stream else FinalResponse()
-    recorder = _start_capture(state, request, run, body, chat)
+    capture = _start_capture(state, request, run, body, chat)
+    sink = _sink(request, state, request_id, streaming=chat.stream,
+                 recorder=StoreRecorder(state.stored, turn) if turn is not None and turn.records else None,
+                 capture=capture)
     del chat, body  # `run` keeps what it needs; the request body goes once it was sent upstream
-    # Stored responses: the recorder sees each batch before the client does (gateway/store/recorder.py).
-    client_sink = Tee(sink, StoreRecorder(state.stored, turn)) if turn is not None and turn.records else sink
-    http_status, error_code, error_message = 200, None, None
+    http_status, error = 200, None
     state.runs.add(run)
     try:
         # `routed` opens upstream like an UpstreamClient, failing over between the route's upstreams.
-        await run_pipeline(run, routed, tee(client_sink, recorder),
-                           keepalive_interval=state.config.server.keepalive_interval,
+        await run_pipeline(run, routed, sink, keepalive_interval=state.config.server.keepalive_interval,
                            client_authorization=forwarded_authorization(request), debug=state.debug)
-        if isinstance(sink, EventStream):
-            await sink.close()
-            assert sink.response is not None
-            return sink.response
-        response = run.stream.response
-        if response["status"] == "failed":
-            error_code = response["error"]["code"]
-            http_status = _FAILED_STATUS.get(error_code, 502)
-            return json_response(error_envelope(response["error"]["message"], "upstream_error", None, error_code),
-                                 status=http_status)
-        return json_response(response)
+        response = await sink.finish()
+        assert response is not None, "the client's sink answers"
+        http_status = response.status
+        return response
     except GatewayError as exc:
-        http_status, error_code, error_message = exc.status, exc.code, exc.message
+        http_status, error = exc.status, exc
+        raise
+    except Exception:
+        http_status = 500  # a gateway bug before the stream started: the middleware answers and logs it
         raise
     finally:
-        if isinstance(sink, EventStream):
-            sink.abandon()
+        sink.abandon()
         state.runs.discard(run)
         routed.release()
-        outcome = _outcome(run, http_status, error_code, error_message)
-        capture = await recorder.finish(outcome) if recorder is not None else None
-        _log_finished(run, outcome, capture, routed)
-        state.metrics.finished("/v1/responses", run, routed, http_status, error_code)
+        await _log_finished(state, request, received, http_status, error=error, run=run, routed=routed,
+                            capture=capture)
 
 
 def _start_capture(state: AppState, request: web.Request, run: Run, document: Any,
@@ -189,44 +169,58 @@ def _start_capture(state: AppState, request: web.Request, run: Run, document: An
     return recorder
 
 
-def _log_rejected(state: AppState, request: web.Request, exc: GatewayError, received: float) -> None:
-    """The one log line of a request refused before it reached the upstream (same fields as below)."""
+def _sink(request: web.Request, state: AppState, request_id: str, *, streaming: bool,
+          recorder: StoreRecorder | None, capture: Recorder | None) -> Sink:
+    """The request's consumers of its events, chosen once, in order: a debug tap at debug level, the
+    store recorder (it persists before the client sees the terminal event), the client's sink, the
+    capture (it keeps what the client was sent)."""
+    client: Sink = (EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if streaming
+                    else FinalResponse(request_id))
+    sinks = [sink for sink in (DebugLog() if state.debug else None, recorder, client, capture) if sink is not None]
+    return Tee(*sinks) if len(sinks) > 1 else client
+
+
+async def _log_finished(state: AppState, request: web.Request, received: float, http_status: int, *,
+                        error: GatewayError | None = None, run: Run | None = None,
+                        routed: RoutedRequest | None = None, capture: Recorder | None = None) -> None:
+    """The one `response.finished` line of every request, refused before the upstream or run (same
+    fields), and its metrics; a kept capture is named on the line."""
     key = request_key(request)
-    state.metrics.rejected("/v1/responses", exc.status, key.name if key else None)
-    get_logger().info(
-        "response.finished", request_id=current_request_id.get(), response_id=None, model=None,
-        upstream=None, key=key.name if key else None, stream=None, http_status=exc.status, status=None,
-        finish_reason=None, error_code=exc.code, error_message=exc.message, param=exc.param, ttft_ms=None,
-        duration_ms=round((time.monotonic() - received) * 1000, 1), events=0, input_tokens=None,
-        output_tokens=None, client_disconnected=False)
-
-
-def _outcome(run: Run, http_status: int, error_code: str | None, error_message: str | None) -> dict[str, Any]:
-    """How the request ended, for its log line and its capture."""
-    terminal = run.stream.terminal
-    response = terminal["response"] if terminal else {}
-    error = response.get("error") or {}
-    return {"response_id": run.stream.response_id, "http_status": http_status, "status": response.get("status"),
-            "error_code": error.get("code") or error_code,
-            "error_message": (error.get("message") or error_message or "")[:500] or None,
-            "client_disconnected": run.client_disconnected}
-
-
-def _log_finished(run: Run, outcome: dict[str, Any], capture: str | None, routed: RoutedRequest) -> None:
-    stream = run.stream
-    terminal = stream.terminal
-    usage = (terminal["response"].get("usage") if terminal else None) or {}
-    for warning in run.warnings + stream.warnings:
-        get_logger().warning("response.warning", request_id=run.request_id, warning=warning)
-    get_logger().info(
-        "response.finished", request_id=run.request_id, response_id=outcome["response_id"],
-        model=run.model, **routed.log_fields(), stream=run.streaming,
-        http_status=outcome["http_status"], status=outcome["status"], finish_reason=stream.finish_reason,
-        error_code=outcome["error_code"], error_message=outcome["error_message"],
-        ttft_ms=run.ttft_ms, duration_ms=round((time.monotonic() - run.started_at) * 1000, 1),
-        events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
-        output_tokens=usage.get("output_tokens"), client_disconnected=outcome["client_disconnected"],
-        **({"capture": capture} if capture else {}))
+    fields: dict[str, Any] = {
+        "response_id": None, "model": None, "upstream": None, "failed_first": None, "key": key.name if key else None,
+        "stream": None, "status": None, "finish_reason": None, "error_code": error.code if error else None,
+        "error_message": error.message if error else None, "param": error.param if error else None,
+        "ttft_ms": None, "events": 0, "input_tokens": None, "output_tokens": None, "client_disconnected": False}
+    log = get_logger()
+    if run is not None:
+        stream = run.stream
+        response = stream.terminal["response"] if stream.terminal else None
+        usage = (response or {}).get("usage") or {}
+        failure = (response or {}).get("error") or {}
+        for warning in run.warnings + stream.warnings:
+            log.warning("response.warning", warning=warning)
+        fields.update(
+            response_id=stream.response_id, model=run.model, stream=run.streaming,
+            status=response["status"] if response else None, finish_reason=stream.finish_reason,
+            error_code=failure.get("code") or fields["error_code"],
+            error_message=(failure.get("message") or fields["error_message"] or "")[:500] or None,
+            ttft_ms=run.ttft_ms, events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
+            output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected)
+    if routed is not None:
+        fields.update(routed.log_fields())
+    if run is not None and routed is not None:
+        state.metrics.finished("/v1/responses", run, routed, http_status, fields["error_code"])
+    else:
+        state.metrics.rejected("/v1/responses", http_status, fields["key"])
+    if capture is not None:
+        kept = await capture.save({"response_id": fields["response_id"], "http_status": http_status,
+                                   "status": fields["status"], "error_code": fields["error_code"],
+                                   "error_message": fields["error_message"],
+                                   "client_disconnected": fields["client_disconnected"]})
+        if kept:
+            fields["capture"] = kept
+    log.info("response.finished", http_status=http_status,
+             duration_ms=round((time.monotonic() - received) * 1000, 1), **fields)
 
 
 @routes.post("/v1/chat/completions")
@@ -244,6 +238,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         state.metrics.rejected(_PASSTHROUGH, exc.status, key.name if key else None)
         raise
     authorization = forwarded_authorization(request)
+    config = routed.config
 
     async def attempt(target: Target, last: bool) -> aiohttp.ClientResponse:
         client = target.upstream.client
@@ -253,14 +248,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         try:
             answer = await client.session.post(f"{client.base_url}/chat/completions", data=data, headers=headers)
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable(f"cannot reach upstream {client.name!r}: {exc}") from None
+            raise client.unreachable(exc, current_request_id.get()) from None
         retry_elsewhere = not last and (answer.status >= 500 or answer.status == 429)
         if answer.status >= 400 and (answer.content_type != "application/json" or retry_elsewhere):
-            raise await http_error(answer)
+            raise await http_error(answer, config.idle_timeout)
         return answer
 
     try:
-        upstream = await routed.first_answer(attempt)
+        try:
+            async with asyncio.timeout(config.first_byte_timeout):
+                upstream = await routed.first_answer(attempt)
+        except TimeoutError:
+            raise UpstreamTimeout(f"the upstream did not answer within {config.first_byte_timeout:g}s") from None
     except BaseException as exc:
         routed.release()
         state.metrics.passthrough(_PASSTHROUGH, model, routed, getattr(exc, "status", 499), started)
@@ -274,8 +273,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             response.headers["Retry-After"] = upstream.headers["Retry-After"]
         response.headers["X-Request-ID"] = current_request_id.get()
         await response.prepare(request)
-        async for data in upstream.content.iter_any():
-            await response.write(data)
+        failure = await _relay(upstream, response, config.idle_timeout)
+        if failure:
+            # Bytes were relayed: a second status line cannot follow, and ending the body normally
+            # would pass the truncation off as complete. Close the connection without the body's end.
+            get_logger().warning("passthrough.upstream_cut", upstream=routed.upstream_name, reason=failure)
+            response.force_close()
+            if request.transport is not None:
+                request.transport.close()
+            return response
         await response.write_eof()
         return response
     finally:
@@ -290,6 +296,23 @@ def _model_of(body: bytes) -> tuple[Any, Any]:
     except orjson.JSONDecodeError:
         return None, None
     return document, document.get("model") if isinstance(document, dict) else None
+
+
+async def _relay(upstream: aiohttp.ClientResponse, response: web.StreamResponse, idle_timeout: float) -> str:
+    """Copy the upstream's body to the client as it arrives; why it stopped early, or "" at its end."""
+    content = upstream.content
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):  # waiting for the client does not count
+                data = await content.readany()
+        except TimeoutError:
+            return f"the upstream sent nothing for {idle_timeout:g}s"
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            exc.__traceback__ = None  # aiohttp may raise one shared object (see UpstreamStream.batches)
+            return str(exc) or type(exc).__name__
+        if not data:
+            return ""
+        await response.write(data)
 
 
 @routes.get("/v1/models")

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from . import ids
+from .bounds import MAX_COUNT, clip, encode_bounded
 from .call_ids import CallIdStyle, new_call_id
 from .custom_tools import InputDecoder
 from .errors import error_code
@@ -46,6 +47,19 @@ FINISH_STATUS: dict[str, tuple[str, str | None]] = {
 }
 
 ToolNameMap = Mapping[str, tuple[str, str | None]]
+TERMINAL_TYPES = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# Provider metadata rides inside an item id: bounded so ids stay encodable and reasonably short.
+_EXTRA_DEPTH, _EXTRA_SIZE = 16, 16 * 1024
+# Tool-call arguments sent as a JSON value instead of a string.
+_ARGUMENTS_DEPTH, _ARGUMENTS_SIZE = 64, 4 * 1024 * 1024
+
+
+class MalformedChunk(Exception):
+    """The upstream broke the Chat Completions protocol (h11's ProtocolError, for chunks).
+
+    Raised only by the shape checks where a chunk enters; any other exception inside the
+    processor is a gateway bug and is left to reach the pipeline's crash handler.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +212,8 @@ class ResponseStream:
             return out
         try:
             self._chunk(chunk)
-        except (AttributeError, TypeError, ValueError, KeyError) as exc:
-            # A chunk of an unexpected shape: say what happened rather than crash the stream.
-            self._fail("upstream_protocol_error", f"malformed upstream chunk ({type(exc).__name__}: {exc})")
+        except MalformedChunk as exc:
+            self._fail("upstream_protocol_error", f"malformed upstream chunk: {exc}")
         return out
 
     def finish(self, saw_done: bool) -> list[Event]:
@@ -229,8 +242,29 @@ class ResponseStream:
             self._fail(code, message)
         return out
 
+    def salvage(self, code: str, message: str, sequence_number: int) -> list[Event]:
+        """The last resort after a gateway bug: a bare `response.failed` that is known to encode.
+
+        Events from `sequence_number` on were built but never delivered (their encoding or
+        building failed), so they give their numbers back; the terminal built before, if any,
+        is replaced. Items already delivered stay as they are: nothing more can be trusted.
+        """
+        response = {**self._base, "status": "failed", "error": {"code": code, "message": message}}
+        event = {"type": "response.failed", "sequence_number": sequence_number, "response": response}
+        try:
+            orjson.dumps(event)
+        except orjson.JSONEncodeError:
+            event["response"] = {"id": self.response_id, "object": "response", "created_at": self._base["created_at"],
+                                 "status": "failed", "error": response["error"], "output": [], "usage": None}
+        self._seq = sequence_number + 1
+        self.terminal = event
+        return [event]
+
     # ------------------------------------------------------------------ chunk handling
     def _chunk(self, chunk: Any) -> None:
+        """One chunk, its shape checked as it is read: containers must be what the protocol says."""
+        if type(chunk) is not dict and not isinstance(chunk, Mapping):
+            raise MalformedChunk(f"a chunk must be a JSON object, not {type(chunk).__name__}")
         error = chunk.get("error")
         if error:
             self._inband_error(chunk, error)
@@ -240,22 +274,31 @@ class ResponseStream:
             self._usage = usage
         else:
             groq = chunk.get("x_groq")
-            if groq and groq.get("usage"):
-                self._usage = groq["usage"]
-        for choice in chunk.get("choices") or ():
+            if groq:
+                self._usage = _mapping(groq, "x_groq").get("usage") or self._usage
+        choices = chunk.get("choices")
+        if not choices:
+            return
+        if type(choices) is not list:
+            raise MalformedChunk(f"choices must be a list, not {type(choices).__name__}")
+        for choice in choices:
+            if type(choice) is not dict:
+                raise MalformedChunk(f"a choice must be an object, not {type(choice).__name__}")
             if choice.get("index", 0):
                 continue  # n > 1 is not part of the Responses API
             delta = choice.get("delta") or choice.get("message")
             if delta:
-                self._delta(delta)
+                self._delta(_mapping(delta, "delta"))
             reason = choice.get("finish_reason")
             if reason and self.terminal is None:
-                self._finish_reason(reason)
+                if type(reason) is not str:
+                    raise MalformedChunk(f"finish_reason must be a string, not {type(reason).__name__}")
+                self._finish_reason(clip(reason, 64))
 
     def _delta(self, delta: Mapping[str, Any]) -> None:
         reasoning = delta.get("reasoning_content") or delta.get("reasoning")
         if not reasoning and delta.get("reasoning_details"):
-            reasoning = "".join(d.get("text") or "" for d in delta["reasoning_details"] if isinstance(d, dict))
+            reasoning = _reasoning_details_text(delta["reasoning_details"])
         if reasoning and isinstance(reasoning, str):
             self._reasoning_delta(reasoning)
         content = delta.get("content")
@@ -272,20 +315,23 @@ class ResponseStream:
             self._text_delta(refusal, "refusal")
         tool_calls = delta.get("tool_calls")
         if tool_calls:
+            if type(tool_calls) is not list:
+                raise MalformedChunk(f"tool_calls must be a list, not {type(tool_calls).__name__}")
             for call in tool_calls:
-                self._tool_call_delta(call)
+                self._tool_call_delta(_mapping(call, "a tool call"))
         legacy = delta.get("function_call")
         if legacy:
-            self._legacy_call_delta(legacy)
+            self._legacy_call_delta(_mapping(legacy, "function_call"))
 
     def _inband_error(self, chunk: Mapping[str, Any], error: Any) -> None:
         if isinstance(error, Mapping):
-            message = error.get("message") or chunk.get("message") or orjson.dumps(error).decode()
+            message = error.get("message") or chunk.get("message") or error
             raw_code, err_type = error.get("code"), error.get("type")
         else:
-            message, raw_code, err_type = (error if isinstance(error, str) else orjson.dumps(error).decode()), None, None
-        code = error_code(raw_code, err_type, message)
-        self._fail(code, str(message))
+            message, raw_code, err_type = error, None, None
+        text = _text(message)
+        code = error_code(raw_code, err_type, text)
+        self._fail(clip(code, 100), text)
 
     def _finish_reason(self, reason: str) -> None:
         self.finish_reason = reason
@@ -408,11 +454,13 @@ class ResponseStream:
         self._item_done(item.index, done)
 
     # ------------------------------------------------------------------ tool calls
-    def _tool_call_delta(self, delta: Any) -> None:
-        function = delta.get("function") or {}
+    def _tool_call_delta(self, delta: Mapping[str, Any]) -> None:
+        function = _mapping(delta.get("function") or {}, "function")
         name = _str(function.get("name"))
         call_id = _str(delta.get("id"))
         index = delta.get("index")
+        if index is not None and type(index) is not int:
+            raise MalformedChunk(f"a tool call's index must be an integer, not {type(index).__name__}")
         call = None
         if call_id:
             call = self._calls_by_key.get(("id", call_id))
@@ -426,13 +474,17 @@ class ResponseStream:
         elif not name and self._calls:
             call = self._calls[-1]  # an index-less fragment continues the last call
         extra = delta.get("extra_content")
+        if extra is not None and encode_bounded(extra, depth=_EXTRA_DEPTH, size=_EXTRA_SIZE) is None:
+            self.warnings.append(f"tool call {clip(call_id or '?')}: extra_content nested deeper than {_EXTRA_DEPTH} "
+                                 f"levels or larger than {_EXTRA_SIZE} bytes was dropped")
+            extra = None
         if call is None:
             call = self._open_call(call_id, name, index, extra=extra)
         elif name and not call.announced:
             call.name = name
         if extra is not None and extra != call.extra:
             if call.announced:
-                self.warnings.append(f"tool call {call.call_id}: extra_content arrived after the call was "
+                self.warnings.append(f"tool call {clip(call.call_id)}: extra_content arrived after the call was "
                                      "announced; it cannot be carried to the next turn")
             call.extra = extra
         self._arguments(call, function.get("arguments"))
@@ -488,7 +540,11 @@ class ResponseStream:
         if fragment is None or fragment == "":
             return
         if not isinstance(fragment, str):
-            fragment = orjson.dumps(fragment).decode()  # some servers send the object itself
+            # Some servers send the object itself.
+            encoded = encode_bounded(fragment, depth=_ARGUMENTS_DEPTH, size=_ARGUMENTS_SIZE)
+            if encoded is None:
+                raise MalformedChunk("tool call arguments nested too deep or too large")
+            fragment = encoded.decode()
         call.chunks.append(fragment)
         self.has_output = True
         if call.custom is not None:
@@ -518,7 +574,7 @@ class ResponseStream:
     def _close_call(self, call: _Call, status: str) -> None:
         if not call.announced:
             call.name = call.name or "unknown_function"
-            self.warnings.append(f"tool call {call.call_id} arrived without a name")
+            self.warnings.append(f"tool call {clip(call.call_id)} arrived without a name")
             self._announce(call)
         arguments = call.chunks.value()
         if call.custom is not None:
@@ -532,7 +588,7 @@ class ResponseStream:
             try:
                 orjson.loads(arguments)
             except orjson.JSONDecodeError:
-                self.warnings.append(f"tool call {call.name} ({call.call_id}): arguments are not valid JSON; "
+                self.warnings.append(f"tool call {clip(call.name)} ({clip(call.call_id)}): arguments are not valid JSON; "
                                      "delivered as the upstream sent them")
         self._emit("response.function_call_arguments.done", item_id=call.id, output_index=call.index,
                    name=call.name, arguments=arguments)
@@ -587,7 +643,7 @@ class ResponseStream:
         response["status"] = status
         if status != "in_progress":
             response["output"] = [item for _, item in sorted(self._done_items, key=_first)]
-            response["usage"] = map_usage(self._usage)
+            response["usage"] = map_usage(self._usage, self.warnings)
         return response
 
 
@@ -606,21 +662,51 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if type(value) is dict or isinstance(value, Mapping):
+        return value
+    raise MalformedChunk(f"{what} must be an object, not {type(value).__name__}")
 
 
-def map_usage(usage: Mapping[str, Any] | None) -> dict[str, Any]:
+def _reasoning_details_text(details: Any) -> str:
+    if type(details) is not list:
+        raise MalformedChunk(f"reasoning_details must be a list, not {type(details).__name__}")
+    texts = [d.get("text") or "" for d in details if isinstance(d, dict)]
+    if not all(type(text) is str for text in texts):
+        raise MalformedChunk("reasoning_details text must be a string")
+    return "".join(texts)
+
+
+def _text(message: Any) -> str:
+    """An upstream error message as bounded text, whatever its type."""
+    if not isinstance(message, str):
+        encoded = encode_bounded(message, depth=32, size=4096)
+        message = encoded.decode() if encoded is not None else f"an unreadable {type(message).__name__}"
+    return clip(message, 2000)
+
+
+def _int(value: Any, name: str = "", warnings: list[str] | None = None) -> int:
+    """A token count: a non-negative int a JSON client can hold; anything else counts 0 (with a warning)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    if warnings is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        warnings.append(f"usage.{name} {clip(str(value), 40)} is out of range; counted as 0")
+    return 0
+
+
+def map_usage(usage: Mapping[str, Any] | None, warnings: list[str] | None = None) -> dict[str, Any]:
     """Chat usage (OpenAI, DeepSeek, Groq shapes) → Responses usage; total is always the sum."""
     usage = usage if isinstance(usage, Mapping) else {}
-    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")))
-    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")))
+    prompt = _int(usage.get("prompt_tokens", usage.get("input_tokens")), "prompt_tokens", warnings)
+    completion = _int(usage.get("completion_tokens", usage.get("output_tokens")), "completion_tokens", warnings)
     prompt_details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or usage.get("output_tokens_details") or {}
-    cached = _int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, Mapping) else 0
-    cached = cached or _int(usage.get("prompt_cache_hit_tokens"))
-    reasoning = _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, Mapping) else 0
-    reasoning = reasoning or _int(usage.get("reasoning_tokens"))
+    cached = (_int(prompt_details.get("cached_tokens"), "cached_tokens", warnings)
+              if isinstance(prompt_details, Mapping) else 0)
+    cached = cached or _int(usage.get("prompt_cache_hit_tokens"), "prompt_cache_hit_tokens", warnings)
+    reasoning = (_int(completion_details.get("reasoning_tokens"), "reasoning_tokens", warnings)
+                 if isinstance(completion_details, Mapping) else 0)
+    reasoning = reasoning or _int(usage.get("reasoning_tokens"), "reasoning_tokens", warnings)
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": reasoning},
             "total_tokens": prompt + completion}

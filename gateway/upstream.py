@@ -8,6 +8,7 @@ and one write to the client.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -17,10 +18,13 @@ import orjson
 
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable, error_code
+from .log import get_logger
 from .sse import ChunkDecoder
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _ERROR_BODY_LIMIT = 64 * 1024
+# An upstream that ignores `stream: true` sends the whole completion as one JSON body.
+_WHOLE_BODY_LIMIT = 16 * 1024 * 1024
 
 
 class UpstreamClient:
@@ -76,13 +80,12 @@ class UpstreamClient:
                                                    data=payload, headers=headers)
             except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
                 if last:
-                    raise UpstreamUnavailable(f"cannot reach the upstream at {self.base_url}: "
-                                              f"{_reason(exc)}") from None
+                    raise self.unreachable(exc, request_id) from None
             else:
                 if response.status < 400:
                     return await UpstreamStream.from_response(response, self.config, tap)
                 if response.status not in _RETRY_STATUSES or last:
-                    raise await http_error(response)
+                    raise await http_error(response, self.config.idle_timeout)
                 response.release()
             await asyncio.sleep(self.config.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -98,7 +101,13 @@ class UpstreamClient:
         except TimeoutError:
             raise UpstreamTimeout(f"the upstream did not answer GET {path} within {timeout:g}s") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamUnavailable(f"cannot reach the upstream at {self.base_url}: {_reason(exc)}") from None
+            raise self.unreachable(exc, request_id) from None
+
+    def unreachable(self, exc: BaseException, request_id: str) -> UpstreamUnavailable:
+        """The client's error names no address (often private, sometimes with a token): the log line does."""
+        get_logger().warning("upstream.unreachable", upstream=self.name, url=self.base_url, reason=_reason(exc))
+        return UpstreamUnavailable(f"The gateway cannot reach upstream {self.name!r} ({_public_reason(exc)}); its "
+                                   f"log has the details under request {request_id}.")
 
 
 class UpstreamStream:
@@ -127,8 +136,11 @@ class UpstreamStream:
                             tap: Callable[[bytes], None] | None = None) -> UpstreamStream:
         content_type = response.content_type
         if content_type == "application/json":
-            body = await _read_limited(response)
+            body = await _read_limited(response, config.idle_timeout, _WHOLE_BODY_LIMIT + 1)
             response.release()
+            if len(body) > _WHOLE_BODY_LIMIT:
+                raise UpstreamError(f"the upstream answered {response.status} with a JSON body larger than "
+                                    f"{_WHOLE_BODY_LIMIT} bytes")
             if tap is not None:
                 tap(body)
             try:
@@ -138,7 +150,7 @@ class UpstreamStream:
                                     f"{_snippet(body)}") from None
             return cls(response, config, whole=[document], tap=tap)
         if content_type in ("text/html", "application/xml", "text/xml"):
-            body = await _read_limited(response)
+            body = await _read_limited(response, config.idle_timeout)
             response.release()
             raise UpstreamError(f"the upstream answered {response.status} with {content_type} instead of an "
                                 f"event stream: {_snippet(body)}")
@@ -170,6 +182,11 @@ class UpstreamStream:
             self._expired = True
             self.close()  # wakes the pending read, which raises or sees EOF; batches() reports the timeout
 
+    def _rearm(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(loop.time() + self._wait, self._check)
+
     async def batches(self) -> AsyncIterator[list[Any]]:
         if self._whole is not None:
             self.saw_done = True
@@ -184,11 +201,19 @@ class UpstreamStream:
         while True:
             self._deadline = loop.time() + wait
             self._reading = True
+            failure = ""
             try:
                 data = await content.readany()
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError) as exc:
+                # aiohttp raises one module-level exception object for every closed response (the
+                # timer's close() among them): each raise appends this request's frames to its
+                # traceback, which would keep every timed-out request alive. Drop them here.
+                exc.__traceback__ = None
+                failure = _reason(exc)
+                data = b""
+            if failure:
                 if self._expired:
-                    raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s") from None
+                    raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s")
                 # Bytes that arrived together with the failure are still ours: decode them first.
                 unread = _unread(content)
                 if self._tap is not None and unread:
@@ -199,8 +224,8 @@ class UpstreamStream:
                     yield tail
                 if decoder.done:
                     break
-                raise UpstreamError(f"the upstream connection failed mid-stream: {_reason(exc)}",
-                                    code="upstream_disconnected") from None
+                raise UpstreamError(f"the upstream connection failed mid-stream: {failure}",
+                                    code="upstream_disconnected")
             self._reading = False
             if self._expired:
                 raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s")
@@ -208,7 +233,11 @@ class UpstreamStream:
                 break
             if self._tap is not None:
                 self._tap(data)
-            wait = self._wait = idle
+            if wait != idle:
+                # The answer started: the deadline moves from first_byte_timeout to idle_timeout, which
+                # is usually much shorter, so the timer armed at the first-byte deadline is re-armed.
+                wait = self._wait = idle
+                self._rearm(loop)
             chunks = decoder.feed(data)
             data = b""  # nothing of this read stays alive while the next one waits
             if chunks:
@@ -238,16 +267,31 @@ def _unread(content: aiohttp.StreamReader) -> bytes:
     return b"".join(buffer)[getattr(content, "_buffer_offset", 0):]
 
 
-async def _read_limited(response: aiohttp.ClientResponse) -> bytes:
+async def _read_limited(response: aiohttp.ClientResponse, idle_timeout: float,
+                        limit: int = _ERROR_BODY_LIMIT) -> bytes:
+    """Up to `limit` bytes of the body, over as many network reads as it takes (any framing).
+
+    A body cut short, or silent for `idle_timeout`, keeps what arrived: a partial error message
+    beats none, and waiting longer would hang the client.
+    """
+    parts: list[bytes] = []
+    size = 0
     try:
-        return await response.content.read(_ERROR_BODY_LIMIT)
-    except (aiohttp.ClientError, OSError):
-        return b""
+        while size < limit:
+            async with asyncio.timeout(idle_timeout):
+                data = await response.content.read(limit - size)
+            if not data:
+                break
+            parts.append(data)
+            size += len(data)
+    except (aiohttp.ClientError, OSError, TimeoutError):
+        pass
+    return b"".join(parts)
 
 
-async def http_error(response: aiohttp.ClientResponse) -> UpstreamHTTPError:
+async def http_error(response: aiohttp.ClientResponse, idle_timeout: float) -> UpstreamHTTPError:
     """An upstream non-2xx answer as our error, keeping status, message and Retry-After."""
-    body = await _read_limited(response)
+    body = await _read_limited(response, idle_timeout)
     response.release()
     message, code, err_type, param = f"the upstream answered HTTP {response.status}", None, None, None
     try:
@@ -279,3 +323,17 @@ def _snippet(body: bytes) -> str:
 
 def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _public_reason(exc: BaseException) -> str:
+    """Why a connection failed, in words that carry no host, port or URL."""
+    os_error = getattr(exc, "os_error", exc)
+    if isinstance(os_error, OSError) and os_error.errno:
+        return os.strerror(os_error.errno).lower()
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server disconnected"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "the configured URL is invalid"
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return "connection timed out"
+    return type(exc).__name__

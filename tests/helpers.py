@@ -36,7 +36,7 @@ async def post_stream(http: aiohttp.ClientSession, gateway: Any, body: dict[str,
 
 async def stream_reply(upstream: Any, gateway: Any, http: aiohttp.ClientSession, *replies: Reply,
                        body: dict[str, Any] | None = None) -> tuple[dict[str, Any], bytes]:
-    """Script the upstream's replies, stream one request; check_stream's folded result and the raw bytes."""
+    """Script the upstream's replies, stream one request; the validator's folded result and the raw bytes."""
     upstream.enqueue(*replies)
     response, raw = await post_stream(http, gateway, body or {})
     assert response.status == 200, raw
@@ -53,7 +53,7 @@ def new_stream(*, model: str = "test-model", response_id: str = RESPONSE_ID, cre
 
 def drive(chunks: list[Any], *, saw_done: bool = True, **options: Any) -> tuple[ResponseStream,
                                                                                list[dict[str, Any]], dict[str, Any]]:
-    """Feed chunks through a new ResponseStream; the stream, its events and check_stream's folded result.
+    """Feed chunks through a new ResponseStream; the stream, its events and the validator's folded result.
 
     Also checks what holds for every stream: the terminal event comes last, its response's output
     is exactly the output_item.done items in output order, and sequence numbers count from 0.

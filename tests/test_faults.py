@@ -142,11 +142,14 @@ async def test_upstream_refuses_connections_is_502(make_gateway, http, upstream)
         port = probe.getsockname()[1]
     upstream.url = f"http://127.0.0.1:{port}/v1"
     gateway = await make_gateway()
-    response, raw = await post_stream(http, gateway, {})
+    with structlog.testing.capture_logs() as logs:
+        response, raw = await post_stream(http, gateway, {})
     assert response.status == 502
     error = json.loads(raw)["error"]
     assert error["code"] == "upstream_unavailable"
-    assert str(port) in error["message"]
+    assert "connection refused" in error["message"]
+    assert str(port) not in error["message"]  # the address goes to the log line, not to the client
+    assert any(str(port) in entry["upstream"] for entry in logs if entry["event"] == "upstream.unreachable")
 
 
 async def test_upstream_resets_before_answer_is_502(upstream, gateway, http):

@@ -4,7 +4,7 @@
     characters, between CR and LF), ChunkDecoder yields the same chunks and ResponseStream the
     same events (ids normalised);
 (b) any sequence of realistic chunk shapes yields a stream that keeps the Responses invariants
-    and passes check_stream.py, with exactly the text, reasoning and arguments fed in;
+    and passes gateway.check, with exactly the text, reasoning and arguments fed in;
 (c) random bytes into the decoders and random JSON-ish documents into translate_request raise
     nothing but GatewayError subclasses.
 """
@@ -170,7 +170,7 @@ def normalised(events: list[dict[str, Any]]) -> str:
 
 
 def check_invariants(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """The structural rules of responses-stream.md, checked directly and with check_stream.py."""
+    """The structural rules of responses-stream.md, checked directly and with gateway.check."""
     assert [e["type"] for e in events[:2]] == ["response.created", "response.in_progress"]
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     terminals = [i for i, e in enumerate(events) if e["type"] in TERMINAL]

@@ -1,7 +1,7 @@
 """Every quirk of shared/spec/upstream-quirks.md, end to end over real HTTP.
 
 scripted upstream (127.0.0.1) → gateway (127.0.0.1) → aiohttp client; each test checks the
-captured stream with check_stream.py (`assert_valid_stream`) and then the exact text, tool
+captured stream with gateway.check (`assert_valid_stream`) and then the exact text, tool
 calls, reasoning, terminal status and usage the client must get. `QUIRK_TESTS` maps each
 numbered quirk to its tests; `test_quirk_map_is_complete` fails when a quirk has none.
 """

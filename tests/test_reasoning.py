@@ -2,7 +2,7 @@
 
 Unit tests drive the sans-I/O pieces (ThinkSplitter, InputDecoder, Sealer, ResponseStream);
 end-to-end tests run scripted upstream → gateway → client over real HTTP, the round trips with
-the openai SDK acting as a history-resending client. Every stream passes check_stream.py.
+the openai SDK acting as a history-resending client. Every stream passes gateway.check.
 """
 from __future__ import annotations
 

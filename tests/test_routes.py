@@ -183,7 +183,8 @@ async def test_upstream_unreachable_is_502(make_gateway, http):
     for stream in (False, True):
         response, raw = await post(http, gateway, {"model": "scripted", "input": "hi", "stream": stream})
         error = assert_error(response, raw, 502, "upstream_error", code="upstream_unavailable")
-        assert "127.0.0.1" in error["message"]
+        assert "127.0.0.1" not in error["message"]  # the address is for the log only
+        assert response.headers["X-Request-ID"] in error["message"]
 
 
 # ---------------------------------------------------------------------------------------- request ids
@@ -406,6 +407,39 @@ async def test_internal_crash_after_stream_start_ends_with_response_failed(upstr
     result = assert_valid_stream(raw)
     assert result["status"] == "failed" and result["error"]["code"] == "server_error"
     assert "simulated bug" not in raw.decode()
+
+
+async def test_bug_in_the_processor_is_a_logged_server_error(upstream, make_gateway, http, log_capture, monkeypatch):
+    """Not `upstream_protocol_error` without a trace: the crash handler logs the traceback, the client gets
+    `server_error` and the request id to look it up."""
+    from gateway.stream_processor import ResponseStream
+
+    def bug(self: Any, text: str, part_type: str) -> None:
+        raise KeyError("simulated bug")
+    monkeypatch.setattr(ResponseStream, "_text_delta", bug)
+    lines = log_capture("info")
+    gateway = await make_gateway(log_level="info")
+    upstream.enqueue(text_reply("Hi"))
+    response, raw = await post_stream(http, gateway, {}, headers={"X-Request-ID": "bug-1"})
+    result = assert_valid_stream(raw)
+    assert result["status"] == "failed" and result["error"]["code"] == "server_error"
+    assert "bug-1" in result["error"]["message"] and "simulated" not in result["error"]["message"]
+    crashed = [line for line in lines() if line["event"] == "pipeline.crashed"]
+    assert len(crashed) == 1 and crashed[0]["request_id"] == "bug-1"
+    assert "KeyError: 'simulated bug'" in crashed[0]["exception"]
+
+
+async def test_terminal_that_cannot_be_encoded_is_replaced_by_one_that_can(upstream, gateway, http, monkeypatch):
+    """Whatever goes wrong while the terminal event is encoded, the client still gets a terminal event."""
+    import gateway.stream_processor as processor
+
+    real = processor.map_usage
+    monkeypatch.setattr(processor, "map_usage", lambda usage, warnings=None: {**real(usage), "x": 2 ** 70})
+    upstream.enqueue(text_reply("Hi"))
+    response, raw = await post_stream(http, gateway, {})
+    result = assert_valid_stream(raw)  # sequence numbers run on by one into the salvaged terminal
+    assert result["status"] == "failed" and result["error"]["code"] == "server_error"
+    assert result["text"] == "Hi"
 
 
 async def test_rejected_request_still_leaves_one_log_line(gateway, http):

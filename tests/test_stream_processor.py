@@ -1,6 +1,6 @@
 """Unit tests of the sans-I/O stream processor: lists of chunk dicts in, Responses events out.
 
-Every event sequence is encoded with `encode_events` and validated by shared/tools/check_stream.py.
+Every event sequence is encoded with `encode_events` and validated by shared/tools/gateway.check.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.sse import encode_events
-from gateway.stream_processor import map_usage, stream_generator
+from gateway.stream_processor import ResponseStream, map_usage, stream_generator
 
 from .conftest import assert_valid_stream
 from .helpers import RESPONSE_ID as RID
@@ -542,6 +542,51 @@ def test_malformed_chunk_fails_cleanly():
     _, events, result = drive([chunk({"content": "x"}), {"choices": "not a list of choices"}])
     assert result["status"] == "failed"
     assert result["error"]["code"] == "upstream_protocol_error"
+
+
+@pytest.mark.parametrize("bad, says", [
+    ([1, 2], "a chunk must be a JSON object"),
+    ({"choices": [5]}, "a choice must be an object"),
+    ({"choices": [{"delta": "text"}]}, "delta must be an object"),
+    ({"choices": [{"delta": {}, "finish_reason": {"a": 1}}]}, "finish_reason must be a string"),
+    ({"choices": [{"delta": {"tool_calls": {"index": 0}}}]}, "tool_calls must be a list"),
+    ({"choices": [{"delta": {"tool_calls": [{"index": [0], "function": {"name": "f"}}]}}]}, "index must be an integer"),
+    ({"choices": [{"delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]}, "function must be an object"),
+    ({"choices": [{"delta": {"reasoning_details": [{"text": 5}]}}]}, "reasoning_details text must be a string"),
+    ({"x_groq": "usage"}, "x_groq must be an object"),
+])
+def test_malformed_shapes_are_named_where_they_enter(bad, says):
+    _, _, result = drive([chunk({"content": "x"}), bad])
+    assert result["error"]["code"] == "upstream_protocol_error"
+    assert says in result["error"]["message"]
+
+
+def test_a_gateway_bug_is_not_blamed_on_the_upstream(monkeypatch):
+    """Only the shape checks speak for the upstream: any other exception leaves feed() for the crash handler."""
+    def bug(self: Any, text: str, part_type: str) -> None:
+        raise TypeError("a bug of ours")
+    monkeypatch.setattr(ResponseStream, "_text_delta", bug)
+    stream = new_stream(model="m", response_id=RID)
+    stream.start()
+    with pytest.raises(TypeError, match="a bug of ours"):
+        stream.feed(chunk({"content": "x"}))
+
+
+def test_salvage_numbers_the_terminal_after_the_last_delivered_event():
+    stream = new_stream(model="m", response_id=RID, created_at=1764000000)
+    delivered = stream.start() + stream.feed(chunk({"content": "x"}))
+    stream.finish(True)  # built, but say its encoding failed: never delivered
+    events = delivered + stream.salvage("server_error", "bug", len(delivered))
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1] is stream.terminal and stream.terminal["type"] == "response.failed"
+    assert stream.terminal["response"]["error"] == {"code": "server_error", "message": "bug"}
+
+
+def test_usage_counts_out_of_range_count_zero_with_a_warning():
+    warnings: list[str] = []
+    mapped = map_usage({"prompt_tokens": 2 ** 64, "completion_tokens": -3, "total_tokens": 1}, warnings)
+    assert mapped["input_tokens"] == 0 and mapped["output_tokens"] == 0 and mapped["total_tokens"] == 0
+    assert len(warnings) == 2 and "prompt_tokens" in warnings[0]
 
 
 def test_unknown_finish_reason_is_stop_with_warning():

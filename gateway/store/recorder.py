@@ -1,6 +1,6 @@
 """The store recorder: one more sink on the pipeline's event sequence.
 
-`Tee` hands every batch to the recorder first and then to the client's sink, so the finished
+Placed ahead of the client's sink in the pipeline's `Tee`, it sees every batch first, so the finished
 response is in the store before its terminal event leaves the gateway: a client that sees
 `response.completed` and continues at once finds it. If the write fails, the terminal event
 becomes `response.failed` (`store_unavailable`): the client asked for state that was not kept.
@@ -35,7 +35,10 @@ class StoreRecorder:
             except GatewayError as exc:
                 _fail_in_place(terminal, exc)
 
-    async def close(self) -> None:
+    async def finish(self) -> None:
+        return None
+
+    def abandon(self) -> None:
         pass
 
 
@@ -47,33 +50,3 @@ def _fail_in_place(terminal: dict[str, Any], exc: GatewayError) -> None:
     response["status"] = "failed"
     response["incomplete_details"] = None
     response["error"] = {"code": exc.code, "message": f"{exc.message} The response was not stored."}
-
-
-class Tee:
-    """The client's sink plus the recorder, with the client sink's identity towards the pipeline."""
-
-    __slots__ = ("client", "recorder")
-
-    def __init__(self, client: Any, recorder: StoreRecorder) -> None:
-        self.client = client
-        self.recorder = recorder
-
-    @property
-    def streaming(self) -> bool:
-        return self.client.streaming  # type: ignore[no-any-return]
-
-    @property
-    def started(self) -> bool:
-        return self.client.started  # type: ignore[no-any-return]
-
-    async def start(self, events: list[dict[str, Any]]) -> None:
-        await self.recorder.start(events)
-        await self.client.start(events)
-
-    async def send(self, events: list[dict[str, Any]]) -> None:
-        await self.recorder.send(events)
-        await self.client.send(events)
-
-    async def close(self) -> None:
-        await self.recorder.close()
-        await self.client.close()
