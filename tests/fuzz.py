@@ -553,7 +553,7 @@ upstream:
 async def run_fuzz(streams: int, seed: str, *, concurrency: int = 8, only: int | None = None) -> Summary:
     """Start the fuzzing upstream and a `gateway serve` process, drive `streams` streams, check everything."""
     upstream = FuzzUpstream(seed)
-    runner = web.AppRunner(upstream.app, access_log=None)
+    runner = web.AppRunner(upstream.app, access_log=None, shutdown_timeout=0.5)  # stalled replies end at once
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
