@@ -38,7 +38,7 @@ async def test_stream_response_payload_writer_and_eof_flag(aiohttp_server, http)
         seen["drain"] = writer is not None and "drain" in inspect.signature(writer.write).parameters
         seen["eof_before"] = getattr(response, "_eof_sent", None)
         seen["ping_open"] = await stream.ping()
-        await stream.close()
+        await stream.finish()
         seen["eof_after"] = getattr(response, "_eof_sent", None)
         seen["ping_closed"] = await stream.ping()
         return response
