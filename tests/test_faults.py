@@ -149,7 +149,7 @@ async def test_upstream_refuses_connections_is_502(make_gateway, http, upstream)
     assert error["code"] == "upstream_unavailable"
     assert "connection refused" in error["message"]
     assert str(port) not in error["message"]  # the address goes to the log line, not to the client
-    assert any(str(port) in entry["upstream"] for entry in logs if entry["event"] == "upstream.unreachable")
+    assert any(str(port) in entry["url"] for entry in logs if entry["event"] == "upstream.unreachable")
 
 
 async def test_upstream_resets_before_answer_is_502(upstream, gateway, http):

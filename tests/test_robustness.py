@@ -64,7 +64,7 @@ async def test_unreachable_upstream_error_names_no_address(make_gateway, http):
             assert "SECRET" not in error["message"] and "http" not in error["message"]
             assert "unreach-1" in error["message"]
     logged = [entry for entry in logs if entry["event"] == "upstream.unreachable"]
-    assert len(logged) == 3 and all(f"127.0.0.1:{port}" in entry["upstream"] for entry in logged)
+    assert len(logged) == 3 and all(f"127.0.0.1:{port}" in entry["url"] for entry in logged)
 
 
 # ------------------------------------------------------------------------------------- terminal events

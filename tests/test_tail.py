@@ -57,10 +57,10 @@ async def test_request_id_shows_the_debug_event_lines(gateway_log):
     chunks = [line for line in lines if "upstream.chunk" in line]
     events = [line for line in lines if "response.event" in line]
     assert len(chunks) == 5 and '"content":"Hel"' in chunks[1]
-    # (the pipeline logs the events it sends after the stream's head: created/in_progress are not logged)
-    assert [re.search(r"response\.event +\d+ (\S+)", line).group(1) for line in events][:3] == [
-        "response.output_item.added", "response.content_part.added", "response.output_text.delta"]
-    assert '"delta":"Hel"' in events[2] and "response.completed" in events[-1]
+    assert [re.search(r"response\.event +\d+ (\S+)", line).group(1) for line in events][:5] == [
+        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta"]
+    assert '"delta":"Hel"' in events[4] and "response.completed" in events[-1]
     assert "req-ok" in lines[-1] and "completed" in lines[-1]
     assert not any("req-500" in line for line in lines)
 
