@@ -85,6 +85,9 @@ class DebugConfig:
     capture_max_file_bytes: int = 1024 * 1024
     # Past this total, the oldest capture files are removed first.
     capture_max_dir_bytes: int = 100 * 1024 * 1024
+    # The live inspector page at /debug (gateway/inspector.py), and how many ended requests it lists.
+    inspector: bool = False
+    inspector_recent: int = 50
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,8 @@ def _check(config: Config) -> Config:
     _check_store(config.store)
     if config.debug.capture_sample > 1:
         raise ConfigError(f"debug.capture_sample: must be between 0 and 1, got {config.debug.capture_sample}")
+    if config.debug.inspector_recent < 1:
+        raise ConfigError("debug.inspector_recent: must be at least 1")
     return config
 
 

@@ -139,10 +139,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     del chat, body  # `run` keeps what it needs; the request body goes once it was sent upstream
     # Stored responses: the recorder sees each batch before the client does (gateway/store/recorder.py).
     client_sink = Tee(sink, StoreRecorder(state.stored, turn)) if turn is not None and turn.records else sink
+    watch = state.inspector.watch(run, state.upstream.base_url) if state.inspector is not None else None
     http_status, error_code, error_message = 200, None, None
     state.runs.add(run)
     try:
-        await run_pipeline(run, state.upstream, tee(client_sink, recorder),
+        await run_pipeline(run, state.upstream, tee(client_sink, recorder, watch),
                            keepalive_interval=state.config.server.keepalive_interval,
                            client_authorization=request.headers.get("Authorization"), debug=state.debug)
         if isinstance(sink, EventStream):
@@ -165,6 +166,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         state.runs.discard(run)
         outcome = _outcome(run, http_status, error_code, error_message)
         capture = await recorder.finish(outcome) if recorder is not None else None
+        if watch is not None and state.inspector is not None:
+            state.inspector.finish(watch, outcome, capture)
         _log_finished(state, run, outcome, capture)
 
 
