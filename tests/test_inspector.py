@@ -164,6 +164,17 @@ async def test_page_and_script_are_served_and_the_ring_is_bounded(start_gateway,
         assert answer.status == 404 and (await answer.json())["error"]["code"] == "not_found"
 
 
+def test_config_keys(tmp_path):
+    from gateway.config import load_config
+    from gateway.errors import ConfigError
+    shipped = load_config(ROOT / "config.yaml").debug
+    assert (shipped.inspector, shipped.inspector_recent) == (False, 50)
+    path = tmp_path / "c.yaml"
+    path.write_text("debug:\n  inspector: yes\n  inspector_recent: 0\n")
+    with pytest.raises(ConfigError, match="debug.inspector_recent: must be at least 1"):
+        load_config(path)
+
+
 def new_watch() -> Watch:
     chat = translate_request({"model": "m", "input": "hi", "stream": True}, UpstreamConfig())
     return Watch(Run("req-unit", chat), "http://upstream/v1")
