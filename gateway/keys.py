@@ -11,6 +11,7 @@ import fnmatch
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import unquote
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +22,11 @@ from .state import STATE
 from .store.service import token_owner
 
 # Paths anyone may call, keys or not: probes, metrics scraping, the API description.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+# The inspector's page and script hold no data; its lists and feeds need an admin key.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/debug", "/debug/",
+                        "/debug/inspector.js"})
+# A browser's EventSource sends no Authorization header: the inspector page keeps the key in this cookie.
+INSPECTOR_COOKIE = "gateway_key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +34,7 @@ class Key:
     name: str
     models: tuple[str, ...] = ()        # exact names or globs; empty: all
     max_concurrent_streams: int = 0     # 0: no per-key limit
+    admin: bool = False                 # may use the live inspector (/debug)
 
     def allows(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -40,7 +46,7 @@ _KEY: Any = web.RequestKey("gateway_key", Key) if hasattr(web, "RequestKey") els
 
 class KeyRing:
     def __init__(self, auth: AuthConfig) -> None:
-        self._by_hash = {k.sha256: Key(k.name, k.models, k.max_concurrent_streams) for k in auth.keys}
+        self._by_hash = {k.sha256: Key(k.name, k.models, k.max_concurrent_streams, k.admin) for k in auth.keys}
 
     @property
     def enabled(self) -> bool:
@@ -98,12 +104,19 @@ async def auth_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     state = STATE.get(request.app)
     if state.keys.enabled and request.path not in OPEN_PATHS:
         try:
-            request[_KEY] = state.keys.identify(request.headers.get("Authorization"))
+            request[_KEY] = state.keys.identify(_credential(request))
         except InvalidKey as exc:
             resource = request.match_info.route.resource
             state.metrics.rejected(resource.canonical if resource else "other", exc.status, None)
             raise
     return await handler(request)
+
+
+def _credential(request: web.Request) -> str | None:
+    given = request.headers.get("Authorization")
+    if given is None and request.path.startswith("/debug/") and INSPECTOR_COOKIE in request.cookies:
+        return f"Bearer {unquote(request.cookies[INSPECTOR_COOKIE])}"
+    return given
 
 
 def request_key(request: web.Request) -> Key | None:

@@ -17,6 +17,7 @@ from .capture import Recorder
 from .errors import GatewayError, InvalidRequest, UpstreamTimeout, error_envelope, internal_error_message
 from .event_stream import EventStream, FinalResponse, json_response
 from .ids import new_request_id
+from .inspector import Watch
 from .keys import forwarded_authorization, owner_of, request_key
 from .log import get_logger
 from .openapi import openapi_document
@@ -130,9 +131,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise
     run = Run(request_id, chat)
     capture = _start_capture(state, request, run, body, chat)
+    watch = state.inspector.watch(run, routed.upstream_name) if state.inspector is not None else None
     sink = _sink(request, state, request_id, streaming=chat.stream,
                  recorder=StoreRecorder(state.stored, turn) if turn is not None and turn.records else None,
-                 capture=capture)
+                 observers=(capture, watch))
     del chat, body  # `run` keeps what it needs; the request body goes once it was sent upstream
     http_status, error = 200, None
     state.runs.add(run)
@@ -155,7 +157,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         state.runs.discard(run)
         routed.release()
         await _log_finished(state, request, received, http_status, error=error, run=run, routed=routed,
-                            capture=capture)
+                            capture=capture, watch=watch)
 
 
 def _start_capture(state: AppState, request: web.Request, run: Run, document: Any,
@@ -170,21 +172,22 @@ def _start_capture(state: AppState, request: web.Request, run: Run, document: An
 
 
 def _sink(request: web.Request, state: AppState, request_id: str, *, streaming: bool,
-          recorder: StoreRecorder | None, capture: Recorder | None) -> Sink:
+          recorder: StoreRecorder | None, observers: tuple[Sink | None, ...]) -> Sink:
     """The request's consumers of its events, chosen once, in order: a debug tap at debug level, the
-    store recorder (it persists before the client sees the terminal event), the client's sink, the
-    capture (it keeps what the client was sent)."""
+    store recorder (it persists before the client sees the terminal event), the client's sink, then
+    observers of what the client was sent (the capture, the live inspector)."""
     client: Sink = (EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if streaming
                     else FinalResponse(request_id))
-    sinks = [sink for sink in (DebugLog() if state.debug else None, recorder, client, capture) if sink is not None]
+    sinks = [sink for sink in (DebugLog() if state.debug else None, recorder, client, *observers) if sink is not None]
     return Tee(*sinks) if len(sinks) > 1 else client
 
 
 async def _log_finished(state: AppState, request: web.Request, received: float, http_status: int, *,
                         error: GatewayError | None = None, run: Run | None = None,
-                        routed: RoutedRequest | None = None, capture: Recorder | None = None) -> None:
+                        routed: RoutedRequest | None = None, capture: Recorder | None = None,
+                        watch: Watch | None = None) -> None:
     """The one `response.finished` line of every request, refused before the upstream or run (same
-    fields), and its metrics; a kept capture is named on the line."""
+    fields), and its metrics; a kept capture is named on the line, and the inspector keeps the outcome."""
     key = request_key(request)
     fields: dict[str, Any] = {
         "response_id": None, "model": None, "upstream": None, "failed_first": None, "key": key.name if key else None,
@@ -212,13 +215,14 @@ async def _log_finished(state: AppState, request: web.Request, received: float, 
         state.metrics.finished("/v1/responses", run, routed, http_status, fields["error_code"])
     else:
         state.metrics.rejected("/v1/responses", http_status, fields["key"])
-    if capture is not None:
-        kept = await capture.save({"response_id": fields["response_id"], "http_status": http_status,
-                                   "status": fields["status"], "error_code": fields["error_code"],
-                                   "error_message": fields["error_message"],
-                                   "client_disconnected": fields["client_disconnected"]})
-        if kept:
-            fields["capture"] = kept
+    outcome = {"response_id": fields["response_id"], "http_status": http_status, "status": fields["status"],
+               "error_code": fields["error_code"], "error_message": fields["error_message"],
+               "client_disconnected": fields["client_disconnected"]}
+    kept = await capture.save(outcome) if capture is not None else None
+    if kept:
+        fields["capture"] = kept
+    if watch is not None and state.inspector is not None:
+        state.inspector.end(watch, {**outcome, "upstream": fields["upstream"]}, kept)
     log.info("response.finished", http_status=http_status,
              duration_ms=round((time.monotonic() - received) * 1000, 1), **fields)
 

@@ -9,6 +9,7 @@ from aiohttp import web
 from .capture import CaptureStore
 from .config import Config
 from .event_stream import KeepAlive
+from .inspector import Inspector
 from .pipeline import Run
 from .store.service import StateService
 
@@ -31,6 +32,7 @@ class AppState:
     shutting_down: bool = False
     runs: set[Run] = field(default_factory=set)
     capture: CaptureStore | None = None   # debug.capture on
+    inspector: Inspector | None = None    # debug.inspector on
 
     @property
     def active(self) -> int:

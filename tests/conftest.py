@@ -125,6 +125,34 @@ def redis_url() -> Any:
         client.close()
 
 
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium for page tests, installed with apt-get when missing (root, as on CI).
+
+    Where it cannot be installed (no root, no Debian) the test skips with the reason; with CI=true
+    that is a failure.
+    """
+    import shutil
+    import subprocess
+    if not os.path.exists(CHROMIUM) and shutil.which("apt-get"):
+        quiet = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        lock = ["-o", "DPkg::Lock::Timeout=600"]
+        for command in (["apt-get", *lock, "update", "-q"], ["apt-get", *lock, "install", "-y", "-q", "chromium"]):
+            done = subprocess.run(command, env=quiet, capture_output=True, text=True, timeout=1200)
+            if done.returncode != 0:
+                problem = f"`{' '.join(command)}` failed: {done.stderr.strip()[-400:]}"
+                break
+    if os.path.exists(CHROMIUM):
+        return CHROMIUM
+    problem = locals().get("problem") or "no apt-get to install it with"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{CHROMIUM} is required when CI=true: {problem}")
+    pytest.skip(f"no {CHROMIUM} ({problem}); CI=true makes this a failure")
+
+
 @pytest.fixture
 async def http() -> Any:
     async with aiohttp.ClientSession() as session:

@@ -68,6 +68,19 @@ def text_reply(*pieces: str, finish: str = "stop", use: dict[str, Any] | None = 
     return Reply([sse(*chunks)], **kwargs)
 
 
+def paced_reply(*pieces: str, gap: float, error: str | None = None) -> Reply:
+    """Text one piece per write, `gap` seconds apart; with `error`, an in-band upstream error instead of the finish."""
+    steps: list[Step] = [sse(chunk({"role": "assistant", "content": ""}), done=False)]
+    for piece in pieces:
+        steps += [gap, sse(chunk({"content": piece}), done=False)]
+    if error is not None:
+        steps += [gap, sse({"error": {"message": error, "type": "server_error", "code": "upstream_overloaded"}},
+                            done=False)]
+    else:
+        steps += [gap, sse(chunk({}, finish="stop"), chunk(choices=False, usage=usage(3, len(pieces))))]
+    return Reply(steps)
+
+
 def tool_reply(name: str, arguments: str, call_id: str = "call_abc123", pieces: int = 3) -> Reply:
     """One tool call, arguments streamed in `pieces` fragments, canonical OpenAI framing."""
     step = max(1, len(arguments) // pieces)
