@@ -2,7 +2,7 @@
 
 Off by default (`debug.inspector`); when off nothing here exists and requests pay nothing.
 When on, each request gets a `Watch`: an observer of the events its client was sent
-(attached with gateway/tee.py), whose `send` costs one list append per batch while nobody
+(one more sink after the client's in the pipeline's Tee), whose `send` costs one list append per batch while nobody
 watches. A page that follows a request gets a `Feed` of the batches as they arrive. When the
 request ends its `Watch` keeps a summary and its (bounded) events in a ring of recent requests.
 HTTP lives in gateway/inspector_routes.py.
