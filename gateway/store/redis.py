@@ -2,12 +2,16 @@
 
 Keys (all under the prefix, default `gateway:`): `r:{id}` a response record; `c:{id}` a
 conversation record with its items in the hash `ci:{id}` (item id → item), their order in the
-sorted set `co:{id}` and a counter `cn:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
+sorted set `co:{id}` and a counter `cn:{id}`. Background responses: the event log is the stream
+`e:{id}` (entry id `seq+1`-0, so XRANGE/XREAD positions are sequence numbers), a run's lease the key
+`lease:{id}` (the instance) plus its deadline in the sorted set `runs`, a cancel request the key
+`x:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
 removes expired state by itself. A response and the conversation items it adds are written in one
 MULTI/EXEC transaction.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -34,6 +38,16 @@ end
 for k = 1, 4 do redis.call('PEXPIRE', KEYS[k], ARGV[1]) end
 return 1
 """
+
+
+# KEYS: the runs sorted set. ARGV: now (ms). The lapsed runs, removed in the same step: one taker each.
+_TAKE_LAPSED = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, id in ipairs(ids) do redis.call('ZREM', KEYS[1], id) end
+return ids
+"""
+# XREAD BLOCK holds its connection; it must return before the socket timeout (5 s).
+_MAX_BLOCK = 4.0
 
 
 def split_prefix(url: str) -> tuple[str, str]:
@@ -105,7 +119,11 @@ class RedisStore:
         await self._call(pipe.execute())
 
     async def delete_response(self, response_id: str) -> bool:
-        return await self._call(self._redis.delete(f"{self.prefix}r:{response_id}")) > 0
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(f"{self.prefix}r:{response_id}")
+        pipe.delete(f"{self.prefix}e:{response_id}")
+        deleted, _ = await self._call(pipe.execute())
+        return deleted > 0
 
     # ------------------------------------------------------------------ conversations
     async def put_conversation(self, conversation_id: str, record: bytes, ttl: float,
@@ -158,6 +176,69 @@ class RedisStore:
         pipe.zrem(order_key, item_id)
         removed, _ = await self._call(pipe.execute())
         return removed > 0
+
+    # ------------------------------------------------------------------ background responses
+    async def append_events(self, response_id: str, first_seq: int, frames: list[bytes], ttl: float) -> None:
+        key = f"{self.prefix}e:{response_id}"
+        pipe = self._redis.pipeline(transaction=True)
+        for seq, frame in enumerate(frames, first_seq):
+            pipe.xadd(key, {"f": frame}, id=f"{seq + 1}-0")
+        pipe.pexpire(key, _ms(ttl))
+        results = await self._call(pipe.execute(raise_on_error=False))
+        for result in results:
+            # An entry already there (a write retried after a reconnect) is fine; anything else is not.
+            if isinstance(result, Exception) and "equal or smaller" not in str(result):
+                raise StoreUnavailable(f"Redis store: {result}")
+
+    async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
+        entries = await self._call(self._redis.xrange(f"{self.prefix}e:{response_id}", min=f"{after + 2}-0"))
+        return _events(entries)
+
+    async def follow_events(self, response_id: str, after: int, timeout: float) -> list[tuple[int, bytes]]:
+        key = f"{self.prefix}e:{response_id}"
+        found = await self._call(self._redis.xread({key: f"{after + 1}-0"},
+                                                   block=_ms(min(timeout, _MAX_BLOCK))))
+        return _events(found[0][1]) if found else []
+
+    async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
+        await self.renew_runs([response_id], instance, lease)
+
+    async def renew_runs(self, response_ids: list[str], instance: str, lease: float) -> None:
+        if not response_ids:
+            return
+        deadline = int((time.time() + lease) * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        for response_id in response_ids:
+            pipe.set(f"{self.prefix}lease:{response_id}", instance, px=_ms(lease))
+        pipe.zadd(f"{self.prefix}runs", {response_id: deadline for response_id in response_ids})
+        await self._call(pipe.execute())
+
+    async def release_run(self, response_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(f"{self.prefix}lease:{response_id}", f"{self.prefix}x:{response_id}")
+        pipe.zrem(f"{self.prefix}runs", response_id)
+        await self._call(pipe.execute())
+
+    async def take_lapsed_runs(self) -> list[str]:
+        ids = await self._call(self._redis.eval(_TAKE_LAPSED, 1, f"{self.prefix}runs", int(time.time() * 1000)))
+        return [rid.decode() for rid in ids]
+
+    async def run_owner(self, response_id: str) -> str | None:
+        owner = await self._call(self._redis.get(f"{self.prefix}lease:{response_id}"))
+        return owner.decode() if owner is not None else None
+
+    async def request_cancel(self, response_id: str, ttl: float) -> None:
+        await self._call(self._redis.set(f"{self.prefix}x:{response_id}", 1, px=_ms(ttl)))
+
+    async def cancel_requested(self, response_ids: list[str]) -> set[str]:
+        if not response_ids:
+            return set()
+        flags = await self._call(self._redis.mget([f"{self.prefix}x:{rid}" for rid in response_ids]))
+        return {rid for rid, flag in zip(response_ids, flags) if flag is not None}
+
+
+def _events(entries: list[Any]) -> list[tuple[int, bytes]]:
+    return [(int(entry_id.split(b"-")[0]) - 1, fields[b"f"]) for entry_id, fields in entries]
 
 
 def _ms(seconds: float) -> int:
