@@ -122,12 +122,15 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if state.shutting_down:
             raise GatewayError("The gateway is shutting down; retry the request.", status=503,
                                code="server_shutting_down", headers={"Retry-After": "1"})
-        if state.active >= state.config.server.max_concurrent_streams:
+        body = await read_json(request, state)
+        background = isinstance(body, dict) and body.get("background") is True  # queued past the limit instead
+        if state.active >= state.config.server.max_concurrent_streams and not background:
             raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        body = await read_json(request, state)
         turn = await state.stored.prepare(body, request.headers.get("Authorization"))
         chat = translate_request(with_context(body, turn), state.config.upstream)
+        if background:
+            return await state.background.submit(request, request_id, turn, chat)
     except GatewayError as exc:
         _log_rejected(state, request_id, exc, received)
         raise

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -10,6 +11,9 @@ from .event_stream import KeepAlive
 from .pipeline import Run
 from .store.service import StateService
 from .upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from .background import BackgroundRuns
 
 
 @dataclass
@@ -21,6 +25,7 @@ class AppState:
     debug: bool = False
     shutting_down: bool = False
     runs: set[Run] = field(default_factory=set)
+    background: BackgroundRuns = field(init=False)  # set by create_app
 
     @property
     def active(self) -> int:

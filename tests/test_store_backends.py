@@ -170,8 +170,8 @@ def test_input_items_get_ids_and_typed_content():
 # ---------------------------------------------------------------------------------------- background responses
 async def test_event_log_append_read_follow(store):
     await store.put_response("resp_log", b"{}", ttl=60)
-    await store.append_events("resp_log", 0, [b"a", b"b"], ttl=60)
-    await store.append_events("resp_log", 2, [b"c"], ttl=60)
+    await store.append_events("resp_log", [(0, b"a"), (1, b"b")], ttl=60)
+    await store.append_events("resp_log", [(2, b"c")], ttl=60)
     assert await store.read_events("resp_log", -1) == [(0, b"a"), (1, b"b"), (2, b"c")]
     assert await store.read_events("resp_log", 1) == [(2, b"c")]
     assert await store.read_events("resp_log", 2) == []
@@ -182,16 +182,17 @@ async def test_event_log_append_read_follow(store):
     waiting = asyncio.ensure_future(store.follow_events("resp_log", 2, timeout=3))
     await asyncio.sleep(0.1)
     assert not waiting.done()
-    await store.append_events("resp_log", 3, [b"d", b"e"], ttl=60)
-    assert await asyncio.wait_for(waiting, 2) == [(3, b"d"), (4, b"e")]
+    await store.append_events("resp_log", [(3, b"d"), (5, b"e")], ttl=60)
+    assert await asyncio.wait_for(waiting, 2) == [(3, b"d"), (5, b"e")]
     assert await store.follow_events("resp_log", 0, timeout=1) == [(1, b"b"), (2, b"c"), (3, b"d"), (4, b"e")]
+    assert await store.read_events("resp_log", 3) == [(5, b"e")]
     assert await store.delete_response("resp_log") is True
     assert await store.read_events("resp_log", -1) == []
 
 
 async def test_event_log_expires_with_its_response(store):
     await store.put_response("resp_short", b"{}", ttl=0.05)
-    await store.append_events("resp_short", 0, [b"a"], ttl=0.05)
+    await store.append_events("resp_short", [(0, b"a")], ttl=0.05)
     await asyncio.sleep(0.2)
     if not isinstance(store, RedisStore):  # Redis expires keys by itself; the others sweep
         swept = store.sweep()

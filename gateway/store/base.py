@@ -115,8 +115,8 @@ class Store(Protocol):
     async def delete_item(self, conversation_id: str, item_id: str) -> bool: ...
 
     # ------------------------------------------------------------------ background responses
-    async def append_events(self, response_id: str, first_seq: int, frames: list[bytes], ttl: float) -> None:
-        """Append frames numbered `first_seq`, `first_seq + 1`, …; the log expires `ttl` from now."""
+    async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
+        """Append (sequence number, frame) pairs, numbers rising; the log expires `ttl` from now."""
 
     async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
         """The logged (sequence number, frame) pairs after `after`, in order."""

@@ -125,8 +125,8 @@ class MemoryStore:
         return self._live_items(conversation_id).pop(item_id, None) is not None
 
     # ------------------------------------------------------------------ background responses
-    async def append_events(self, response_id: str, first_seq: int, frames: list[bytes], ttl: float) -> None:
-        self._events.setdefault(response_id, []).extend(enumerate(frames, first_seq))
+    async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
+        self._events.setdefault(response_id, []).extend(events)
         self._notifier.notify(response_id)
 
     async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:

@@ -178,10 +178,10 @@ class RedisStore:
         return removed > 0
 
     # ------------------------------------------------------------------ background responses
-    async def append_events(self, response_id: str, first_seq: int, frames: list[bytes], ttl: float) -> None:
+    async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
         key = f"{self.prefix}e:{response_id}"
         pipe = self._redis.pipeline(transaction=True)
-        for seq, frame in enumerate(frames, first_seq):
+        for seq, frame in events:
             pipe.xadd(key, {"f": frame}, id=f"{seq + 1}-0")
         pipe.pexpire(key, _ms(ttl))
         results = await self._call(pipe.execute(raise_on_error=False))

@@ -233,14 +233,14 @@ class SQLiteStore:
                                (conversation_id, item_id)) > 0
 
     # ------------------------------------------------------------------ background responses
-    async def append_events(self, response_id: str, first_seq: int, frames: list[bytes], ttl: float) -> None:
-        await self._run(self._append_events, response_id, first_seq, frames)
+    async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
+        await self._run(self._append_events, response_id, events)
         self._notifier.notify(response_id)
 
-    def _append_events(self, response_id: str, first_seq: int, frames: list[bytes]) -> None:
+    def _append_events(self, response_id: str, events: list[tuple[int, bytes]]) -> None:
         assert self._db is not None
         self._db.executemany("INSERT OR REPLACE INTO response_events (response_id, seq, frame) VALUES (?, ?, ?)",
-                             [(response_id, seq, frame) for seq, frame in enumerate(frames, first_seq)])
+                             [(response_id, seq, frame) for seq, frame in events])
 
     async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
         rows = await self._run(self._query, "SELECT seq, frame FROM response_events WHERE response_id = ? AND "
