@@ -68,6 +68,15 @@ def text_reply(*pieces: str, finish: str = "stop", use: dict[str, Any] | None = 
     return Reply([sse(*chunks)], **kwargs)
 
 
+def paced_reply(pieces: list[str], pause: float) -> Reply:
+    """Text in `pieces`, one network write each, `pause` seconds apart."""
+    steps: list[Any] = [sse(chunk({"role": "assistant", "content": ""}), done=False)]
+    for piece in pieces:
+        steps += [pause, sse(chunk({"content": piece}), done=False)]
+    steps.append(sse(chunk({}, finish="stop"), chunk(choices=False, usage=usage())))
+    return Reply(steps)
+
+
 def tool_reply(name: str, arguments: str, call_id: str = "call_abc123", pieces: int = 3) -> Reply:
     """One tool call, arguments streamed in `pieces` fragments, canonical OpenAI framing."""
     step = max(1, len(arguments) // pieces)

@@ -9,58 +9,22 @@ import orjson
 import pytest
 
 from .conftest import assert_valid_stream
-from .scripted_upstream import Reply, chunk, sse, usage
+from .helpers import events_of, read_stream, sdk
+from .scripted_upstream import paced_reply
 
 openai = pytest.importorskip("openai")
 
 WORDS = [f"w{i} " for i in range(30)]
 
 
-def paced_reply(pieces: list[str], pause: float) -> Reply:
-    """Text in `pieces`, one network write each, `pause` seconds apart."""
-    steps: list[Any] = [sse(chunk({"role": "assistant", "content": ""}), done=False)]
-    for piece in pieces:
-        steps += [pause, sse(chunk({"content": piece}), done=False)]
-    steps.append(sse(chunk({}, finish="stop"), chunk(choices=False, usage=usage())))
-    return Reply(steps)
-
-
-def sdk(url: str, strict: bool = True) -> Any:
-    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-alice", max_retries=0, timeout=30,
-                              _strict_response_validation=strict)
-
-
 def url_of(gateway: Any) -> str:
     return str(gateway.make_url("")).rstrip("/")
-
-
-def events_of(raw: bytes) -> list[dict[str, Any]]:
-    return [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
 
 
 def valid_background_stream(raw: bytes) -> dict[str, Any]:
     """check_stream wants response.in_progress second; a background stream has response.queued there."""
     frames = raw.split(b"\n\n")
     return assert_valid_stream(b"\n\n".join(f for f in frames if not f.startswith(b"event: response.queued\n")))
-
-
-async def read_stream(http: Any, url: str, *, limit: int | None = None, **kwargs: Any) -> tuple[int, bytes]:
-    """GET or POST an event stream; the status and the bytes of its first `limit` events (all by default)."""
-    method = http.post if "json" in kwargs else http.get
-    async with method(url, headers={"Authorization": "Bearer sk-alice"}, **kwargs) as response:
-        if response.status != 200 or limit is None:
-            return response.status, await response.read()
-        raw = b""
-        while raw.count(b"\n\n") < limit:
-            raw += await response.content.readany()
-        return response.status, raw[:_nth(raw, b"\n\n", limit) + 2]
-
-
-def _nth(data: bytes, sep: bytes, n: int) -> int:
-    at = -1
-    for _ in range(n):
-        at = data.index(sep, at + 1)
-    return at
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
