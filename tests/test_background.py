@@ -27,15 +27,6 @@ def valid_background_stream(raw: bytes) -> dict[str, Any]:
     return assert_valid_stream(b"\n\n".join(f for f in frames if not f.startswith(b"event: response.queued\n")))
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request: Any, tmp_path: Any) -> str:
-    if request.param == "memory":
-        return "memory:"
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'state' / 'gateway.db'}"
-    return request.getfixturevalue("redis_url")
-
-
 async def test_create_returns_at_once_then_retrieve_polls_to_completed(make_gateway, upstream):
     gateway = await make_gateway()
     async with sdk(url_of(gateway)) as client:
