@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 TICK = 0.25            # seconds between polls for cancel requests (the 1 s cancel promise)
 CANCEL_WAIT = 3.0      # seconds a cancel request waits for the run to end
 FOLLOW_WAIT = 2.0      # seconds a follower waits for new events before checking the stored status
+LIVE_BACKLOG = 1000    # appends queued for one slow local follower before it reads from the store instead
 TRUNCATED = b""        # the log entry where the log stopped keeping events (store.max_event_log_bytes)
 _TERMINAL_FRAMES = tuple(b"event: " + t.encode() + b"\n" for t in TERMINAL_EVENTS)
 _TERMINAL_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete"}
@@ -72,7 +73,7 @@ class EventLog:
     terminal event, so the run still finishes and followers still end, but a new resume is a 410.
     """
 
-    __slots__ = ("service", "turn", "response_id", "max_bytes", "size", "truncated", "started")
+    __slots__ = ("service", "turn", "response_id", "max_bytes", "size", "truncated", "started", "listeners")
     streaming = False  # started before the pipeline runs: the pipeline never starts it early
 
     def __init__(self, service: StateService, turn: Turn, response_id: str, max_bytes: int) -> None:
@@ -83,6 +84,16 @@ class EventLog:
         self.size = 0
         self.truncated = False
         self.started = False
+        self.listeners: list[asyncio.Queue[list[tuple[int, bytes]]]] = []
+
+    def listen(self) -> asyncio.Queue[list[tuple[int, bytes]]]:
+        """A queue that gets every append from now on (followers on this instance)."""
+        queue: asyncio.Queue[list[tuple[int, bytes]]] = asyncio.Queue()
+        self.listeners.append(queue)
+        return queue
+
+    def unlisten(self, queue: asyncio.Queue[list[tuple[int, bytes]]]) -> None:
+        self.listeners.remove(queue)
 
     async def queue(self, events: list[dict[str, Any]], instance: str, lease: float) -> None:
         """Store the queued response, its lease and its first events (created, queued)."""
@@ -110,6 +121,8 @@ class EventLog:
                 kept.append((event["sequence_number"], TRUNCATED if self.truncated else entry))
         if kept:
             await self.service.call(self.service.store.append_events(self.response_id, kept, self.service.config.ttl))
+            for listener in self.listeners:
+                listener.put_nowait(kept)
 
     async def close(self) -> None:
         pass
@@ -340,12 +353,29 @@ class BackgroundRuns:
         return await self.follow(request, response_id, after)
 
     async def follow(self, request: web.Request, response_id: str, after: int) -> web.StreamResponse:
+        """Write the log after `after`, then the live events to the terminal one.
+
+        A run of this instance hands its appended entries to local followers directly (`EventLog.listen`):
+        they read the store once, for the backlog. Subscribing before that read leaves no gap; the
+        overlap is skipped by sequence number.
+        """
         store, call = self.service.store, self.service.call
-        logged = await call(store.read_events(response_id, after))
-        if any(entry == TRUNCATED for _, entry in logged):
-            raise EventLogGone(f"The event log of response {response_id} grew past this gateway's limit "
-                               f"(store.max_event_log_bytes = {self.service.config.max_event_log_bytes} bytes), so "
-                               "its stream cannot be resumed; GET /v1/responses/{id} returns the response.")
+        job = self.jobs.get(response_id)
+        live = job.log.listen() if job is not None else None
+        try:
+            logged = await call(store.read_events(response_id, after))
+            if any(entry == TRUNCATED for _, entry in logged):
+                raise EventLogGone(f"The event log of response {response_id} grew past this gateway's limit "
+                                   f"(store.max_event_log_bytes = {self.service.config.max_event_log_bytes} bytes), "
+                                   "so its stream cannot be resumed; GET /v1/responses/{id} returns the response.")
+            return await self._write(request, response_id, after, logged, live)
+        finally:
+            if job is not None and live is not None:
+                job.log.unlisten(live)
+
+    async def _write(self, request: web.Request, response_id: str, after: int, logged: list[tuple[int, bytes]],
+                     live: asyncio.Queue[list[tuple[int, bytes]]] | None) -> web.StreamResponse:
+        store, call = self.service.store, self.service.call
         sink = EventStream(request, {"X-Request-ID": current_request_id.get()}, self.state.keepalive)
         await sink.start([])
         assert sink.response is not None
@@ -363,7 +393,14 @@ class BackgroundRuns:
                         await sink.response.write(await self._terminal_of(response_id, after + 1))
                         break
                     continue
-                logged = await call(store.follow_events(response_id, after, FOLLOW_WAIT))
+                if live is not None and live.qsize() <= LIVE_BACKLOG:
+                    logged = []
+                    with contextlib.suppress(TimeoutError):
+                        logged = [entry for entry in await asyncio.wait_for(live.get(), FOLLOW_WAIT)
+                                  if entry[0] > after]
+                else:  # a follower on another instance, or one too slow for its queue: the store
+                    live = None
+                    logged = await call(store.follow_events(response_id, after, FOLLOW_WAIT))
             await sink.close()
         except ConnectionResetError:
             pass  # the client left; the run goes on

@@ -184,7 +184,7 @@ async def test_event_log_append_read_follow(store):
     assert not waiting.done()
     await store.append_events("resp_log", [(3, b"d"), (5, b"e")], ttl=60)
     assert await asyncio.wait_for(waiting, 2) == [(3, b"d"), (5, b"e")]
-    assert await store.follow_events("resp_log", 0, timeout=1) == [(1, b"b"), (2, b"c"), (3, b"d"), (4, b"e")]
+    assert await store.follow_events("resp_log", 0, timeout=1) == [(1, b"b"), (2, b"c"), (3, b"d"), (5, b"e")]
     assert await store.read_events("resp_log", 3) == [(5, b"e")]
     assert await store.delete_response("resp_log") is True
     assert await store.read_events("resp_log", -1) == []

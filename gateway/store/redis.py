@@ -48,6 +48,10 @@ return ids
 """
 # XREAD BLOCK holds its connection; it must return before the socket timeout (5 s).
 _MAX_BLOCK = 4.0
+# Connections per pool. Past it a command waits (up to the socket timeout) for a free connection:
+# redis-py's default pool (100) fails at once instead, which hundreds of streams reach.
+COMMAND_CONNECTIONS = 128
+FOLLOWER_CONNECTIONS = 1024
 
 
 def split_prefix(url: str) -> tuple[str, str]:
@@ -63,12 +67,9 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
         redis_url, self.prefix = split_prefix(url)
-        # A pooled connection that died with a Redis restart is retried on a fresh one. Every write is
-        # idempotent (SET, and the append script skips ids already present), so a retry is safe.
-        self._redis = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5,
-                                        health_check_interval=30,
-                                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                                        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        self._redis = _client(redis_url, COMMAND_CONNECTIONS)
+        # XREAD BLOCK holds its connection while it waits: followers get a pool of their own.
+        self._followers = _client(redis_url, FOLLOWER_CONNECTIONS)
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
@@ -86,6 +87,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._followers.aclose()
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
@@ -196,7 +198,7 @@ class RedisStore:
 
     async def follow_events(self, response_id: str, after: int, timeout: float) -> list[tuple[int, bytes]]:
         key = f"{self.prefix}e:{response_id}"
-        found = await self._call(self._redis.xread({key: f"{after + 1}-0"},
+        found = await self._call(self._followers.xread({key: f"{after + 1}-0"},
                                                    block=_ms(min(timeout, _MAX_BLOCK))))
         return _events(found[0][1]) if found else []
 
@@ -235,6 +237,17 @@ class RedisStore:
             return set()
         flags = await self._call(self._redis.mget([f"{self.prefix}x:{rid}" for rid in response_ids]))
         return {rid for rid, flag in zip(response_ids, flags) if flag is not None}
+
+
+def _client(url: str, connections: int) -> aioredis.Redis:
+    # A pooled connection that died with a Redis restart is retried on a fresh one. Every write is
+    # idempotent (SET, the append script skips ids already present, XADD of a logged id is ignored),
+    # so a retry is safe.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=5, socket_connect_timeout=2, socket_timeout=5,
+        health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+    return aioredis.Redis(connection_pool=pool)
 
 
 def _events(entries: list[Any]) -> list[tuple[int, bytes]]:
