@@ -17,6 +17,7 @@ The record written by `put_response` carries the response's status, so polling i
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 from ..errors import GatewayError
@@ -70,6 +71,49 @@ class Notifier:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             pass
+
+
+Appends = list[tuple[str, list[tuple[int, bytes]]]]
+
+
+class AppendBatcher:
+    """Coalesces event-log appends of all runs into one backend write per round trip.
+
+    Every `append` waits for the write that carries it; appends made while a write is under way
+    go together in the next one, so hundreds of streams cost a few writes per tick, not one each.
+    """
+
+    __slots__ = ("_write", "_pending", "_flushing")
+
+    def __init__(self, write: Callable[[Appends], Awaitable[None]]) -> None:
+        self._write = write
+        self._pending: list[tuple[str, list[tuple[int, bytes]], asyncio.Future[None]]] = []
+        self._flushing = False
+
+    async def append(self, response_id: str, events: list[tuple[int, bytes]]) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((response_id, events, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._write([(rid, events) for rid, events, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting append
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            self._flushing = False
 
 
 class Store(Protocol):

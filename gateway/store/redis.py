@@ -23,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Order, StoreUnavailable
+from .base import AppendBatcher, Appends, Order, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -45,6 +45,13 @@ _TAKE_LAPSED = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for _, id in ipairs(ids) do redis.call('ZREM', KEYS[1], id) end
 return ids
+"""
+# KEYS: the event log stream. ARGV: ttl ms, then (entry id, frame) pairs. An entry already there (a
+# write retried after a reconnect) is skipped: pcall keeps XADD's "equal or smaller" error to itself.
+_XADD_ALL = """
+for i = 2, #ARGV, 2 do redis.pcall('XADD', KEYS[1], ARGV[i], 'f', ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 # XREAD BLOCK holds its connection; it must return before the socket timeout (5 s).
 _MAX_BLOCK = 4.0
@@ -70,6 +77,8 @@ class RedisStore:
         self._redis = _client(redis_url, COMMAND_CONNECTIONS)
         # XREAD BLOCK holds its connection while it waits: followers get a pool of their own.
         self._followers = _client(redis_url, FOLLOWER_CONNECTIONS)
+        self._appends = AppendBatcher(self._append_batch)
+        self._event_ttl = 0.0
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
@@ -181,16 +190,20 @@ class RedisStore:
 
     # ------------------------------------------------------------------ background responses
     async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
-        key = f"{self.prefix}e:{response_id}"
+        self._event_ttl = ttl  # the store's ttl: the same for every response
+        await self._appends.append(response_id, events)
+
+    async def _append_batch(self, batch: Appends) -> None:
+        # One script call per response (redis-py's cost is per command, not per argument); one
+        # MULTI/EXEC for the batch, so a follower wakes to whole batches.
         pipe = self._redis.pipeline(transaction=True)
-        for seq, frame in events:
-            pipe.xadd(key, {"f": frame}, id=f"{seq + 1}-0")
-        pipe.pexpire(key, _ms(ttl))
-        results = await self._call(pipe.execute(raise_on_error=False))
-        for result in results:
-            # An entry already there (a write retried after a reconnect) is fine; anything else is not.
-            if isinstance(result, Exception) and "equal or smaller" not in str(result):
-                raise StoreUnavailable(f"Redis store: {result}")
+        ttl = _ms(self._event_ttl)
+        for response_id, events in batch:
+            args: list[Any] = [ttl]
+            for seq, frame in events:
+                args += [f"{seq + 1}-0", frame]
+            pipe.eval(_XADD_ALL, 1, f"{self.prefix}e:{response_id}", *args)
+        await self._call(pipe.execute())
 
     async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
         entries = await self._call(self._redis.xrange(f"{self.prefix}e:{response_id}", min=f"{after + 2}-0"))

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Notifier, Order, StoreUnavailable
+from .base import AppendBatcher, Appends, Notifier, Order, StoreUnavailable
 
 SWEEP_INTERVAL = 300.0
 T = TypeVar("T")
@@ -51,6 +51,7 @@ class SQLiteStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._sweeper: asyncio.Task[None] | None = None
         self._notifier = Notifier()
+        self._appends = AppendBatcher(self._append_batch)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -234,13 +235,17 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ background responses
     async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
-        await self._run(self._append_events, response_id, events)
-        self._notifier.notify(response_id)
+        await self._appends.append(response_id, events)
 
-    def _append_events(self, response_id: str, events: list[tuple[int, bytes]]) -> None:
-        assert self._db is not None
-        self._db.executemany("INSERT OR REPLACE INTO response_events (response_id, seq, frame) VALUES (?, ?, ?)",
-                             [(response_id, seq, frame) for seq, frame in events])
+    async def _append_batch(self, batch: Appends) -> None:
+        await self._run(self._append_events, batch)
+        for response_id, _ in batch:
+            self._notifier.notify(response_id)
+
+    def _append_events(self, batch: Appends) -> None:
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO response_events (response_id, seq, frame) VALUES (?, ?, ?)",
+                           [(response_id, seq, frame) for response_id, events in batch for seq, frame in events])
 
     async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
         rows = await self._run(self._query, "SELECT seq, frame FROM response_events WHERE response_id = ? AND "
