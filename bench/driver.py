@@ -69,6 +69,7 @@ class Endpoint:
     path: str
     fmt: Format
     store: bool | None = None  # the Responses body's `store` (None: not sent)
+    background: bool = False  # send `background: true` (the stream follows the response's event log)
 
     @classmethod
     def from_url(cls, url: str, fmt: str) -> Endpoint:
@@ -88,6 +89,8 @@ class Endpoint:
                 body["tools"] = TOOLS
             if self.store is not None:
                 body["store"] = self.store
+            if self.background:
+                body["background"] = True
         data = orjson.dumps(body)
         head = (
             f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"

@@ -74,6 +74,7 @@ class Target:
     env: Callable[[int], dict[str, str]] = lambda upstream_port: {}
     in_scratch: bool = False  # run in a temporary directory (for what writes files into its cwd)
     store: bool | None = None  # the gateway's requests send this `store`
+    background: bool = False  # the gateway's requests send `background: true`
 
 
 def floor_command(port: int, upstream: int) -> list[str]:
@@ -208,11 +209,20 @@ STORE_TARGETS = [
            in_scratch=True, store=True),
     Target("gateway-redis", "responses", "/v1/responses", "/healthz", gateway_store_command(BENCH_REDIS), store=True),
 ]  # fmt: skip
+# The background scenario: the same stored streams with and without background (the event log).
+BACKGROUND_TARGETS = [
+    STORE_TARGETS[1],
+    Target("gateway-sqlite-background", "responses", "/v1/responses", "/healthz",
+           gateway_store_command("sqlite:bench-store.db"), in_scratch=True, store=True, background=True),
+    STORE_TARGETS[2],
+    Target("gateway-redis-background", "responses", "/v1/responses", "/healthz", gateway_store_command(BENCH_REDIS),
+           store=True, background=True),
+]  # fmt: skip
 STORE_TOKENS = 20  # short answers: the per-request cost of storing shows instead of the per-token cost
 
 
 def endpoint(target: Target, port: int) -> Endpoint:
-    return Endpoint(LOOPBACK, port, target.path, FORMATS[target.fmt], target.store)
+    return Endpoint(LOOPBACK, port, target.path, FORMATS[target.fmt], target.store, target.background)
 
 
 async def warm_up(where: Endpoint) -> None:
@@ -318,6 +328,22 @@ class Bench:
                     self.record("store-ttft", target.name, rep, result)
         await remove_bench_keys()
 
+    async def background(self) -> None:
+        """The event log's CPU per event and memory per open background stream, against plain stored streams."""
+        p = self.profile
+        paced = self.paced_load(p.paced_tokens, p.paced_concurrency, 1)
+        for rep in range(p.reps):
+            for target in BACKGROUND_TARGETS:
+                result = await self.on_target(
+                    target, lambda ep, pid: run_fast(ep, "text", p.fast_tokens, p.fast_concurrency, p.fast_duration, pid)
+                )  # fmt: skip
+                if result is not None:
+                    self.record("background-cpu", target.name, rep, result)
+                result = await self.on_target(target, paced)
+                if result is not None:
+                    self.record("background-paced", target.name, rep, result)
+        await remove_bench_keys()
+
     async def run_all(self) -> None:
         p = self.profile
         print("fast text streams (CPU per token)", flush=True)
@@ -332,6 +358,8 @@ class Bench:
         await self.capacity()
         print("store: true on SQLite and Redis against store: false", flush=True)
         await self.store()
+        print("background: true (the event log) against stored streams", flush=True)
+        await self.background()
 
 
 async def remove_bench_keys() -> None:
@@ -357,6 +385,22 @@ def store_table(runs: list[Result]) -> str:
         added = subtract(cpu, base) if target != "gateway" else None
         ttft = median_of(runs, "store-ttft", target, "added_ttft_p50_ms")
         lines.append(f"| {label} | {fmt(cpu)} | {fmt(added)} | {fmt(ttft)} |")
+    return "\n".join(lines)
+
+
+def background_table(runs: list[Result], profile: Profile) -> str:
+    """Per event: one token is about one output_text.delta event, so CPU-s per M tokens is µs per event."""
+    lines = [f"| background (median) | CPU µs / token | event log CPU µs / event | RSS kB / open stream "
+             f"({profile.paced_concurrency} paced) | errors |", "|---|---|---|---|---|"]
+    for store in ("sqlite", "redis"):
+        plain = median_of(runs, "background-cpu", f"gateway-{store}", "cpu_s_per_mtok")
+        for target, label in ((f"gateway-{store}", f"{store}, stored stream"),
+                              (f"gateway-{store}-background", f"{store}, background stream")):
+            cpu = median_of(runs, "background-cpu", target, "cpu_s_per_mtok")
+            added = subtract(cpu, plain) if target.endswith("background") else None
+            rss = median_of(runs, "background-paced", target, "rss_per_stream_kb")
+            errors = median_of(runs, "background-paced", target, "errors")
+            lines.append(f"| {label} | {fmt(cpu)} | {fmt(added)} | {fmt(rss)} | {fmt(errors)} |")
     return "\n".join(lines)
 
 
@@ -520,7 +564,7 @@ async def main_async(args: argparse.Namespace) -> int:
              f"{info['cores']} cores, Python {info['python']}, targets pinned to one core: "
              f"{'yes' if info['pinned'] else 'no'}")  # fmt: skip
     markdown = (f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}{metrics_cost(bench.runs)}"
-                f"\n\n{store_table(bench.runs)}")
+                f"\n\n{store_table(bench.runs)}\n\n{background_table(bench.runs, profile)}")
     report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),
               "targets": [t.name for t in targets], "failed_to_start": bench.failed, "runs": bench.runs}  # fmt: skip
     write_outputs(report, markdown, Path(args.readme) if args.readme else None)

@@ -6,6 +6,7 @@ import time
 
 from aiohttp import web
 
+from .background import BackgroundRuns
 from .capture import CaptureStore
 from .config import Config
 from .event_stream import KeepAlive
@@ -39,6 +40,7 @@ def create_app(config: Config) -> web.Application:
                      debug=config.server.log_level == "debug",
                      capture=CaptureStore(config) if config.debug.capture != "off" else None,
                      inspector=Inspector(config.debug.inspector_recent) if config.debug.inspector else None)
+    state.background = BackgroundRuns(state)
     app[STATE.key] = state
     app.add_routes(routes)
     app.add_routes(stored_routes)
@@ -47,7 +49,9 @@ def create_app(config: Config) -> web.Application:
         app.add_routes(inspector_routes)
     app.on_startup.append(_start_upstream)
     app.on_startup.append(_open_store)
+    app.on_startup.append(_start_background)
     app.on_shutdown.append(_drain)
+    app.on_shutdown.append(_stop_background)
     app.on_cleanup.append(_close_upstream)
     app.on_cleanup.append(_close_store)
     return app
@@ -62,6 +66,14 @@ async def _open_store(app: web.Application) -> None:
         stored.down_since = time.monotonic()
         get_logger().warning("store.unavailable", store=display_url(stored.store.url), error=exc.detail,
                              note="stateless requests (store: false) keep working")
+
+
+async def _start_background(app: web.Application) -> None:
+    await STATE.get(app).background.open()
+
+
+async def _stop_background(app: web.Application) -> None:
+    await STATE.get(app).background.close(_STOP_FLUSH)
 
 
 async def _close_store(app: web.Application) -> None:

@@ -29,6 +29,8 @@ class ServerConfig:
     # Seconds between SSE comment lines sent to the client while the stream is open.
     keepalive_interval: float = 15.0
     max_concurrent_streams: int = 1000
+    # Background responses waiting for a stream slot (past max_concurrent_streams); more get 429.
+    max_queued_background: int = 1000
     max_body_bytes: int = 20 * 1024 * 1024
     max_json_depth: int = 64
     # Seconds running streams may take to finish after SIGTERM.
@@ -103,6 +105,8 @@ class StoreConfig:
     ttl: float = 30 * 86400.0       # seconds a response (or an unused conversation) is kept
     max_chain_length: int = 1000    # responses in one previous_response_id chain
     max_stored_bytes: int = 16 * 1024 * 1024  # encoded input items of one stored response or one turn
+    max_event_log_bytes: int = 32 * 1024 * 1024  # one background response's event log; past it no resume (410)
+    background_lease: float = 10.0  # seconds a dead instance's background run stays in_progress before it fails
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,7 @@ def _check_store(store: StoreConfig) -> None:
     problem = check_store_url(store.url)
     if problem:
         raise ConfigError(f"store.url: {problem}")
-    for key in ("ttl", "max_chain_length", "max_stored_bytes"):
+    for key in ("ttl", "max_chain_length", "max_stored_bytes", "max_event_log_bytes", "background_lease"):
         if getattr(store, key) <= 0:
             raise ConfigError(f"store.{key}: must be positive")
 

@@ -117,17 +117,20 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if state.shutting_down:
             raise GatewayError("The gateway is shutting down; retry the request.", status=503,
                                code="server_shutting_down", headers={"Retry-After": "1"})
-        if state.active >= state.config.server.max_concurrent_streams:
+        body = await read_json(request, state)
+        background = isinstance(body, dict) and body.get("background") is True  # queued past the limit instead
+        if state.active >= state.config.server.max_concurrent_streams and not background:
             raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        body = await read_json(request, state)
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
         chat = translate_request(with_context(body, turn), routed.config)
+        if background:
+            return await state.background.submit(request, request_id, received, turn, chat, routed)
     except GatewayError as exc:
         if routed is not None:
             routed.release()
-        await _log_finished(state, request, received, exc.status, error=exc)
+        await log_finished(state, request, received, exc.status, error=exc)
         raise
     run = Run(request_id, chat)
     capture = _start_capture(state, request, run, body, chat)
@@ -156,7 +159,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         sink.abandon()
         state.runs.discard(run)
         routed.release()
-        await _log_finished(state, request, received, http_status, error=error, run=run, routed=routed,
+        await log_finished(state, request, received, http_status, error=error, run=run, routed=routed,
                             capture=capture, watch=watch)
 
 
@@ -182,7 +185,7 @@ def _sink(request: web.Request, state: AppState, request_id: str, *, streaming: 
     return Tee(*sinks) if len(sinks) > 1 else client
 
 
-async def _log_finished(state: AppState, request: web.Request, received: float, http_status: int, *,
+async def log_finished(state: AppState, request: web.Request, received: float, http_status: int, *,
                         error: GatewayError | None = None, run: Run | None = None,
                         routed: RoutedRequest | None = None, capture: Recorder | None = None,
                         watch: Watch | None = None) -> None:

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .routing import RoutingTable
 
+if TYPE_CHECKING:
+    from .background import BackgroundRuns
+
 
 @dataclass
 class AppState:
@@ -33,6 +36,7 @@ class AppState:
     runs: set[Run] = field(default_factory=set)
     capture: CaptureStore | None = None   # debug.capture on
     inspector: Inspector | None = None    # debug.inspector on
+    background: BackgroundRuns = field(init=False)  # set by create_app
 
     @property
     def active(self) -> int:

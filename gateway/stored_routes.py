@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .background import wants_stream
 from .errors import InvalidRequest
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_sealer
 from .routes import json_response, read_json
@@ -121,10 +122,20 @@ def _items(body: dict[str, Any], service: StateService, required: bool = False) 
 # ---------------------------------------------------------------------- responses
 @stored_routes.get("/v1/responses/{response_id}")
 @stored_routes.get("/responses/{response_id}")
-async def get_response(request: web.Request) -> web.Response:
+async def get_response(request: web.Request) -> web.StreamResponse:
+    if wants_stream(request):  # a background stream, replayed and followed (gateway/background.py)
+        return await STATE.get(request.app).background.resume(request, request.match_info["response_id"],
+                                                              owner_of(request))
     record = await _service(request).response_record(request.match_info["response_id"], owner_of(request))
     key = STATE.get(request.app).config.upstream.reasoning_key
     return json_response(_shown(record["response"], _includes(request), key))
+
+
+@stored_routes.post("/v1/responses/{response_id}/cancel")
+@stored_routes.post("/responses/{response_id}/cancel")
+async def cancel_response(request: web.Request) -> web.Response:
+    return json_response(await STATE.get(request.app).background.cancel(request.match_info["response_id"],
+                                                                        owner_of(request)))
 
 
 @stored_routes.delete("/v1/responses/{response_id}")

@@ -200,8 +200,16 @@ class ResponseStream:
             return self.terminal["response"]
         return self._snapshot("in_progress")
 
+    def queued(self) -> list[Event]:
+        """A background response's first events, before its run starts (then `start()` follows)."""
+        snapshot = self._snapshot("queued")
+        return [self._event("response.created", response=snapshot),
+                self._event("response.queued", response=snapshot)]
+
     def start(self) -> list[Event]:
         snapshot = self._snapshot("in_progress")
+        if self._seq:  # after queued(): response.created went out already
+            return [self._event("response.in_progress", response=snapshot)]
         return [self._event("response.created", response=snapshot),
                 self._event("response.in_progress", response=snapshot)]
 

@@ -115,6 +115,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     user = _expect(body, "user", str, "a string")
     metadata = _expect(body, "metadata", dict, "an object")
     store = _expect(body, "store", bool, "a boolean")
+    background = _expect(body, "background", bool, "a boolean")
     truncation = _expect(body, "truncation", str, "a string")
     text = _expect(body, "text", dict, "an object")
     reasoning = _expect(body, "reasoning", dict, "an object")
@@ -157,7 +158,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
         summary = bool(reasoning.get("summary"))
 
     echo = {
-        "instructions": instructions, "max_output_tokens": max_output_tokens,
+        "background": bool(background), "instructions": instructions, "max_output_tokens": max_output_tokens,
         "metadata": metadata or {}, "parallel_tool_calls": True if parallel is None else parallel,
         "previous_response_id": previous_response_id, "reasoning": reasoning, "store": True if store is None else store,
         "temperature": temperature, "text": text or {"format": {"type": "text"}},

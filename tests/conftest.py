@@ -153,6 +153,16 @@ def chromium() -> str:
     pytest.skip(f"no {CHROMIUM} ({problem}); CI=true makes this a failure")
 
 
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: Any, tmp_path: Any) -> str:
+    """Each store backend in turn: memory, SQLite on a real file, the real Redis (see `redis_url`)."""
+    if request.param == "memory":
+        return "memory:"
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path / 'gateway.db'}"
+    return request.getfixturevalue("redis_url")
+
+
 @pytest.fixture
 async def http() -> Any:
     async with aiohttp.ClientSession() as session:

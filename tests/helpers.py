@@ -43,6 +43,36 @@ async def stream_reply(upstream: Any, gateway: Any, http: aiohttp.ClientSession,
     return assert_valid_stream(raw), raw
 
 
+def sdk(url: str, strict: bool = True) -> Any:
+    """The openai SDK's async client on a gateway's base URL (`http://host:port`), as owner sk-alice."""
+    import openai
+    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-alice", max_retries=0, timeout=30,
+                              _strict_response_validation=strict)
+
+
+def events_of(raw: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+
+
+async def read_stream(http: Any, url: str, *, limit: int | None = None, **kwargs: Any) -> tuple[int, bytes]:
+    """GET or POST an event stream; the status and the bytes of its first `limit` events (all by default)."""
+    method = http.post if "json" in kwargs else http.get
+    async with method(url, headers={"Authorization": "Bearer sk-alice"}, **kwargs) as response:
+        if response.status != 200 or limit is None:
+            return response.status, await response.read()
+        raw = b""
+        while raw.count(b"\n\n") < limit:
+            raw += await response.content.readany()
+        return response.status, raw[:_nth(raw, b"\n\n", limit) + 2]
+
+
+def _nth(data: bytes, sep: bytes, n: int) -> int:
+    at = -1
+    for _ in range(n):
+        at = data.index(sep, at + 1)
+    return at
+
+
 # ---------------------------------------------------------------------------------- the core
 def new_stream(*, model: str = "test-model", response_id: str = RESPONSE_ID, created_at: int = CREATED_AT,
                **options: Any) -> ResponseStream:

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from gateway.config import StoreConfig, load_config
 from gateway.errors import ConfigError
 from gateway.store import StoreUnavailable, open_store_url
-from gateway.store.redis import split_prefix
+from gateway.store.redis import RedisStore, split_prefix
 from gateway.store.service import normalize_items, token_owner
 
 from .conftest import ROOT
@@ -165,3 +165,64 @@ def test_input_items_get_ids_and_typed_content():
     assert items[2]["id"] == "fco_given"
     assert normalize_items("hello")[0]["content"] == [{"type": "input_text", "text": "hello"}]
     assert normalize_items([{"type": [], "id": 5}])[0]["id"].startswith("item_")  # translate.py rejects it later
+
+
+# ---------------------------------------------------------------------------------------- background responses
+async def test_event_log_append_read_follow(store):
+    await store.put_response("resp_log", b"{}", ttl=60)
+    await store.append_events("resp_log", [(0, b"a"), (1, b"b")], ttl=60)
+    await store.append_events("resp_log", [(2, b"c")], ttl=60)
+    assert await store.read_events("resp_log", -1) == [(0, b"a"), (1, b"b"), (2, b"c")]
+    assert await store.read_events("resp_log", 1) == [(2, b"c")]
+    assert await store.read_events("resp_log", 2) == []
+    assert await store.read_events("resp_unknown", -1) == []
+    started = asyncio.get_running_loop().time()
+    assert await store.follow_events("resp_log", 2, timeout=0.2) == []
+    assert asyncio.get_running_loop().time() - started >= 0.15
+    waiting = asyncio.ensure_future(store.follow_events("resp_log", 2, timeout=3))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    await store.append_events("resp_log", [(3, b"d"), (5, b"e")], ttl=60)
+    assert await asyncio.wait_for(waiting, 2) == [(3, b"d"), (5, b"e")]
+    assert await store.follow_events("resp_log", 0, timeout=1) == [(1, b"b"), (2, b"c"), (3, b"d"), (5, b"e")]
+    assert await store.read_events("resp_log", 3) == [(5, b"e")]
+    assert await store.delete_response("resp_log") is True
+    assert await store.read_events("resp_log", -1) == []
+
+
+async def test_event_log_expires_with_its_response(store):
+    await store.put_response("resp_short", b"{}", ttl=0.05)
+    await store.append_events("resp_short", [(0, b"a")], ttl=0.05)
+    await asyncio.sleep(0.2)
+    if not isinstance(store, RedisStore):  # Redis expires keys by itself; the others sweep
+        swept = store.sweep()
+        if asyncio.iscoroutine(swept):
+            await swept
+    assert await store.read_events("resp_short", -1) == []
+
+
+async def test_run_leases_lapse_to_exactly_one_taker(store):
+    await store.claim_run("resp_run", "gw_a", lease=0.2)
+    await store.claim_run("resp_other", "gw_a", lease=60)
+    assert await store.run_owner("resp_run") == "gw_a"
+    assert await store.take_lapsed_runs() == []
+    await store.renew_runs(["resp_run"], "gw_a", lease=0.3)
+    await asyncio.sleep(0.2)
+    assert await store.take_lapsed_runs() == []  # renewed past the first deadline
+    await asyncio.sleep(0.2)
+    assert await store.run_owner("resp_run") is None
+    takers = await asyncio.gather(store.take_lapsed_runs(), store.take_lapsed_runs())
+    assert sorted(takers, key=len) == [[], ["resp_run"]]
+    await store.release_run("resp_other")
+    assert await store.run_owner("resp_other") is None
+    await asyncio.sleep(0.05)
+    assert await store.take_lapsed_runs() == []
+
+
+async def test_cancel_requests(store):
+    assert await store.cancel_requested(["resp_x", "resp_y"]) == set()
+    await store.request_cancel("resp_x", ttl=60)
+    assert await store.cancel_requested(["resp_x", "resp_y"]) == {"resp_x"}
+    assert await store.cancel_requested([]) == set()
+    await store.release_run("resp_x")
+    assert await store.cancel_requested(["resp_x"]) == set()

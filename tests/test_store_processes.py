@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,15 +13,11 @@ import pytest
 from gateway.config import load_config
 
 from .conftest import ROOT, free_port, gateway_process
-from .scripted_upstream import Reply, chunk, sse, usage
+from .helpers import events_of, read_stream, sdk
+from .scripted_upstream import Reply, chunk, paced_reply, sse, usage
 
 openai = pytest.importorskip("openai")
 SCALE_OUT = ROOT / "deploy" / "scale-out.yaml"
-
-
-def sdk(url: str) -> Any:
-    return openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-alice", max_retries=0, timeout=30,
-                              _strict_response_validation=True)
 
 
 async def test_two_processes_on_one_redis(upstream, redis_url):
@@ -122,3 +117,81 @@ async def test_redis_outage_mid_stream_then_recovery(make_gateway, upstream, tmp
     assert requests_while_down == 2  # the stateful request was refused before any upstream work
     async with own_redis(tmp_path, port), sdk(str(gateway.make_url(""))) as client:
         assert (await client.responses.create(model="scripted", input="x")).status == "completed"
+
+
+# ---------------------------------------------------------------------------------------- background responses
+WORDS = [f"w{i} " for i in range(40)]
+
+
+async def wait_for_status(client: Any, response_id: str, wanted: str, within: float) -> float:
+    """Poll until the response has status `wanted`; the seconds it took (fails after `within`)."""
+    started = asyncio.get_running_loop().time()
+    while (status := (await client.responses.retrieve(response_id)).status) != wanted:
+        elapsed = asyncio.get_running_loop().time() - started
+        assert elapsed < within, f"still {status} after {elapsed:.1f}s"
+        await asyncio.sleep(0.05)
+    return asyncio.get_running_loop().time() - started
+
+
+async def test_background_started_on_a_resumed_and_cancelled_on_b(upstream, redis_url, http):
+    env = {"GATEWAY_STORE_URL": redis_url, "UPSTREAM_BASE_URL": upstream.url}
+    async with gateway_process("--config", str(SCALE_OUT), env=env) as a, \
+            gateway_process("--config", str(SCALE_OUT), env=env) as b, sdk(a.url) as on_a, sdk(b.url) as on_b:
+        upstream.enqueue(paced_reply(*WORDS, gap=0.03))
+        body = {"model": "scripted", "input": "count", "stream": True, "background": True}
+        status, head = await read_stream(http, f"{a.url}/v1/responses", limit=8, json=body)
+        assert status == 200
+        response_id, cut = events_of(head)[0]["response"]["id"], events_of(head)[-1]["sequence_number"]
+        status, tail = await read_stream(http, f"{b.url}/v1/responses/{response_id}?stream=true&starting_after={cut}")
+        assert [e["sequence_number"] for e in events_of(tail)] == list(range(cut + 1, cut + 1 + len(events_of(tail))))
+        assert events_of(tail)[-1]["type"] == "response.completed"
+        _, full = await read_stream(http, f"{b.url}/v1/responses/{response_id}?stream=true")
+        assert head + tail == full
+        assert (await on_a.responses.retrieve(response_id)).output_text == "".join(WORDS)
+
+        upstream.enqueue(paced_reply(*WORDS * 10, gap=0.05))
+        created = await on_a.responses.create(model="scripted", input="long", background=True)
+        await wait_for_status(on_a, created.id, "in_progress", within=5)
+        while upstream.bytes_written == 0 or len(upstream.requests) < 2:
+            await asyncio.sleep(0.01)
+        disconnects, started = upstream.disconnects, asyncio.get_running_loop().time()
+        cancelled = await on_b.responses.cancel(created.id)
+        while upstream.disconnects == disconnects and asyncio.get_running_loop().time() - started < 3:
+            await asyncio.sleep(0.01)
+        assert asyncio.get_running_loop().time() - started < 1.0, "A closed the upstream late (or never)"
+        assert cancelled.status == "cancelled" and cancelled.completed_at is None
+        assert (await on_a.responses.retrieve(created.id)).status == "cancelled"
+
+
+async def test_kill_9_of_the_running_instance_b_ends_it_within_the_lease(upstream, redis_url, http):
+    lease = 1.0
+    env = {"GATEWAY_STORE_URL": redis_url, "UPSTREAM_BASE_URL": upstream.url, "GATEWAY_BACKGROUND_LEASE": str(lease)}
+    async with gateway_process("--config", str(SCALE_OUT), env=env) as a, \
+            gateway_process("--config", str(SCALE_OUT), env=env) as b, sdk(b.url) as on_b:
+        upstream.enqueue(paced_reply(*WORDS * 10, gap=0.05))
+        body = {"model": "scripted", "input": "long", "stream": True, "background": True}
+        status, head = await read_stream(http, f"{a.url}/v1/responses", limit=6, json=body)
+        response_id, cut = events_of(head)[0]["response"]["id"], events_of(head)[-1]["sequence_number"]
+        a.proc.kill()
+        await a.proc.wait()
+        # lease + B's reaping interval (lease / 2) + a poll tick, with room for a loaded machine
+        took = await wait_for_status(on_b, response_id, "failed", within=lease * 1.5 + 2.5)
+        failed = await on_b.responses.retrieve(response_id)
+        assert "lease lapsed" in failed.error.message
+        status, tail = await read_stream(http, f"{b.url}/v1/responses/{response_id}?stream=true&starting_after={cut}")
+        assert status == 200 and events_of(tail)[-1]["type"] == "response.failed"
+        print(f"kill -9: B ended the run as failed {took:.2f}s after (lease {lease}s)")
+
+
+async def test_sqlite_next_start_ends_a_background_run_of_a_killed_gateway(upstream, tmp_path):
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"store:\n  url: sqlite:{tmp_path / 'gateway.db'}\n  background_lease: 1\n")
+    args = ("--config", str(config), "--upstream-url", upstream.url)
+    upstream.enqueue(paced_reply(*WORDS * 10, gap=0.05))
+    async with gateway_process(*args) as first_run, sdk(first_run.url) as client:
+        created = await client.responses.create(model="scripted", input="long", background=True)
+        await wait_for_status(client, created.id, "in_progress", within=5)
+        first_run.proc.kill()
+        await first_run.proc.wait()
+    async with gateway_process(*args) as second_run, sdk(second_run.url) as client:
+        await wait_for_status(client, created.id, "failed", within=5)

@@ -30,15 +30,6 @@ def echo_responder(body: dict[str, Any]) -> Reply:
     return text_reply("echo: ", str(last["content"]))
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request: Any, tmp_path: Any) -> str:
-    if request.param == "memory":
-        return "memory:"
-    if request.param == "sqlite":
-        return f"sqlite:{tmp_path / 'gateway.db'}"
-    return request.getfixturevalue("redis_url")
-
-
 @pytest.fixture
 async def stored_gateway(make_gateway: Any, upstream: Any, store_url: str) -> Any:
     upstream.responder = echo_responder

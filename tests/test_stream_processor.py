@@ -604,3 +604,11 @@ def test_stream_processor_imports_no_io_library():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_background_stream_starts_queued_then_in_progress():
+    stream = new_stream()
+    events = stream.queued() + stream.start()
+    assert [(e["type"], e["sequence_number"], e["response"]["status"]) for e in events] == [
+        ("response.created", 0, "queued"), ("response.queued", 1, "queued"), ("response.in_progress", 2, "in_progress")]
+    assert stream.feed({"choices": [{"index": 0, "delta": {"content": "x"}}]})[0]["sequence_number"] == 3

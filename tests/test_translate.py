@@ -60,7 +60,7 @@ def test_echo_fields():
               tool_choice="required", parallel_tool_calls=False, store=False, user="u1",
               reasoning={"effort": "low"}, text={"format": {"type": "json_object"}}, truncation="auto")
     assert chat.options.echo == {
-        "instructions": "Be brief.", "max_output_tokens": 50, "metadata": {}, "parallel_tool_calls": False,
+        "background": False, "instructions": "Be brief.", "max_output_tokens": 50, "metadata": {}, "parallel_tool_calls": False,
         "previous_response_id": None, "reasoning": {"effort": "low"}, "store": False, "temperature": 0.3,
         "text": {"format": {"type": "json_object"}}, "tool_choice": "required", "tools": tools, "top_p": 0.9,
         "truncation": "auto", "user": "u1"}

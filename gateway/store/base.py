@@ -4,19 +4,20 @@ Backends keep opaque JSON bytes under ids and know nothing of Responses semantic
 chains and item shapes live in `gateway.store.service`. Everything expires: `ttl` seconds after
 the last write (responses) or the last use (conversations), and expired data is really removed.
 
-Issue 11 (background responses) adds, on the same keys and without changing these methods:
-- an append-only event log per response: `append_events(id, first_seq, [bytes])`,
-  `read_events(id, after)` and `follow_events(id, after)` (Redis Streams XADD/XREAD BLOCK; SQLite
-  a table polled, woken early by an in-process notifier; memory a list plus an asyncio.Condition);
-- a run lease: `claim_run(id, instance, ttl)`, `renew_run`, `lapsed_runs()` (Redis keys with PX and
-  a sorted set of deadlines; SQLite a `runs` table);
-- a cancel signal: `request_cancel(id)` / `cancel_requested(id)` (a key polled by the running
-  instance every few hundred ms, which also covers SQLite and memory).
-The record written by `put_response` already carries the response's status, so polling a
-background response is `get_response`.
+Background responses (gateway/background.py) add three small families on the same ids:
+- an append-only event log per response: encoded SSE frames under their sequence numbers, read
+  from a position and followed live (Redis Streams XADD/XREAD BLOCK; SQLite a table polled and
+  woken early by an in-process `Notifier`; memory a list). It expires and is deleted with the
+  response;
+- a run lease: the instance running a response claims it with a deadline and renews it; any
+  instance takes the runs whose deadline passed (exactly one taker each) and ends them;
+- a cancel signal: a flag the running instance polls every few hundred ms.
+The record written by `put_response` carries the response's status, so polling is `get_response`.
 """
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Literal, Protocol
 
 from ..errors import GatewayError
@@ -48,6 +49,71 @@ def page(ids: list[str], after: str | None, limit: int | None, order: Order) -> 
     if limit is None or len(ids) <= limit:
         return ids, False
     return ids[:limit], True
+
+
+class Notifier:
+    """Wakes the coroutines waiting on a key in this process (followers of an event log)."""
+
+    __slots__ = ("_events",)
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def notify(self, key: str) -> None:
+        event = self._events.pop(key, None)
+        if event is not None:
+            event.set()
+
+    async def wait(self, key: str, timeout: float) -> None:
+        """Until `notify(key)` or `timeout` seconds, whichever comes first."""
+        event = self._events.setdefault(key, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+Appends = list[tuple[str, list[tuple[int, bytes]]]]
+
+
+class AppendBatcher:
+    """Coalesces event-log appends of all runs into one backend write per round trip.
+
+    Every `append` waits for the write that carries it; appends made while a write is under way
+    go together in the next one, so hundreds of streams cost a few writes per tick, not one each.
+    """
+
+    __slots__ = ("_write", "_pending", "_flushing")
+
+    def __init__(self, write: Callable[[Appends], Awaitable[None]]) -> None:
+        self._write = write
+        self._pending: list[tuple[str, list[tuple[int, bytes]], asyncio.Future[None]]] = []
+        self._flushing = False
+
+    async def append(self, response_id: str, events: list[tuple[int, bytes]]) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((response_id, events, future))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._write([(rid, events) for rid, events, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting append
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                else:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_result(None)
+        finally:
+            self._flushing = False
 
 
 class Store(Protocol):
@@ -91,3 +157,32 @@ class Store(Protocol):
     async def get_item(self, conversation_id: str, item_id: str) -> bytes | None: ...
 
     async def delete_item(self, conversation_id: str, item_id: str) -> bool: ...
+
+    # ------------------------------------------------------------------ background responses
+    async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
+        """Append (sequence number, frame) pairs, numbers rising; the log expires `ttl` from now."""
+
+    async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
+        """The logged (sequence number, frame) pairs after `after`, in order."""
+
+    async def follow_events(self, response_id: str, after: int, timeout: float) -> list[tuple[int, bytes]]:
+        """Like `read_events`, waiting up to `timeout` seconds for at least one; [] when none came."""
+
+    async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
+        """Record that `instance` runs the response, until `lease` seconds from now."""
+
+    async def renew_runs(self, response_ids: list[str], instance: str, lease: float) -> None: ...
+
+    async def release_run(self, response_id: str) -> None:
+        """The run ended: drop its lease and any cancel request."""
+
+    async def take_lapsed_runs(self) -> list[str]:
+        """Runs whose lease deadline passed, each handed to exactly one caller (across instances)."""
+
+    async def run_owner(self, response_id: str) -> str | None:
+        """The instance holding a live lease on the run, or None."""
+
+    async def request_cancel(self, response_id: str, ttl: float) -> None: ...
+
+    async def cancel_requested(self, response_ids: list[str]) -> set[str]:
+        """The ids among `response_ids` whose cancel was requested."""

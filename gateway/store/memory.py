@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
 
-from .base import Order, page
+from .base import Notifier, Order, page
 
 SWEEP_INTERVAL = 60.0
 
@@ -17,6 +18,10 @@ class MemoryStore:
         self._conversations: dict[str, tuple[bytes, float]] = {}
         self._items: dict[str, dict[str, bytes]] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._events: dict[str, list[tuple[int, bytes]]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}   # response id → (instance, deadline)
+        self._cancels: dict[str, float] = {}
+        self._notifier = Notifier()
 
     async def open(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
@@ -39,6 +44,10 @@ class MemoryStore:
         now = time.monotonic()
         for key in [k for k, (_, at) in self._responses.items() if at <= now]:
             del self._responses[key]
+        for key in [k for k in self._events if k not in self._responses]:
+            del self._events[key]
+        for key in [k for k, at in self._cancels.items() if at <= now]:
+            del self._cancels[key]
         for key in [k for k, (_, at) in self._conversations.items() if at <= now]:
             del self._conversations[key]
             self._items.pop(key, None)
@@ -72,6 +81,7 @@ class MemoryStore:
                 self._responses[rid] = (record, deadline)
 
     async def delete_response(self, response_id: str) -> bool:
+        self._events.pop(response_id, None)
         return self._responses.pop(response_id, None) is not None
 
     # ------------------------------------------------------------------ conversations
@@ -113,3 +123,51 @@ class MemoryStore:
 
     async def delete_item(self, conversation_id: str, item_id: str) -> bool:
         return self._live_items(conversation_id).pop(item_id, None) is not None
+
+    # ------------------------------------------------------------------ background responses
+    async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
+        self._events.setdefault(response_id, []).extend(events)
+        self._notifier.notify(response_id)
+
+    async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
+        log = self._events.get(response_id, [])
+        return log[bisect.bisect_right(log, after, key=_seq):]
+
+    async def follow_events(self, response_id: str, after: int, timeout: float) -> list[tuple[int, bytes]]:
+        found = await self.read_events(response_id, after)
+        if not found:
+            await self._notifier.wait(response_id, timeout)
+            found = await self.read_events(response_id, after)
+        return found
+
+    async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
+        self._leases[response_id] = (instance, time.monotonic() + lease)
+
+    async def renew_runs(self, response_ids: list[str], instance: str, lease: float) -> None:
+        for response_id in response_ids:
+            await self.claim_run(response_id, instance, lease)
+
+    async def release_run(self, response_id: str) -> None:
+        self._leases.pop(response_id, None)
+        self._cancels.pop(response_id, None)
+
+    async def take_lapsed_runs(self) -> list[str]:
+        now = time.monotonic()
+        lapsed = [rid for rid, (_, deadline) in self._leases.items() if deadline <= now]
+        for rid in lapsed:
+            del self._leases[rid]
+        return lapsed
+
+    async def run_owner(self, response_id: str) -> str | None:
+        instance, deadline = self._leases.get(response_id, (None, 0.0))
+        return instance if deadline > time.monotonic() else None
+
+    async def request_cancel(self, response_id: str, ttl: float) -> None:
+        self._cancels[response_id] = time.monotonic() + ttl
+
+    async def cancel_requested(self, response_ids: list[str]) -> set[str]:
+        return {rid for rid in response_ids if rid in self._cancels}
+
+
+def _seq(entry: tuple[int, bytes]) -> int:
+    return entry[0]

@@ -13,6 +13,8 @@ from ..errors import GatewayError
 from .service import StateService, Turn
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+# The code a cancelled background run is stopped with; its response ends with status `cancelled`.
+CANCELLED = "response_cancelled"
 
 
 class StoreRecorder:
@@ -30,6 +32,7 @@ class StoreRecorder:
     async def send(self, events: list[dict[str, Any]]) -> None:
         if events and events[-1]["type"] in TERMINAL_EVENTS:
             terminal = events[-1]
+            mark_cancelled(terminal["response"])
             try:
                 await self.service.record(self.turn, terminal["response"])
             except GatewayError as exc:
@@ -40,6 +43,15 @@ class StoreRecorder:
 
     def abandon(self) -> None:
         pass
+
+
+def mark_cancelled(response: dict[str, Any]) -> None:
+    """A response failed with `CANCELLED` was cancelled (POST …/cancel): status `cancelled`, no error.
+
+    No `response.cancelled` stream event exists, so its stream still ends with `response.failed`.
+    """
+    if response["status"] == "failed" and (response.get("error") or {}).get("code") == CANCELLED:
+        response.update(status="cancelled", completed_at=None, error=None)
 
 
 def _fail_in_place(terminal: dict[str, Any], exc: GatewayError) -> None:

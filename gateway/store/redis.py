@@ -2,12 +2,16 @@
 
 Keys (all under the prefix, default `gateway:`): `r:{id}` a response record; `c:{id}` a
 conversation record with its items in the hash `ci:{id}` (item id → item), their order in the
-sorted set `co:{id}` and a counter `cn:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
+sorted set `co:{id}` and a counter `cn:{id}`. Background responses: the event log is the stream
+`e:{id}` (entry id `seq+1`-0, so XRANGE/XREAD positions are sequence numbers), a run's lease the key
+`lease:{id}` (the instance) plus its deadline in the sorted set `runs`, a cancel request the key
+`x:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
 removes expired state by itself. A response and the conversation items it adds are written in one
 MULTI/EXEC transaction.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -19,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Order, StoreUnavailable
+from .base import AppendBatcher, Appends, Order, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -36,6 +40,27 @@ return 1
 """
 
 
+# KEYS: the runs sorted set. ARGV: now (ms). The lapsed runs, removed in the same step: one taker each.
+_TAKE_LAPSED = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, id in ipairs(ids) do redis.call('ZREM', KEYS[1], id) end
+return ids
+"""
+# KEYS: the event log stream. ARGV: ttl ms, then (entry id, frame) pairs. An entry already there (a
+# write retried after a reconnect) is skipped: pcall keeps XADD's "equal or smaller" error to itself.
+_XADD_ALL = """
+for i = 2, #ARGV, 2 do redis.pcall('XADD', KEYS[1], ARGV[i], 'f', ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+# XREAD BLOCK holds its connection; it must return before the socket timeout (5 s).
+_MAX_BLOCK = 4.0
+# Connections per pool. Past it a command waits (up to the socket timeout) for a free connection:
+# redis-py's default pool (100) fails at once instead, which hundreds of streams reach.
+COMMAND_CONNECTIONS = 128
+FOLLOWER_CONNECTIONS = 1024
+
+
 def split_prefix(url: str) -> tuple[str, str]:
     """The URL redis-py gets, and the key prefix taken out of its `prefix` query parameter."""
     parts = urlsplit(url)
@@ -49,12 +74,11 @@ class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
         redis_url, self.prefix = split_prefix(url)
-        # A pooled connection that died with a Redis restart is retried on a fresh one. Every write is
-        # idempotent (SET, and the append script skips ids already present), so a retry is safe.
-        self._redis = aioredis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=5,
-                                        health_check_interval=30,
-                                        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                                        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        self._redis = _client(redis_url, COMMAND_CONNECTIONS)
+        # XREAD BLOCK holds its connection while it waits: followers get a pool of their own.
+        self._followers = _client(redis_url, FOLLOWER_CONNECTIONS)
+        self._appends = AppendBatcher(self._append_batch)
+        self._event_ttl = 0.0
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
@@ -72,6 +96,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+        await self._followers.aclose()
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
@@ -105,7 +130,11 @@ class RedisStore:
         await self._call(pipe.execute())
 
     async def delete_response(self, response_id: str) -> bool:
-        return await self._call(self._redis.delete(f"{self.prefix}r:{response_id}")) > 0
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(f"{self.prefix}r:{response_id}")
+        pipe.delete(f"{self.prefix}e:{response_id}")
+        deleted, _ = await self._call(pipe.execute())
+        return deleted > 0
 
     # ------------------------------------------------------------------ conversations
     async def put_conversation(self, conversation_id: str, record: bytes, ttl: float,
@@ -158,6 +187,84 @@ class RedisStore:
         pipe.zrem(order_key, item_id)
         removed, _ = await self._call(pipe.execute())
         return removed > 0
+
+    # ------------------------------------------------------------------ background responses
+    async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
+        self._event_ttl = ttl  # the store's ttl: the same for every response
+        await self._appends.append(response_id, events)
+
+    async def _append_batch(self, batch: Appends) -> None:
+        # One script call per response (redis-py's cost is per command, not per argument); one
+        # MULTI/EXEC for the batch, so a follower wakes to whole batches.
+        pipe = self._redis.pipeline(transaction=True)
+        ttl = _ms(self._event_ttl)
+        for response_id, events in batch:
+            args: list[Any] = [ttl]
+            for seq, frame in events:
+                args += [f"{seq + 1}-0", frame]
+            pipe.eval(_XADD_ALL, 1, f"{self.prefix}e:{response_id}", *args)
+        await self._call(pipe.execute())
+
+    async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
+        entries = await self._call(self._redis.xrange(f"{self.prefix}e:{response_id}", min=f"{after + 2}-0"))
+        return _events(entries)
+
+    async def follow_events(self, response_id: str, after: int, timeout: float) -> list[tuple[int, bytes]]:
+        key = f"{self.prefix}e:{response_id}"
+        found = await self._call(self._followers.xread({key: f"{after + 1}-0"},
+                                                   block=_ms(min(timeout, _MAX_BLOCK))))
+        return _events(found[0][1]) if found else []
+
+    async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
+        await self.renew_runs([response_id], instance, lease)
+
+    async def renew_runs(self, response_ids: list[str], instance: str, lease: float) -> None:
+        if not response_ids:
+            return
+        deadline = int((time.time() + lease) * 1000)
+        pipe = self._redis.pipeline(transaction=False)
+        for response_id in response_ids:
+            pipe.set(f"{self.prefix}lease:{response_id}", instance, px=_ms(lease))
+        pipe.zadd(f"{self.prefix}runs", {response_id: deadline for response_id in response_ids})
+        await self._call(pipe.execute())
+
+    async def release_run(self, response_id: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(f"{self.prefix}lease:{response_id}", f"{self.prefix}x:{response_id}")
+        pipe.zrem(f"{self.prefix}runs", response_id)
+        await self._call(pipe.execute())
+
+    async def take_lapsed_runs(self) -> list[str]:
+        ids = await self._call(self._redis.eval(_TAKE_LAPSED, 1, f"{self.prefix}runs", int(time.time() * 1000)))
+        return [rid.decode() for rid in ids]
+
+    async def run_owner(self, response_id: str) -> str | None:
+        owner = await self._call(self._redis.get(f"{self.prefix}lease:{response_id}"))
+        return owner.decode() if owner is not None else None
+
+    async def request_cancel(self, response_id: str, ttl: float) -> None:
+        await self._call(self._redis.set(f"{self.prefix}x:{response_id}", 1, px=_ms(ttl)))
+
+    async def cancel_requested(self, response_ids: list[str]) -> set[str]:
+        if not response_ids:
+            return set()
+        flags = await self._call(self._redis.mget([f"{self.prefix}x:{rid}" for rid in response_ids]))
+        return {rid for rid, flag in zip(response_ids, flags) if flag is not None}
+
+
+def _client(url: str, connections: int) -> aioredis.Redis:
+    # A pooled connection that died with a Redis restart is retried on a fresh one. Every write is
+    # idempotent (SET, the append script skips ids already present, XADD of a logged id is ignored),
+    # so a retry is safe.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=connections, timeout=5, socket_connect_timeout=2, socket_timeout=5,
+        health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+    return aioredis.Redis(connection_pool=pool)
+
+
+def _events(entries: list[Any]) -> list[tuple[int, bytes]]:
+    return [(int(entry_id.split(b"-")[0]) - 1, fields[b"f"]) for entry_id, fields in entries]
 
 
 def _ms(seconds: float) -> int:

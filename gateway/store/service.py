@@ -1,7 +1,8 @@
 """Responses semantics on top of a `Store`: owners, input items with ids, chains, conversations.
 
 Records are JSON (orjson):
-- a response: `{"owner", "response": <final Response>, "input": [items], "chain": [ancestor ids]}`;
+- a response: `{"owner", "response": <final Response>, "input": [items], "chain": [ancestor ids],
+  "resumable"}` (`resumable`: a background response created with `stream`, its event log kept);
   `chain` lists every earlier response of its `previous_response_id` chain, oldest first, so a
   chain is read back with one multi-get;
 - a conversation: `{"owner", "conversation": <Conversation object>}`, its items stored apart.
@@ -99,6 +100,7 @@ class Turn:
     context: list[dict[str, Any]] = field(default_factory=list)   # earlier items, oldest first
     chain: list[str] = field(default_factory=list)                # ancestors to record with the response
     conversation_id: str | None = None
+    resumable: bool = False   # a background response created with stream: its stream can be resumed
 
     @property
     def records(self) -> bool:
@@ -194,7 +196,7 @@ class StateService:
 
     def encode_response(self, turn: Turn, response: dict[str, Any]) -> bytes:
         return orjson.dumps({"owner": turn.owner, "response": response, "input": turn.input_items,
-                             "chain": turn.chain})
+                             "chain": turn.chain, "resumable": turn.resumable})
 
     async def record(self, turn: Turn, response: dict[str, Any]) -> None:
         """Write the finished response (store true) and add the turn to its conversation."""

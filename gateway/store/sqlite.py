@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Order, StoreUnavailable
+from .base import AppendBatcher, Appends, Notifier, Order, StoreUnavailable
 
 SWEEP_INTERVAL = 300.0
 T = TypeVar("T")
@@ -33,7 +33,14 @@ CREATE TABLE IF NOT EXISTS conversation_items (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id TEXT NOT NULL, id TEXT NOT NULL,
     record BLOB NOT NULL, UNIQUE (conversation_id, id));
 CREATE INDEX IF NOT EXISTS items_by_conversation ON conversation_items (conversation_id, seq);
+CREATE TABLE IF NOT EXISTS response_events (
+    response_id TEXT NOT NULL, seq INTEGER NOT NULL, frame BLOB NOT NULL, PRIMARY KEY (response_id, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, instance TEXT NOT NULL, deadline REAL NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cancels (id TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID;
 """
+# Followers poll this often for events written by another process on the same file; a write by
+# this process wakes them at once (Notifier).
+FOLLOW_POLL = 0.5
 
 
 class SQLiteStore:
@@ -43,6 +50,8 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._sweeper: asyncio.Task[None] | None = None
+        self._notifier = Notifier()
+        self._appends = AppendBatcher(self._append_batch)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -95,6 +104,8 @@ class SQLiteStore:
         now = time.time()
         with self._transaction() as db:
             db.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
+            db.execute("DELETE FROM response_events WHERE response_id NOT IN (SELECT id FROM responses)")
+            db.execute("DELETE FROM cancels WHERE expires_at <= ?", (now,))
             db.execute("DELETE FROM conversation_items WHERE conversation_id IN "
                        "(SELECT id FROM conversations WHERE expires_at <= ?)", (now,))
             db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
@@ -147,7 +158,12 @@ class SQLiteStore:
                             f"WHERE id IN ({marks})", (time.time() + ttl, *response_ids))
 
     async def delete_response(self, response_id: str) -> bool:
-        return await self._run(self._change, "DELETE FROM responses WHERE id = ?", (response_id,)) > 0
+        return await self._run(self._delete_response, response_id)
+
+    def _delete_response(self, response_id: str) -> bool:
+        with self._transaction() as db:
+            db.execute("DELETE FROM response_events WHERE response_id = ?", (response_id,))
+            return db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
 
     # ------------------------------------------------------------------ conversations
     async def put_conversation(self, conversation_id: str, record: bytes, ttl: float,
@@ -216,3 +232,69 @@ class SQLiteStore:
     async def delete_item(self, conversation_id: str, item_id: str) -> bool:
         return await self._run(self._change, "DELETE FROM conversation_items WHERE conversation_id = ? AND id = ?",
                                (conversation_id, item_id)) > 0
+
+    # ------------------------------------------------------------------ background responses
+    async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
+        await self._appends.append(response_id, events)
+
+    async def _append_batch(self, batch: Appends) -> None:
+        await self._run(self._append_events, batch)
+        for response_id, _ in batch:
+            self._notifier.notify(response_id)
+
+    def _append_events(self, batch: Appends) -> None:
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO response_events (response_id, seq, frame) VALUES (?, ?, ?)",
+                           [(response_id, seq, frame) for response_id, events in batch for seq, frame in events])
+
+    async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
+        rows = await self._run(self._query, "SELECT seq, frame FROM response_events WHERE response_id = ? AND "
+                               "seq > ? ORDER BY seq", (response_id, after))
+        return [(seq, bytes(frame)) for seq, frame in rows]
+
+    async def follow_events(self, response_id: str, after: int, timeout: float) -> list[tuple[int, bytes]]:
+        deadline = time.monotonic() + timeout
+        while not (found := await self.read_events(response_id, after)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            await self._notifier.wait(response_id, min(left, FOLLOW_POLL))
+        return found
+
+    async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
+        await self._run(self._change, "INSERT OR REPLACE INTO runs (id, instance, deadline) VALUES (?, ?, ?)",
+                        (response_id, instance, time.time() + lease))
+
+    async def renew_runs(self, response_ids: list[str], instance: str, lease: float) -> None:
+        if response_ids:
+            marks = ",".join("?" * len(response_ids))
+            await self._run(self._change, f"UPDATE runs SET deadline = ? WHERE instance = ? AND id IN ({marks})",
+                            (time.time() + lease, instance, *response_ids))
+
+    async def release_run(self, response_id: str) -> None:
+        await self._run(self._release_run, response_id)
+
+    def _release_run(self, response_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM runs WHERE id = ?", (response_id,))
+            db.execute("DELETE FROM cancels WHERE id = ?", (response_id,))
+
+    async def take_lapsed_runs(self) -> list[str]:
+        rows = await self._run(self._query, "DELETE FROM runs WHERE deadline <= ? RETURNING id", (time.time(),))
+        return [row[0] for row in rows]
+
+    async def run_owner(self, response_id: str) -> str | None:
+        rows = await self._run(self._query, "SELECT instance FROM runs WHERE id = ? AND deadline > ?",
+                               (response_id, time.time()))
+        return rows[0][0] if rows else None
+
+    async def request_cancel(self, response_id: str, ttl: float) -> None:
+        await self._run(self._change, "INSERT OR REPLACE INTO cancels (id, expires_at) VALUES (?, ?)",
+                        (response_id, time.time() + ttl))
+
+    async def cancel_requested(self, response_ids: list[str]) -> set[str]:
+        if not response_ids:
+            return set()
+        marks = ",".join("?" * len(response_ids))
+        rows = await self._run(self._query, f"SELECT id FROM cancels WHERE id IN ({marks})", tuple(response_ids))
+        return {row[0] for row in rows}
