@@ -176,6 +176,7 @@ class StreamValidator:
         self.violations: list[str] = []
         self.warnings: list[str] = []
         self.frames = 0
+        self.queued = False  # a background response's stream: response.queued second
         self.items: dict[int, _Item] = {}
         self.response_id: str | None = None
         self.sequence: int | None = None
@@ -225,8 +226,12 @@ class StreamValidator:
                 (self.warn if name in SOFT_FIELDS else self.fail)(f"{kind}: required field `{name}` missing")
         if self.frames == 1 and kind != "response.created":
             self.fail(f"the first event is {kind}, not response.created (responses.stream() raises)")
-        elif self.frames == 2 and kind != "response.in_progress":
-            self.fail(f"the second event is {kind}, not response.in_progress")
+        elif self.frames == 2 and kind not in ("response.in_progress", "response.queued"):
+            self.fail(f"the second event is {kind}, not response.in_progress (or response.queued, background)")
+        elif self.frames == 3 and self.queued and kind != "response.in_progress" and kind not in TERMINAL_STATUS:
+            self.fail(f"the event after response.queued is {kind}, not response.in_progress")
+        if self.frames == 2 and kind == "response.queued":
+            self.queued = True
         if kind in LIFECYCLE:
             self._lifecycle(kind, event)
         elif kind == "error":
@@ -419,9 +424,12 @@ class StreamValidator:
             if status not in ("in_progress", "queued"):
                 self.warn(f"{kind}: response.status {status!r}, expected in_progress")
             return
-        if status != expected:
+        # A cancelled background response ends with response.failed (no cancelled event exists).
+        cancelled = kind == "response.failed" and status == "cancelled" and self.queued
+        if status != expected and not cancelled:
             self.fail(f"{kind}: response.status {status!r}, expected {expected!r}")
-        self._terminal_response(kind, response)
+        if not cancelled:
+            self._terminal_response(kind, response)
 
     def _terminal_response(self, kind: str, response: dict[str, Any]) -> None:
         for problem in response_problems(response):

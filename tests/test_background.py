@@ -21,12 +21,6 @@ def url_of(gateway: Any) -> str:
     return str(gateway.make_url("")).rstrip("/")
 
 
-def valid_background_stream(raw: bytes) -> dict[str, Any]:
-    """check_stream wants response.in_progress second; a background stream has response.queued there."""
-    frames = raw.split(b"\n\n")
-    return assert_valid_stream(b"\n\n".join(f for f in frames if not f.startswith(b"event: response.queued\n")))
-
-
 async def test_create_returns_at_once_then_retrieve_polls_to_completed(make_gateway, upstream):
     gateway = await make_gateway()
     async with sdk(url_of(gateway)) as client:
@@ -88,7 +82,7 @@ async def test_stream_resumes_exactly_after_a_drop(make_gateway, upstream, http,
         assert final.output_text == "".join(WORDS)
     status, full = await read_stream(http, f"{base}/v1/responses/{response_id}?stream=true&include_obfuscation=false")
     assert status == 200 and events_of(full)[0]["type"] == "response.created"
-    assert valid_background_stream(full)["text"] == "".join(WORDS)
+    assert assert_valid_stream(full)["text"] == "".join(WORDS)
     assert full.startswith(head)  # byte for byte what the first client saw
     _, resumed_raw = await read_stream(http, f"{base}/v1/responses/{response_id}?stream=true&starting_after={cut}")
     assert head + resumed_raw == full
@@ -184,7 +178,7 @@ async def test_hundreds_of_background_streams_lose_nothing(make_gateway, upstrea
     results = await asyncio.gather(*(one(i) for i in range(count)))
     for i, (status, raw) in enumerate(results):
         assert status == 200
-        assert valid_background_stream(raw)["text"] == "".join(f"s{i}-{k} " for k in range(10))
+        assert assert_valid_stream(raw)["text"] == "".join(f"s{i}-{k} " for k in range(10))
 
 
 async def test_shutdown_ends_running_and_queued_background_runs(make_gateway, upstream, tmp_path):

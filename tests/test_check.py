@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from gateway.check import check_bytes
+from gateway.sse import encode_events
 
 from .conftest import run_cli
 from .helpers import new_stream
@@ -258,3 +259,15 @@ async def test_check_file(tmp_path):
                                                                 "events=22\n")
     code, out = await run_cli("check", "--file", str(bad))
     assert code == 1 and "FAIL no terminal event" in out
+
+
+def test_a_background_stream_has_response_queued_second():
+    events = good_events()
+    queued = {"type": "response.queued", "sequence_number": 1, "response": {**events[0]["response"], "status": "queued"}}
+    events[0]["response"]["status"] = "queued"
+    shifted = [events[0], queued] + [{**e, "sequence_number": e["sequence_number"] + 1} for e in events[1:]]
+    violations, _, _ = check_bytes(encode_events(shifted))
+    assert violations == []
+    out_of_place = [events[0], {**queued, "sequence_number": 1}, {**events[2], "sequence_number": 2}]
+    violations, _, _ = check_bytes(encode_events(out_of_place))
+    assert any("after response.queued" in v for v in violations)
