@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from aiohttp import web
@@ -20,9 +21,11 @@ _STOP_FLUSH = 5.0
 
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[envelope_middleware], client_max_size=config.server.max_body_bytes)
-    state = AppState(config=config, upstream=UpstreamClient(config.upstream),
-                     keepalive=KeepAlive(config.server.keepalive_interval),
-                     debug=config.server.log_level == "debug")
+    debug = config.server.log_level == "debug"
+    # Debug logs show every chunk and event as parsed JSON: the fast path would only show them framed.
+    upstream = dataclasses.replace(config.upstream, fast_path=False) if debug else config.upstream
+    state = AppState(config=config, upstream=UpstreamClient(upstream),
+                     keepalive=KeepAlive(config.server.keepalive_interval), debug=debug)
     app[STATE.key] = state
     app.add_routes(routes)
     app.on_startup.append(_start_upstream)

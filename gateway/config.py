@@ -60,6 +60,9 @@ class UpstreamConfig:
     tool_call_id_style: CallIdStyle = "openai"
     # Key sealing reasoning into encrypted_content for stateless clients; empty: random per process.
     reasoning_key: str = field(default="", repr=False)
+    # The byte-level fast path for plain text and argument deltas (fast_path.py); the environment's
+    # GATEWAY_FAST_PATH=0 makes the default false, to force the full path everywhere (tests, bench).
+    fast_path: bool = field(default_factory=lambda: os.environ.get("GATEWAY_FAST_PATH", "1") != "0")
 
 
 @dataclass(frozen=True)

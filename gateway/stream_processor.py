@@ -26,6 +26,7 @@ from . import ids
 from .call_ids import CallIdStyle, new_call_id
 from .custom_tools import InputDecoder
 from .errors import error_code
+from .fast_path import ARGS, EncodedEvent, FastDelta, as_chunk, decode_body, delta_fields, frame_head
 from .provider_metadata import id_carrying_extra
 from .think_tags import ThinkSplitter, ThinkTagsMode
 
@@ -46,6 +47,8 @@ FINISH_STATUS: dict[str, tuple[str, str | None]] = {
 }
 
 ToolNameMap = Mapping[str, tuple[str, str | None]]
+_TEXT_HEAD = frame_head("response.output_text.delta")
+_ARGS_HEAD = frame_head("response.function_call_arguments.delta")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,36 +70,57 @@ class _Text:
 
     One string object per token costs ~50 bytes each for the life of the stream; every run
     of 32 pieces is joined into a block (the final join stays linear, unlike re-joining one
-    growing string).
+    growing string). Pieces from the fast path stay JSON-escaped bytes (`escaped`) and are
+    decoded once, by `value()`; a part mixing both kinds converts what it holds (rare).
     """
 
-    __slots__ = ("blocks", "pieces")
+    __slots__ = ("blocks", "pieces", "escaped")
     RUN = 32
 
     def __init__(self) -> None:
-        self.blocks: list[str] = []
-        self.pieces: list[str] = []
+        self.blocks: list[Any] = []
+        self.pieces: list[Any] = []
+        self.escaped = False
 
     def append(self, text: str) -> None:
+        if self.escaped:
+            self._convert(False)
         pieces = self.pieces
         pieces.append(text)
         if len(pieces) == self.RUN:
             self.blocks.append("".join(pieces))
             pieces.clear()
 
+    def append_escaped(self, piece: bytes) -> None:
+        if not self.escaped:
+            self._convert(True)
+        pieces = self.pieces
+        pieces.append(piece)
+        if len(pieces) == self.RUN:
+            self.blocks.append(b"".join(pieces))
+            pieces.clear()
+
+    def _convert(self, escaped: bool) -> None:
+        held = self.value() if self else ""
+        self.blocks, self.pieces, self.escaped = [], [], escaped
+        if held:
+            self.pieces.append(orjson.dumps(held)[1:-1] if escaped else held)
+
     def __bool__(self) -> bool:
         return bool(self.pieces or self.blocks)
 
     def __iter__(self) -> Iterator[str]:
-        yield from self.blocks
-        yield from self.pieces
+        for piece in self.blocks + self.pieces:
+            yield decode_body(piece) if self.escaped else piece
 
     def value(self) -> str:
+        if self.escaped:
+            return decode_body(b"".join(self.blocks + self.pieces))
         return "".join(self.blocks + self.pieces) if self.blocks else "".join(self.pieces)
 
 
 class _Message:
-    __slots__ = ("id", "index", "part_type", "part_index", "parts", "chunks")
+    __slots__ = ("id", "index", "part_type", "part_index", "parts", "chunks", "fast_fields")
 
     def __init__(self, item_id: str, index: int) -> None:
         self.id = item_id
@@ -105,6 +129,7 @@ class _Message:
         self.part_index = -1
         self.parts: list[dict[str, Any]] = []
         self.chunks = _Text()
+        self.fast_fields = b""        # the open part's delta fields, pre-encoded (fast path)
 
 
 class _Reasoning:
@@ -117,7 +142,8 @@ class _Reasoning:
 
 
 class _Call:
-    __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced", "custom")
+    __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced", "custom",
+                 "fast_fields")
 
     def __init__(self, call_id: str, name: str) -> None:
         self.id = ""                  # set when announced: it may carry `extra`
@@ -129,6 +155,7 @@ class _Call:
         self.extra: Any = None        # provider metadata that must survive a turn
         self.announced = False        # output_item.added sent (needs the name)
         self.custom: InputDecoder | None = None  # a custom tool's call: streams the decoded `input`
+        self.fast_fields = b""        # the delta fields, pre-encoded (fast path)
 
 
 class ResponseStream:
@@ -193,6 +220,8 @@ class ResponseStream:
 
     def feed(self, chunk: Any) -> list[Event]:
         """One parsed upstream chunk in, the events it causes out."""
+        if type(chunk) is FastDelta:  # a plain tuple from fast_path.Recogniser
+            return self._fast_delta(chunk)
         out = self._out = []
         if self.terminal is not None:
             return out
@@ -228,6 +257,38 @@ class ResponseStream:
         if self.terminal is None:
             self._fail(code, message)
         return out
+
+    # ------------------------------------------------------------------ the fast path (fast_path.py)
+    def _fast_delta(self, delta: FastDelta) -> list[Any]:
+        """A recognised text or arguments chunk: one pre-encoded event, where the state needs no
+        more than appending to the open output_text part or to an announced call; else the full path."""
+        if self.terminal is not None:
+            return []
+        template, escaped = delta
+        if template.kind is ARGS:
+            # _tool_call_delta's lookup for a fragment without id, name or extra_content.
+            index = template.index
+            if index is not None:
+                item: Any = self._calls_by_key.get(("index", index))
+            else:
+                item = self._calls[-1] if self._calls else None
+            if item is None or not item.announced or item.custom is not None:
+                return self.feed(as_chunk(delta))
+            head, tail = _ARGS_HEAD, b'"}\n\n'
+        else:
+            item, think = self._message, self._think
+            if (item is None or item.part_type != "output_text" or self._reasoning is not None
+                    or (think is not None and not (think.idle and b"<" not in escaped))):
+                return self.feed(as_chunk(delta))
+            head, tail = _TEXT_HEAD, b'","logprobs":[]}\n\n'
+        fields = item.fast_fields
+        if not fields:
+            fields = item.fast_fields = delta_fields(item.id, item.index,
+                                                     item.part_index if template.kind is not ARGS else None)
+        item.chunks.append_escaped(escaped)
+        self.has_output = True
+        self._seq += 1
+        return [EncodedEvent(b"".join((head, str(self._seq - 1).encode(), fields, escaped, tail)))]
 
     # ------------------------------------------------------------------ chunk handling
     def _chunk(self, chunk: Any) -> None:
@@ -330,6 +391,7 @@ class ResponseStream:
             self._close_part(message)
         message.part_type = part_type
         message.part_index += 1
+        message.fast_fields = b""
         self._emit("response.content_part.added", item_id=message.id, output_index=message.index,
                    content_index=message.part_index, part=_part(part_type, ""))
 
