@@ -32,6 +32,8 @@ _KEYS = {TEXT: re.compile(r'"content"[ \t\r\n]*:[ \t\r\n]*"'),
          ARGS: re.compile(r'"arguments"[ \t\r\n]*:[ \t\r\n]*"')}
 # Printable ASCII but `"` and `\\`: a body orjson writes the same (non-empty).
 _PLAIN_BODY = rb"([ !#-\[\]-~]+)"
+# A line end (LF or CRLF), then a blank line.
+_EVENT_END = rb"\r?\n\r?\n"
 _STRING_BODY = re.compile(r'(?:[^"\\]|\\.)*')
 _PROBE = "fast-path probe"
 # Learning is bounded: an upstream whose chunks never repeat their text (a random field per
@@ -111,18 +113,19 @@ def decode_body(escaped: bytes) -> str:
 class _Template:
     """The bytes of a `data:` payload around the string; `head` is the whole line's start."""
 
-    __slots__ = ("kind", "index", "prefix", "suffix", "head", "head_len", "suffix_len", "plain")
+    __slots__ = ("kind", "index", "text", "prefix", "suffix", "head", "head_len", "suffix_len", "plain")
 
-    def __init__(self, kind: str, index: Any, prefix: bytes, suffix: bytes) -> None:
+    def __init__(self, kind: str, index: Any, prefix: str, suffix: str) -> None:
         self.kind = kind
         self.index = index        # the tool call's `index` (ARGS)
-        self.prefix = prefix      # up to and with the string's opening quote
-        self.suffix = suffix      # from the string's closing quote
+        self.text = (prefix, suffix)
+        self.prefix = prefix = prefix.encode()  # up to and with the string's opening quote
+        self.suffix = suffix = suffix.encode()  # from the string's closing quote
         self.head = b"data: " + prefix
         self.head_len = len(self.head)
         self.suffix_len = len(suffix)
         # The whole event in one C call when the body is already in orjson's form and ASCII.
-        self.plain = re.compile(re.escape(self.head) + _PLAIN_BODY + re.escape(suffix) + b"\n\n").match
+        self.plain = re.compile(re.escape(self.head) + _PLAIN_BODY + re.escape(suffix) + _EVENT_END).match
 
 
 class Recogniser:
@@ -139,7 +142,7 @@ class Recogniser:
         and where the first other event (or an incomplete one) starts.
 
         An event matches only as one whole line, `data: ` + prefix + body + suffix, then a blank
-        line: a valid body holds no raw line break, so the line ends exactly where it seems to.
+        line (LF or CRLF): a valid body holds no raw line break, so the line ends where it seems to.
         """
         out: list[Any] = []
         pos = 0
@@ -152,21 +155,37 @@ class Recogniser:
                     pos = match.end()
                     break
             else:
-                end = buf.find(b"\n\n", pos)
-                if end < 0:
-                    return out, pos
-                delta = self._general(buf, pos, end)
+                delta, next_pos = self._general(buf, pos)
                 if delta is None:
                     return out, pos
                 out.append(delta)
-                pos = end + 2
+                pos = next_pos
 
-    def _general(self, buf: bytes, pos: int, end: int) -> FastDelta | None:
-        """The event `buf[pos:end]` as a fast delta when its body is valid but not plain."""
+    def _general(self, buf: bytes, pos: int) -> tuple[FastDelta | None, int]:
+        """The event at `pos` when its body is valid but not plain: (delta, where the next starts)."""
+        newline = buf.find(b"\n", pos)
+        if newline < 0:
+            return None, pos
+        end = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline  # CRLF
+        if buf.startswith(b"\n", newline + 1):
+            next_pos = newline + 2
+        elif buf.startswith(b"\r\n", newline + 1):
+            next_pos = newline + 3
+        else:
+            return None, pos  # not one line then a blank line (or not all here yet)
         for template in self.templates:
             start, stop = pos + template.head_len, end - template.suffix_len
             if stop > start and buf.startswith(template.head, pos) and buf.endswith(template.suffix, start, end):
                 body = canonical(buf[start:stop])
+                return (None, pos) if body is None else ((template, body), next_pos)
+        return None, pos
+
+    def match(self, data: str) -> FastDelta | None:
+        """A `data:` payload already decoded (the rest of the read in which a template was learned)."""
+        for template in self.templates:
+            prefix, suffix = template.text
+            if len(data) > len(prefix) + len(suffix) and data.startswith(prefix) and data.endswith(suffix):
+                body = canonical(data[len(prefix):len(data) - len(suffix)].encode())
                 return None if body is None else (template, body)
         return None
 
@@ -187,7 +206,7 @@ class Recogniser:
                 continue
             prefix, suffix = data[:start], data[end:]
             if _probe(prefix, suffix, chunk, kind, index, value):
-                template = _Template(kind, index, prefix.encode(), suffix.encode())
+                template = _Template(kind, index, prefix, suffix)
                 self.templates = [t for t in self.templates if t.kind != kind] + [template]
                 return
 

@@ -161,6 +161,11 @@ class ChunkDecoder:
         loads = orjson.loads
         fast = self._fast
         for event, data in events:
+            if fast is not None and fast.templates and not event:
+                delta = fast.match(data)
+                if delta is not None:
+                    chunks.append(delta)
+                    continue
             if data == DONE:
                 self.done = True
                 break
