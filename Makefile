@@ -19,8 +19,14 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(BIN)/gateway serve --config $(CONFIG)
 
+# The suite runs with the fast path on (the default); then the tests that drive a real gateway run again
+# with it forced off (GATEWAY_FAST_PATH=0), so both paths pass them. The core's own tests feed parsed
+# chunks and take the full path either way; tests/test_fast_path.py compares the two paths directly.
+FULL_PATH_TESTS ?= tests/test_clients.py tests/test_faults.py tests/test_quirks.py tests/test_reasoning.py \
+	tests/test_routes.py tests/test_smoke.py tests/test_stored_responses.py tests/test_background.py
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	GATEWAY_FAST_PATH=0 $(BIN)/python -m pytest -q $(or $(PYTEST_ARGS),$(FULL_PATH_TESTS))
 
 # HTTP-level fuzzing: mutated upstream streams through a real `gateway serve` (tests/fuzz.py).
 # STREAMS=5000 SEED=<n> by default a random seed; ONLY=<i> replays one stream of a seed.

@@ -112,10 +112,15 @@ def upstream_url(port: int) -> str:
 TARGETS = {
     "floor": Target("floor", "chat", "/v1/responses", "/healthz", floor_command),
     # store: false, so the main table measures the stream alone (the store scenario adds the rest).
-    "gateway": Target("gateway", "responses", "/v1/responses", "/healthz", gateway_command, store=False),
+    "gateway": Target("gateway", "responses", "/v1/responses", "/healthz", gateway_command,
+                      lambda upstream: {"GATEWAY_FAST_PATH": "1"}, store=False),
+    # The same gateway forced onto the full path (no byte-level fast path for plain deltas).
+    "gateway-full": Target("gateway-full", "responses", "/v1/responses", "/healthz", gateway_command,
+                           lambda upstream: {"GATEWAY_FAST_PATH": "0"}, store=False),
     # The same gateway with server.metrics off: the difference is what metrics cost (< 5% allowed).
     "gateway-nometrics": Target("gateway-nometrics", "responses", "/v1/responses", "/healthz", gateway_command,
-                                lambda upstream_port: {"BENCH_GATEWAY_METRICS": "false"}, store=False),
+                                lambda upstream: {"BENCH_GATEWAY_METRICS": "false", "GATEWAY_FAST_PATH": "1"},
+                                store=False),
     "open-responses-server": Target(
         "open-responses-server", "responses", "/responses", "/health", ors_command, ors_env, in_scratch=True
     ),
@@ -575,8 +580,8 @@ async def main_async(args: argparse.Namespace) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one repetition, smaller loads (< 2 minutes)")
-    parser.add_argument("--targets", default="gateway,gateway-nometrics,floor",
-                        help="comma-separated: gateway, gateway-nometrics, floor")
+    parser.add_argument("--targets", default="gateway,gateway-full,gateway-nometrics,floor",
+                        help="comma-separated: gateway, gateway-full (fast path off), gateway-nometrics, floor")
     parser.add_argument("--peers", action="store_true", help="add open-responses-server (own virtualenv)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     parser.add_argument("--readme", help="markdown file whose bench:start/end block gets the table")

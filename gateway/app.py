@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .background import BackgroundRuns
 from .capture import CaptureStore
-from .config import Config
+from .config import Config, for_debugging
 from .event_stream import KeepAlive
 from .inspector import Inspector
 from .inspector_routes import inspector_routes
@@ -29,6 +29,7 @@ _STOP_FLUSH = 5.0
 
 
 def create_app(config: Config) -> web.Application:
+    config = for_debugging(config)  # also for configs built in code rather than parsed
     app = web.Application(middlewares=[envelope_middleware, auth_middleware],
                           client_max_size=config.server.max_body_bytes)
     metrics = Metrics(lambda: ((u.name, u.breaker) for u in state.routing.upstreams.values()),

@@ -23,7 +23,9 @@ from typing import Any
 import orjson
 
 from .config import Config
+from .fast_path import plain
 from .log import SECRET_KEYS, get_logger
+from .sse import encode_events
 
 FORMAT = "gateway-capture/1"
 # Client headers never written (credentials); everything else is kept for reproduction.
@@ -137,8 +139,8 @@ class Recorder:
         await self.send(events)
 
     async def send(self, events: list[dict[str, Any]]) -> None:
-        if events and self._room(len(orjson.dumps(events))):
-            self.events.extend(events)
+        if events and self._room(len(encode_events(events))):
+            self.events.extend(plain(events))
 
     async def finish(self) -> None:
         return None

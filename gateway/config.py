@@ -66,6 +66,9 @@ class UpstreamConfig:
     tool_call_id_style: CallIdStyle = "openai"
     # Key sealing reasoning into encrypted_content for stateless clients; empty: random per process.
     reasoning_key: str = field(default="", repr=False)
+    # The byte-level fast path for plain text and argument deltas (fast_path.py); the environment's
+    # GATEWAY_FAST_PATH=0 makes the default false, to force the full path everywhere (tests, bench).
+    fast_path: bool = field(default_factory=lambda: os.environ.get("GATEWAY_FAST_PATH", "1") != "0")
     # Routing (gateway/routing.py): exact names or globs served here, public aliases, failover order.
     models: tuple[str, ...] = ()
     aliases: dict[str, str] = field(default_factory=dict)
@@ -229,7 +232,17 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"debug.capture_sample: must be between 0 and 1, got {config.debug.capture_sample}")
     if config.debug.inspector_recent < 1:
         raise ConfigError("debug.inspector_recent: must be at least 1")
-    return config
+    return for_debugging(config)
+
+
+def for_debugging(config: Config) -> Config:
+    """At debug level every chunk and event is logged as parsed JSON: the fast path, which leaves
+    them as bytes, is turned off on every upstream."""
+    if config.server.log_level != "debug":
+        return config
+    off = {"fast_path": False}
+    return dataclasses.replace(config, upstream=dataclasses.replace(config.upstream, **off),
+                               upstreams=tuple(dataclasses.replace(u, **off) for u in config.upstreams))
 
 
 def _check_store(store: StoreConfig) -> None:

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 
 from .errors import GatewayError
+from .fast_path import plain
 from .inspector import Batch, Feed, Inspector, Watch
 from .keys import request_key
 from .state import STATE
@@ -115,7 +116,7 @@ async def _relay(sse: EventSourceResponse, watch: Watch, backlog: list[Batch], f
 
 async def _send(sse: EventSourceResponse, batch: Batch) -> None:
     if batch:
-        await sse.send(orjson.dumps(batch).decode())
+        await sse.send(orjson.dumps(plain(batch)).decode())
 
 
 @inspector_routes.get("/debug/captures/{name}")

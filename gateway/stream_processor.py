@@ -27,6 +27,7 @@ from .bounds import MAX_COUNT, clip, encode_bounded
 from .call_ids import CallIdStyle, new_call_id
 from .custom_tools import InputDecoder
 from .errors import error_code
+from .fast_path import ARGS, EncodedEvent, FastDelta, as_chunk, decode_body, delta_fields, frame_head
 from .provider_metadata import id_carrying_extra
 from .think_tags import ThinkSplitter, ThinkTagsMode
 
@@ -61,6 +62,9 @@ class MalformedChunk(Exception):
     processor is a gateway bug and is left to reach the pipeline's crash handler.
     """
 
+_TEXT_TYPE, _ARGS_TYPE = "response.output_text.delta", "response.function_call_arguments.delta"
+_TEXT_HEAD, _ARGS_HEAD = frame_head(_TEXT_TYPE), frame_head(_ARGS_TYPE)
+
 
 @dataclass(frozen=True, slots=True)
 class StreamOptions:
@@ -81,36 +85,57 @@ class _Text:
 
     One string object per token costs ~50 bytes each for the life of the stream; every run
     of 32 pieces is joined into a block (the final join stays linear, unlike re-joining one
-    growing string).
+    growing string). Pieces from the fast path stay JSON-escaped bytes (`escaped`) and are
+    decoded once, by `value()`; a part mixing both kinds converts what it holds (rare).
     """
 
-    __slots__ = ("blocks", "pieces")
+    __slots__ = ("blocks", "pieces", "escaped")
     RUN = 32
 
     def __init__(self) -> None:
-        self.blocks: list[str] = []
-        self.pieces: list[str] = []
+        self.blocks: list[Any] = []
+        self.pieces: list[Any] = []
+        self.escaped = False
 
     def append(self, text: str) -> None:
+        if self.escaped:
+            self._convert(False)
         pieces = self.pieces
         pieces.append(text)
         if len(pieces) == self.RUN:
             self.blocks.append("".join(pieces))
             pieces.clear()
 
+    def append_escaped(self, piece: bytes) -> None:
+        if not self.escaped:
+            self._convert(True)
+        pieces = self.pieces
+        pieces.append(piece)
+        if len(pieces) == self.RUN:
+            self.blocks.append(b"".join(pieces))
+            pieces.clear()
+
+    def _convert(self, escaped: bool) -> None:
+        held = self.value() if self else ""
+        self.blocks, self.pieces, self.escaped = [], [], escaped
+        if held:
+            self.pieces.append(orjson.dumps(held)[1:-1] if escaped else held)
+
     def __bool__(self) -> bool:
         return bool(self.pieces or self.blocks)
 
     def __iter__(self) -> Iterator[str]:
-        yield from self.blocks
-        yield from self.pieces
+        for piece in self.blocks + self.pieces:
+            yield decode_body(piece) if self.escaped else piece
 
     def value(self) -> str:
+        if self.escaped:
+            return decode_body(b"".join(self.blocks + self.pieces))
         return "".join(self.blocks + self.pieces) if self.blocks else "".join(self.pieces)
 
 
 class _Message:
-    __slots__ = ("id", "index", "part_type", "part_index", "parts", "chunks")
+    __slots__ = ("id", "index", "part_type", "part_index", "parts", "chunks", "fast_fields")
 
     def __init__(self, item_id: str, index: int) -> None:
         self.id = item_id
@@ -119,6 +144,7 @@ class _Message:
         self.part_index = -1
         self.parts: list[dict[str, Any]] = []
         self.chunks = _Text()
+        self.fast_fields = b""        # the open part's delta fields, pre-encoded (fast path)
 
 
 class _Reasoning:
@@ -131,7 +157,8 @@ class _Reasoning:
 
 
 class _Call:
-    __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced", "custom")
+    __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced", "custom",
+                 "fast_fields")
 
     def __init__(self, call_id: str, name: str) -> None:
         self.id = ""                  # set when announced: it may carry `extra`
@@ -143,6 +170,7 @@ class _Call:
         self.extra: Any = None        # provider metadata that must survive a turn
         self.announced = False        # output_item.added sent (needs the name)
         self.custom: InputDecoder | None = None  # a custom tool's call: streams the decoded `input`
+        self.fast_fields = b""        # the delta fields, pre-encoded (fast path)
 
 
 class ResponseStream:
@@ -215,6 +243,8 @@ class ResponseStream:
 
     def feed(self, chunk: Any) -> list[Event]:
         """One parsed upstream chunk in, the events it causes out."""
+        if type(chunk) is FastDelta:  # a plain tuple from fast_path.Recogniser
+            return self._fast_delta(chunk)
         out = self._out = []
         if self.terminal is not None:
             return out
@@ -267,6 +297,39 @@ class ResponseStream:
         self._seq = sequence_number + 1
         self.terminal = event
         return [event]
+
+    # ------------------------------------------------------------------ the fast path (fast_path.py)
+    def _fast_delta(self, delta: FastDelta) -> list[Any]:
+        """A recognised text or arguments chunk: one pre-encoded event, where the state needs no
+        more than appending to the open output_text part or to an announced call; else the full path."""
+        if self.terminal is not None:
+            return []
+        template, escaped = delta
+        if template.kind is ARGS:
+            # _tool_call_delta's lookup for a fragment without id, name or extra_content.
+            index = template.index
+            if index is not None:
+                item: Any = self._calls_by_key.get(("index", index))
+            else:
+                item = self._calls[-1] if self._calls else None
+            if item is None or not item.announced or item.custom is not None:
+                return self.feed(as_chunk(delta))
+            kind, head, tail = _ARGS_TYPE, _ARGS_HEAD, b'"}\n\n'
+        else:
+            item, think = self._message, self._think
+            if (item is None or item.part_type != "output_text" or self._reasoning is not None
+                    or (think is not None and not (think.idle and b"<" not in escaped))):
+                return self.feed(as_chunk(delta))
+            kind, head, tail = _TEXT_TYPE, _TEXT_HEAD, b'","logprobs":[]}\n\n'
+        fields = item.fast_fields
+        if not fields:
+            fields = item.fast_fields = delta_fields(item.id, item.index,
+                                                     item.part_index if template.kind is not ARGS else None)
+        item.chunks.append_escaped(escaped)
+        self.has_output = True
+        seq = self._seq
+        self._seq += 1
+        return [EncodedEvent(kind, seq, b"".join((head, str(seq).encode(), fields, escaped, tail)))]
 
     # ------------------------------------------------------------------ chunk handling
     def _chunk(self, chunk: Any) -> None:
@@ -384,6 +447,7 @@ class ResponseStream:
             self._close_part(message)
         message.part_type = part_type
         message.part_index += 1
+        message.fast_fields = b""
         self._emit("response.content_part.added", item_id=message.id, output_index=message.index,
                    content_index=message.part_index, part=_part(part_type, ""))
 

@@ -192,7 +192,7 @@ class UpstreamStream:
             self.saw_done = True
             yield self._whole
             return
-        decoder = ChunkDecoder()
+        decoder = ChunkDecoder(fast_path=self._config.fast_path)
         content = self._response.content
         loop = asyncio.get_running_loop()
         wait = self._wait = self._config.first_byte_timeout

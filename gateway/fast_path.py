@@ -1,0 +1,285 @@
+"""The byte-level fast path for the two common upstream chunk shapes (sans-I/O).
+
+Almost every chunk of a long stream is one choice whose delta holds only `content`, or only
+one tool call's `arguments` fragment, with no finish reason, and every such chunk of one
+stream is the same text around a different JSON string. `Recogniser` learns that text once
+from a chunk the full path parsed (`learn`), then recognises later `data:` lines by their
+prefix and suffix (`match`) and hands the processor a `FastDelta` holding the string still
+escaped. The processor copies it straight into a pre-encoded delta event (`EncodedEvent`) and
+decodes the pieces once, for the `.done` event and the final Response.
+
+Why this is exact: a template is kept only after the full path has parsed its chunk and a probe
+line (the same prefix and suffix around another string) parsed to the same chunk with only that
+string changed; so any line made of that prefix, a complete JSON string body and that suffix
+parses to the same chunk around its own string. The body is copied only in the form orjson
+writes (raw UTF-8; escapes only for `"`, `\\` and control characters); any other escaping
+(`\\/`, `\\u00e9`, surrogate pairs, upper-case hex) is decoded and re-encoded by orjson, and a
+body orjson rejects leaves the line to the full path. Anything else also takes the full path.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+
+TEXT = "content"
+ARGS = "arguments"
+# Characters orjson would escape: where none occurs, a body is already in orjson's form.
+_SPECIAL = re.compile(rb'["\\\x00-\x1f]')
+_KEYS = {TEXT: re.compile(r'"content"[ \t\r\n]*:[ \t\r\n]*"'),
+         ARGS: re.compile(r'"arguments"[ \t\r\n]*:[ \t\r\n]*"')}
+# Printable ASCII but `"` and `\\`: a body orjson writes the same (non-empty).
+_PLAIN_BODY = rb"([ !#-\[\]-~]+)"
+# A line end (LF or CRLF), then a blank line.
+_EVENT_END = rb"\r?\n\r?\n"
+_STRING_BODY = re.compile(r'(?:[^"\\]|\\.)*')
+_PROBE = "fast-path probe"
+# Learning is bounded: an upstream whose chunks never repeat their text (a random field per
+# chunk) stops paying for it after this many attempts.
+_LEARN_ATTEMPTS = 8
+
+# A recognised chunk: (its template, its string body as orjson writes it, without quotes). A plain
+# tuple: an object per token would cost as much again as building it (ResponseStream checks its type).
+FastDelta = tuple  # tuple[_Template, bytes]
+
+
+def as_chunk(delta: FastDelta) -> dict[str, Any]:
+    """The parsed chunk a fast delta stands for (the full path takes it where the state needs more)."""
+    template, escaped = delta
+    chunk: dict[str, Any] = orjson.loads(template.prefix + escaped + template.suffix)
+    return chunk
+
+
+class EncodedEvent(Mapping[str, Any]):
+    """An event already framed for SSE; a read-only mapping (parsed on demand) for anyone wanting fields.
+
+    Its `type` is known without parsing: sinks that only look at the type of the last event of a
+    batch (the store recorder, the final-JSON sink) cost nothing on the fast path.
+    """
+
+    __slots__ = ("type", "sequence_number", "frame", "_fields")
+
+    def __init__(self, event_type: str, sequence_number: int, frame: bytes) -> None:
+        self.type = event_type
+        self.sequence_number = sequence_number
+        self.frame = frame       # `event: …\ndata: {…}\n\n`, exactly what encode_events writes
+        self._fields: dict[str, Any] | None = None
+
+    def _dict(self) -> dict[str, Any]:
+        fields = self._fields
+        if fields is None:
+            fields = self._fields = orjson.loads(self.frame[self.frame.index(b"\ndata: ") + 7:])
+        return fields
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "type":
+            return self.type
+        if key == "sequence_number":
+            return self.sequence_number
+        return self._dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in ("type", "sequence_number") else self._dict().get(key, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+    def __repr__(self) -> str:
+        return f"EncodedEvent({self._dict()!r})"
+
+
+def frame_head(event_type: str) -> bytes:
+    """`event: T\\ndata: {"type":"T","sequence_number":` — what precedes the number in every frame."""
+    return b"event: " + event_type.encode() + b'\ndata: {"type":' + orjson.dumps(event_type) + b',"sequence_number":'
+
+
+def delta_fields(item_id: str, output_index: int, content_index: int | None) -> bytes:
+    """The fields between the sequence number and the delta string, in the full path's order."""
+    fields = b',"item_id":' + orjson.dumps(item_id) + b',"output_index":' + str(output_index).encode()
+    if content_index is not None:
+        fields += b',"content_index":' + str(content_index).encode()
+    return fields + b',"delta":"'
+
+
+def canonical(body: bytes) -> bytes | None:
+    """A JSON string body as orjson writes it, or None when it is not a valid body (or not UTF-8)."""
+    if body.isascii() and _SPECIAL.search(body) is None:
+        return body  # already in orjson's form
+    try:
+        value = orjson.loads(b'"' + body + b'"')
+    except orjson.JSONDecodeError:
+        return None
+    return orjson.dumps(value)[1:-1] if type(value) is str else None
+
+
+def decode_body(escaped: bytes) -> str:
+    """Escaped pieces (joined) back to text: one parse for a whole part."""
+    text: str = orjson.loads(b'"' + escaped + b'"')
+    return text
+
+
+class _Template:
+    """The bytes of a `data:` payload around the string; `head` is the whole line's start."""
+
+    __slots__ = ("kind", "index", "text", "prefix", "suffix", "head", "head_len", "suffix_len", "plain")
+
+    def __init__(self, kind: str, index: Any, prefix: str, suffix: str) -> None:
+        self.kind = kind
+        self.index = index        # the tool call's `index` (ARGS)
+        self.text = (prefix, suffix)
+        self.prefix = prefix = prefix.encode()  # up to and with the string's opening quote
+        self.suffix = suffix = suffix.encode()  # from the string's closing quote
+        self.head = b"data: " + prefix
+        self.head_len = len(self.head)
+        self.suffix_len = len(suffix)
+        # The whole event in one C call when the body is already in orjson's form and ASCII.
+        self.plain = re.compile(re.escape(self.head) + _PLAIN_BODY + re.escape(suffix) + _EVENT_END).match
+
+
+class Recogniser:
+    """Recognises the fast shapes in the upstream's bytes, per upstream stream."""
+
+    __slots__ = ("templates", "_attempts")
+
+    def __init__(self) -> None:
+        self.templates: list[_Template] = []   # at most one per kind
+        self._attempts = _LEARN_ATTEMPTS
+
+    def scan(self, buf: bytes) -> tuple[list[Any], int]:
+        """The fast deltas of the complete events at the start of `buf` that match a template,
+        and where the first other event (or an incomplete one) starts.
+
+        An event matches only as one whole line, `data: ` + prefix + body + suffix, then a blank
+        line (LF or CRLF): a valid body holds no raw line break, so the line ends where it seems to.
+        """
+        out: list[Any] = []
+        pos = 0
+        templates = self.templates
+        while True:
+            for template in templates:
+                match = template.plain(buf, pos)  # the usual body: printable ASCII, no escapes
+                if match is not None:
+                    out.append((template, match.group(1)))
+                    pos = match.end()
+                    break
+            else:
+                delta, next_pos = self._general(buf, pos)
+                if delta is None:
+                    return out, pos
+                out.append(delta)
+                pos = next_pos
+
+    def _general(self, buf: bytes, pos: int) -> tuple[FastDelta | None, int]:
+        """The event at `pos` when its body is valid but not plain: (delta, where the next starts)."""
+        newline = buf.find(b"\n", pos)
+        if newline < 0:
+            return None, pos
+        end = newline - 1 if newline > pos and buf[newline - 1] == 13 else newline  # CRLF
+        if buf.startswith(b"\n", newline + 1):
+            next_pos = newline + 2
+        elif buf.startswith(b"\r\n", newline + 1):
+            next_pos = newline + 3
+        else:
+            return None, pos  # not one line then a blank line (or not all here yet)
+        for template in self.templates:
+            start, stop = pos + template.head_len, end - template.suffix_len
+            if stop > start and buf.startswith(template.head, pos) and buf.endswith(template.suffix, start, end):
+                body = canonical(buf[start:stop])
+                return (None, pos) if body is None else ((template, body), next_pos)
+        return None, pos
+
+    def match(self, data: str) -> FastDelta | None:
+        """A `data:` payload already decoded (the rest of the read in which a template was learned)."""
+        for template in self.templates:
+            prefix, suffix = template.text
+            if len(data) > len(prefix) + len(suffix) and data.startswith(prefix) and data.endswith(suffix):
+                body = canonical(data[len(prefix):len(data) - len(suffix)].encode())
+                return None if body is None else (template, body)
+        return None
+
+    def learn(self, data: str, chunk: dict[str, Any]) -> None:
+        """A chunk the full path parsed from `data`: keep its text as a template if it has a fast shape."""
+        if self._attempts <= 0:
+            return
+        shape = _shape(chunk)
+        if shape is None:
+            return
+        self._attempts -= 1
+        kind, index, holder = shape
+        value = holder[kind]
+        for key in _KEYS[kind].finditer(data):
+            start = key.end()
+            end = _STRING_BODY.match(data, start).end()  # type: ignore[union-attr]
+            if end >= len(data):
+                continue
+            prefix, suffix = data[:start], data[end:]
+            if _probe(prefix, suffix, chunk, kind, index, value):
+                template = _Template(kind, index, prefix, suffix)
+                self.templates = [t for t in self.templates if t.kind != kind] + [template]
+                return
+
+
+def _probe(prefix: str, suffix: str, chunk: dict[str, Any], kind: str, index: Any, value: str) -> bool:
+    """Does `prefix + probe + suffix` parse to `chunk` with only its `kind` string changed?"""
+    try:
+        probed = orjson.loads(prefix + _PROBE + suffix)
+    except orjson.JSONDecodeError:
+        return False
+    shape = _shape(probed) if type(probed) is dict else None
+    if shape is None or shape[0] != kind or shape[1] != index or shape[2][kind] != _PROBE:
+        return False
+    shape[2][kind] = value
+    return bool(probed == chunk)
+
+
+def _shape(chunk: dict[str, Any]) -> tuple[str, Any, dict[str, Any]] | None:
+    """(kind, tool call index, the dict holding the string) when the processor's only work for
+    `chunk` is to append one non-empty string to the text or to one call's arguments.
+
+    It mirrors what ResponseStream reads of a chunk (a field it ignores may hold anything).
+    """
+    if chunk.get("error") or chunk.get("usage"):
+        return None
+    groq = chunk.get("x_groq")
+    if groq and (type(groq) is not dict or groq.get("usage")):
+        return None
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("index", 0) or choice.get("finish_reason"):
+        return None
+    delta = choice.get("delta") or choice.get("message")
+    if type(delta) is not dict or any(delta.get(key) for key in _OTHER_DELTA_KEYS):
+        return None
+    content, calls = delta.get("content"), delta.get("tool_calls")
+    if content:
+        return (TEXT, None, delta) if type(content) is str and content and not calls else None
+    if type(calls) is not list or len(calls) != 1:
+        return None
+    call = calls[0]
+    if type(call) is not dict or call.get("extra_content") is not None or _nonempty_str(call.get("id")):
+        return None
+    function, index = call.get("function"), call.get("index")
+    if type(function) is not dict or _nonempty_str(function.get("name")) or type(index) not in _INDEX_TYPES:
+        return None
+    arguments = function.get("arguments")
+    return (ARGS, index, function) if type(arguments) is str and arguments else None
+
+
+_OTHER_DELTA_KEYS = ("reasoning_content", "reasoning", "reasoning_details", "refusal", "function_call")
+_INDEX_TYPES = (int, str, type(None))
+
+
+def _nonempty_str(value: Any) -> bool:
+    return type(value) is str and value != ""
+
+
+def plain(events: list[Any]) -> list[dict[str, Any]]:
+    """The events as plain dicts, for consumers that serialise them as JSON values (capture, inspector)."""
+    return [dict(event) if type(event) is EncodedEvent else event for event in events]
