@@ -54,7 +54,13 @@ cmd_bin() {
 cmd_model() {
   if [ -s "$MODEL" ]; then log "model exists: $MODEL"; return 0; fi
   mkdir -p "$(dirname "$MODEL")"
-  timeout 300 "$PY" "$E2E_DIR/make_tiny_gguf.py" "$MODEL" --seed 1234 >&2
+  # The shared generator's model has a head that turns tool calls on when tools are present, so the
+  # llama.cpp tool checks pass with it; ours (e2e/make_tiny_gguf.py) answers in text, even a forced
+  # tool call (README, Development). Use the shared one where it is present.
+  local shared="${GATEWAY_SHARED_DIR:-$E2E_DIR/../../shared}/tools/make_tiny_gguf.py" generator="$E2E_DIR/make_tiny_gguf.py"
+  [ -f "$shared" ] && generator=$shared
+  log "model generator: $generator"
+  timeout 300 "$PY" "$generator" "$MODEL" --seed 1234 >&2
   log "model written: $MODEL ($(stat -c %s "$MODEL") bytes)"
 }
 
