@@ -28,11 +28,12 @@ from .errors import GatewayError, InvalidRequest
 from .event_stream import EventStream, json_response
 from .keys import forwarded_authorization
 from .log import get_logger
-from .pipeline import Run, Tee, run_pipeline
+from .pipeline import Observer, Run, Tee, run_pipeline
 from .routes import current_request_id, log_finished
 from .sse import encode_events
+from .stream_processor import TERMINAL_TYPES
 from .store.base import StoreUnavailable
-from .store.recorder import CANCELLED, TERMINAL_EVENTS, StoreRecorder, mark_cancelled
+from .store.recorder import CANCELLED, StoreRecorder, mark_cancelled
 from .store.service import TERMINAL_STATUSES, StateService, Turn, unguessable_id
 from .translate import ChatRequest
 
@@ -45,7 +46,7 @@ CANCEL_WAIT = 3.0      # seconds a cancel request waits for the run to end
 FOLLOW_WAIT = 2.0      # seconds a follower waits for new events before checking the stored status
 LIVE_BACKLOG = 1000    # appends queued for one slow local follower before it reads from the store instead
 TRUNCATED = b""        # the log entry where the log stopped keeping events (store.max_event_log_bytes)
-_TERMINAL_FRAMES = tuple(b"event: " + t.encode() + b"\n" for t in TERMINAL_EVENTS)
+_TERMINAL_FRAMES = tuple(b"event: " + t.encode() + b"\n" for t in TERMINAL_TYPES)
 _TERMINAL_EVENT = {"completed": "response.completed", "incomplete": "response.incomplete"}
 
 
@@ -68,7 +69,7 @@ class EventLogGone(GatewayError):
     code = "event_log_truncated"
 
 
-class EventLog:
+class EventLog(Observer):
     """The background run's sink: the stored status as the run moves, and each event's frame in the log.
 
     The log keeps `max_bytes` of frames; past that it records `TRUNCATED` once and then only the
@@ -76,7 +77,7 @@ class EventLog:
     """
 
     __slots__ = ("service", "turn", "response_id", "max_bytes", "size", "truncated", "started", "listeners")
-    streaming = False  # started before the pipeline runs: the pipeline never starts it early
+    # `started` is its own: set by start(), so a background run's failures go in-band to the log.
 
     def __init__(self, service: StateService, turn: Turn, response_id: str, max_bytes: int) -> None:
         self.service = service
@@ -115,7 +116,7 @@ class EventLog:
         kept = []
         for event in events:
             entry = frame(event)
-            if event["type"] in TERMINAL_EVENTS:
+            if event["type"] in TERMINAL_TYPES:
                 kept.append((event["sequence_number"], entry))
             elif not self.truncated:
                 self.size += len(entry)
@@ -125,12 +126,6 @@ class EventLog:
             await self.service.call(self.service.store.append_events(self.response_id, kept, self.service.config.ttl))
             for listener in self.listeners:
                 listener.put_nowait(kept)
-
-    async def finish(self) -> None:
-        return None
-
-    def abandon(self) -> None:
-        pass
 
     async def _put(self, response: dict[str, Any]) -> None:
         store = self.service.store

@@ -25,6 +25,7 @@ import orjson
 from .config import Config
 from .fast_path import plain
 from .log import SECRET_KEYS, get_logger
+from .pipeline import Observer
 from .sse import encode_events
 
 FORMAT = "gateway-capture/1"
@@ -93,15 +94,12 @@ class CaptureStore:
             total -= size
 
 
-class Recorder:
+class Recorder(Observer):
     """A sink after the client's: sees the events the client was sent, and the upstream's raw reads (`tap`).
 
     `save(outcome)` writes the file once the request's outcome is known (after the pipeline's
     `finish`), when the capture policy keeps it.
     """
-
-    streaming = False
-    started = False
 
     def __init__(self, store: CaptureStore, request_id: str, headers: Mapping[str, str], body: Any,
                  upstream_body: dict[str, Any]) -> None:
@@ -135,18 +133,9 @@ class Recorder:
         except UnicodeDecodeError:  # a read may end inside a character: keep it exact
             self.reads.append({"t_ms": at, "base64": base64.b64encode(data).decode()})
 
-    async def start(self, events: list[dict[str, Any]]) -> None:
-        await self.send(events)
-
     async def send(self, events: list[dict[str, Any]]) -> None:
         if events and self._room(len(encode_events(events))):
             self.events.extend(plain(events))
-
-    async def finish(self) -> None:
-        return None
-
-    def abandon(self) -> None:
-        pass
 
     async def save(self, outcome: dict[str, Any]) -> str | None:
         """Write the file if the policy keeps this request; its name, for the log line."""

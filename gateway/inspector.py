@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .pipeline import Run
+from .pipeline import Observer, Run
 
 Batch = list[dict[str, Any]]
 # Batches kept per request (one batch is usually one upstream read); later ones are counted only.
@@ -63,11 +63,9 @@ class Feed:
         return (self.ended and not self.pending) or self.lagged
 
 
-class Watch:
+class Watch(Observer):
     """One request as the inspector sees it: a sink after the client's (pipeline.py's contract), then a summary."""
 
-    streaming = False
-    started = False
     __slots__ = ("key", "run", "upstream", "started_wall", "batches", "dropped", "feeds", "summary")
 
     def __init__(self, run: Run, upstream: str) -> None:
@@ -80,9 +78,6 @@ class Watch:
         self.feeds: list[Feed] = []
         self.summary: dict[str, Any] | None = None  # set when the request ended
 
-    async def start(self, events: Batch) -> None:
-        await self.send(events)
-
     async def send(self, events: Batch) -> None:
         if len(self.batches) < MAX_BATCHES:
             self.batches.append(events)
@@ -91,12 +86,6 @@ class Watch:
         if self.feeds:
             for feed in self.feeds:
                 feed.push(events)
-
-    async def finish(self) -> None:
-        return None
-
-    def abandon(self) -> None:
-        pass
 
     def follow(self) -> tuple[list[Batch], Feed | None]:
         """The batches so far and, while the request runs, a feed of the next ones (no gap between)."""

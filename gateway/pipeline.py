@@ -99,8 +99,9 @@ class Tee:
             sink.abandon()
 
 
-class DebugLog:
-    """A tap that logs every event at debug level (`server.log_level: debug`)."""
+class Observer:
+    """A sink that consumes a run's events without answering the client (recorder, logs, taps):
+    never `started`, no web response of its own, the stream's head sent like any batch."""
 
     __slots__ = ()
     streaming = False
@@ -110,15 +111,24 @@ class DebugLog:
         await self.send(events)
 
     async def send(self, events: Events) -> None:
-        log = get_logger()
-        for event in events:
-            log.debug("response.event", data=event)  # `event` is structlog's message key
+        raise NotImplementedError
 
     async def finish(self) -> None:
         return None
 
     def abandon(self) -> None:
         pass
+
+
+class DebugLog(Observer):
+    """A tap that logs every event at debug level (`server.log_level: debug`)."""
+
+    __slots__ = ()
+
+    async def send(self, events: Events) -> None:
+        log = get_logger()
+        for event in events:
+            log.debug("response.event", data=event)  # `event` is structlog's message key
 
 
 async def _logged_chunks(batches: AsyncIterator[list[Any]]) -> AsyncIterator[list[Any]]:

@@ -10,39 +10,29 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import GatewayError
+from ..pipeline import Observer
+from ..stream_processor import TERMINAL_TYPES
 from .service import StateService, Turn
 
-TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # The code a cancelled background run is stopped with; its response ends with status `cancelled`.
 CANCELLED = "response_cancelled"
 
 
-class StoreRecorder:
+class StoreRecorder(Observer):
     __slots__ = ("service", "turn")
-    streaming = False
-    started = False
 
     def __init__(self, service: StateService, turn: Turn) -> None:
         self.service = service
         self.turn = turn
 
-    async def start(self, events: list[dict[str, Any]]) -> None:
-        pass
-
     async def send(self, events: list[dict[str, Any]]) -> None:
-        if events and events[-1]["type"] in TERMINAL_EVENTS:
+        if events and events[-1]["type"] in TERMINAL_TYPES:
             terminal = events[-1]
             mark_cancelled(terminal["response"])
             try:
                 await self.service.record(self.turn, terminal["response"])
             except GatewayError as exc:
                 _fail_in_place(terminal, exc)
-
-    async def finish(self) -> None:
-        return None
-
-    def abandon(self) -> None:
-        pass
 
 
 def mark_cancelled(response: dict[str, Any]) -> None:
