@@ -39,6 +39,7 @@ RAMP_MAX = 5.0  # seconds
 GAP_LIMIT_MS = 250.0  # capacity: the largest load with no error and gap p99 within this
 Result = dict[str, object]
 Load = Callable[[Endpoint, int | None], Awaitable[Result]]
+SCENARIOS = frozenset({"fast-text", "fast-tool", "ttft", "paced", "capacity", "store", "background"})
 SHOWN = ("errors", "tokens_per_s", "cpu_s_per_mtok", "ttft_p50_ms", "gap_p99_ms", "capacity_streams")
 
 
@@ -349,22 +350,29 @@ class Bench:
                     self.record("background-paced", target.name, rep, result)
         await remove_bench_keys()
 
-    async def run_all(self) -> None:
+    async def run_all(self, scenarios: frozenset[str] = SCENARIOS) -> None:
         p = self.profile
-        print("fast text streams (CPU per token)", flush=True)
-        await self.fast("text")
-        print("fast tool-call streams (CPU per token)", flush=True)
-        await self.fast("tool")
-        print(f"{p.ttft_concurrency} paced streams (added time to first token)", flush=True)
-        await self.paced("ttft", p.ttft_concurrency, p.ttft_tokens, p.ttft_rounds)
-        print(f"{p.paced_concurrency} concurrent paced streams", flush=True)
-        await self.paced("paced", p.paced_concurrency, p.paced_tokens, 1)
-        print("capacity (stepping the load up)", flush=True)
-        await self.capacity()
-        print("store: true on SQLite and Redis against store: false", flush=True)
-        await self.store()
-        print("background: true (the event log) against stored streams", flush=True)
-        await self.background()
+        if "fast-text" in scenarios:
+            print("fast text streams (CPU per token)", flush=True)
+            await self.fast("text")
+        if "fast-tool" in scenarios:
+            print("fast tool-call streams (CPU per token)", flush=True)
+            await self.fast("tool")
+        if "ttft" in scenarios:
+            print(f"{p.ttft_concurrency} paced streams (added time to first token)", flush=True)
+            await self.paced("ttft", p.ttft_concurrency, p.ttft_tokens, p.ttft_rounds)
+        if "paced" in scenarios:
+            print(f"{p.paced_concurrency} concurrent paced streams", flush=True)
+            await self.paced("paced", p.paced_concurrency, p.paced_tokens, 1)
+        if "capacity" in scenarios:
+            print("capacity (stepping the load up)", flush=True)
+            await self.capacity()
+        if "store" in scenarios:
+            print("store: true on SQLite and Redis against store: false", flush=True)
+            await self.store()
+        if "background" in scenarios:
+            print("background: true (the event log) against stored streams", flush=True)
+            await self.background()
 
 
 async def remove_bench_keys() -> None:
@@ -561,7 +569,7 @@ async def main_async(args: argparse.Namespace) -> int:
     started_at = datetime.datetime.now(datetime.UTC)
     try:
         bench = Bench(profile, targets, pinning, upstream)
-        await bench.run_all()
+        await bench.run_all(args.scenarios)
     finally:
         upstream.stop()
     info = machine(args.loop, pinning)
@@ -572,7 +580,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"\n\n{store_table(bench.runs)}\n\n{background_table(bench.runs, profile)}")
     report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),
               "targets": [t.name for t in targets], "failed_to_start": bench.failed, "runs": bench.runs}  # fmt: skip
-    write_outputs(report, markdown, Path(args.readme) if args.readme else None)
+    if args.scenarios == SCENARIOS:  # a partial run is printed only: the files keep the last full one
+        write_outputs(report, markdown, Path(args.readme) if args.readme else None)
     print("\n" + markdown)
     return 1 if bench.failed else 0
 
@@ -585,7 +594,12 @@ def main() -> None:
     parser.add_argument("--peers", action="store_true", help="add open-responses-server (own virtualenv)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     parser.add_argument("--readme", help="markdown file whose bench:start/end block gets the table")
+    parser.add_argument("--scenarios", default=",".join(sorted(SCENARIOS)),
+                        help=f"comma-separated subset of: {', '.join(sorted(SCENARIOS))} (all by default)")
     args = parser.parse_args()
+    args.scenarios = frozenset(name.strip() for name in args.scenarios.split(",") if name.strip())
+    if not args.scenarios <= SCENARIOS:
+        parser.error(f"unknown scenarios: {', '.join(sorted(args.scenarios - SCENARIOS))}")
     raise_fd_limit()
     args.loop = use_fast_loop()
     sys.exit(asyncio.run(main_async(args)))
