@@ -3,6 +3,9 @@
 `EventStream` is a plain aiohttp `StreamResponse` with the event-stream headers; each batch
 of events is framed by `sse.encode_events` and goes out in one write, which also waits for
 the socket to drain, so a slow reader pauses the upstream instead of growing a buffer.
+After the head, batches bypass `StreamResponse.write`: on a paced stream every token is one
+write, and aiohttp's three layers of coroutines per write cost more than framing the HTTP
+chunk here and waiting only while the transport is paused (`_Direct`).
 The keep-alive comment (`: ping`) comes from one `KeepAlive` ticker shared by every open
 stream: aiohttp-sse's ping task per stream costs about 1.6 kB more per stream and three times
 the CPU per ping (measured by bench/sse_sink_cost.py; figures in README).
@@ -88,10 +91,42 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
                         content_type="application/json")
 
 
+class _Direct:
+    """Writes a started chunked response's body straight to its transport.
+
+    What aiohttp's writer does per write, minus what an SSE body never needs (compression, a
+    declared length, headers still pending): frame the chunk, write it, and wait while the
+    transport is above its high-water mark, so a slow reader still pauses the upstream.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    @classmethod
+    def of(cls, response: web.StreamResponse) -> _Direct | None:
+        """The direct writer for `response` once its headers went out, or None where aiohttp must write."""
+        writer = response._payload_writer  # noqa: SLF001
+        if (writer is None or not writer.chunked or writer.length is not None or writer._compress is not None  # noqa: SLF001
+                or not writer._headers_written):  # noqa: SLF001
+            return None
+        return cls(writer.protocol)
+
+    async def write(self, data: bytes) -> None:
+        protocol = self._protocol
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if protocol._paused:  # noqa: SLF001
+            await protocol._drain_helper()  # noqa: SLF001
+
+
 class EventStream:
     """The streaming sink: `text/event-stream`, started lazily by the pipeline."""
 
-    __slots__ = ("_request", "_headers", "_keepalive", "response")
+    __slots__ = ("_request", "_headers", "_keepalive", "response", "_direct")
     streaming = True
 
     def __init__(self, request: web.Request, headers: dict[str, str], keepalive: KeepAlive) -> None:
@@ -99,6 +134,7 @@ class EventStream:
         self._headers = headers
         self._keepalive = keepalive
         self.response: web.StreamResponse | None = None
+        self._direct: _Direct | None = None
 
     @property
     def started(self) -> bool:
@@ -109,10 +145,16 @@ class EventStream:
         await response.prepare(self._request)
         self.response = response
         self._keepalive.add(self)
-        await self.send(events)
+        # The head goes through aiohttp, which sends the headers with it; the rest goes direct.
+        await response.write(encode_events(events))
+        self._direct = _Direct.of(response)
 
     async def send(self, events: list[dict[str, Any]]) -> None:
-        if events and self.response is not None:
+        if not events or self.response is None:
+            return
+        if self._direct is not None:
+            await self._direct.write(encode_events(events))
+        else:
             await self.response.write(encode_events(events))
 
     async def ping(self) -> bool:
