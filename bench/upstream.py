@@ -63,9 +63,18 @@ def sse(chunk: dict[str, object]) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
+# Each stream gets its own chunk id, as from a real upstream (a gateway that keys anything on the
+# chunk text must pay for that per stream). Ids have one width, so the prebuilt HTTP chunk sizes hold.
+STREAM_ID = b"chatcmpl-bench-0000000000000000"
+
+
+def stream_id(number: int) -> bytes:
+    return b"chatcmpl-bench-%016x" % number
+
+
 def chunk(model: str, delta: dict[str, object], finish: str | None = None) -> dict[str, object]:
     return {
-        "id": "chatcmpl-bench",
+        "id": STREAM_ID.decode(),
         "object": "chat.completion.chunk",
         "created": 1700000000,
         "model": model,
@@ -133,10 +142,10 @@ def paced_frames(model: str) -> tuple[bytes, ...]:
 
 
 class PacedStream:
-    __slots__ = ("conn", "writes", "start", "rate", "sent")
+    __slots__ = ("conn", "writes", "id", "start", "rate", "sent")
 
-    def __init__(self, conn: UpstreamProtocol, writes: tuple[bytes, ...], start: float, rate: float):
-        self.conn, self.writes, self.start, self.rate, self.sent = conn, writes, start, rate, 0
+    def __init__(self, conn: UpstreamProtocol, writes: tuple[bytes, ...], id: bytes, start: float, rate: float):
+        self.conn, self.writes, self.id, self.start, self.rate, self.sent = conn, writes, id, start, rate, 0
 
     def due(self) -> float:
         return self.start + self.sent / self.rate
@@ -147,6 +156,7 @@ class Pacer:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.streams = 0  # numbers the streams' chunk ids
         self.buckets: dict[int, list[PacedStream]] = {}
         self.next_slot = 0
         self.timer: asyncio.TimerHandle | None = None
@@ -174,7 +184,7 @@ class Pacer:
         conn = stream.conn
         if conn.transport is None or conn.transport.is_closing():
             return
-        conn.transport.write(stream.writes[stream.sent])
+        conn.transport.write(stream.writes[stream.sent].replace(STREAM_ID, stream.id))
         stream.sent += 1
         if stream.sent < len(stream.writes):
             self.schedule(stream)
@@ -228,16 +238,18 @@ class UpstreamProtocol(asyncio.Protocol):
             return
         scenario = parse_model(model)
         assert self.transport is not None
+        self.pacer.streams += 1
+        id = stream_id(self.pacer.streams)
         if scenario.rate <= 0:
-            self.transport.write(fast_response(model))
+            self.transport.write(fast_response(model).replace(STREAM_ID, id))
             self.response_done()
             return
         writes = paced_frames(model)
-        self.transport.write(writes[0])
+        self.transport.write(writes[0].replace(STREAM_ID, id))
         if len(writes) == 1:
             self.response_done()
             return
-        stream = PacedStream(self, writes, self.pacer.loop.time(), scenario.rate)
+        stream = PacedStream(self, writes, id, self.pacer.loop.time(), scenario.rate)
         stream.sent = 1
         self.pacer.add(stream)
 

@@ -5,7 +5,7 @@ of events is framed by `sse.encode_events` and goes out in one write, which also
 the socket to drain, so a slow reader pauses the upstream instead of growing a buffer.
 After the head, batches bypass `StreamResponse.write`: on a paced stream every token is one
 write, and aiohttp's three layers of coroutines per write cost more than framing the HTTP
-chunk here and waiting only while the transport is paused (`_Direct`).
+chunk here and waiting only while the transport is paused (`_direct_protocol`).
 The keep-alive comment (`: ping`) comes from one `KeepAlive` ticker shared by every open
 stream: aiohttp-sse's ping task per stream costs about 1.6 kB more per stream and three times
 the CPU per ping (measured by bench/sse_sink_cost.py; figures in README).
@@ -91,42 +91,25 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
                         content_type="application/json")
 
 
-class _Direct:
-    """Writes a started chunked response's body straight to its transport.
+def _direct_protocol(response: web.StreamResponse) -> Any:
+    """The connection's protocol, for writing `response`'s body directly once its headers went
+    out; None where aiohttp must write (not chunked, a declared length, compression).
 
-    What aiohttp's writer does per write, minus what an SSE body never needs (compression, a
-    declared length, headers still pending): frame the chunk, write it, and wait while the
-    transport is above its high-water mark, so a slow reader still pauses the upstream.
+    A direct write does what aiohttp's writer does per write, minus what an SSE body never needs:
+    frame the chunk, write it, and wait while the transport is above its high-water mark, so a
+    slow reader still pauses the upstream.
     """
-
-    __slots__ = ("_protocol",)
-
-    def __init__(self, protocol: Any) -> None:
-        self._protocol = protocol
-
-    @classmethod
-    def of(cls, response: web.StreamResponse) -> _Direct | None:
-        """The direct writer for `response` once its headers went out, or None where aiohttp must write."""
-        writer = response._payload_writer  # noqa: SLF001
-        if (writer is None or not writer.chunked or writer.length is not None or writer._compress is not None  # noqa: SLF001
-                or not writer._headers_written):  # noqa: SLF001
-            return None
-        return cls(writer.protocol)
-
-    async def write(self, data: bytes) -> None:
-        protocol = self._protocol
-        transport = protocol.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("the client closed the connection")
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        if protocol._paused:  # noqa: SLF001
-            await protocol._drain_helper()  # noqa: SLF001
+    writer = response._payload_writer  # noqa: SLF001
+    if (writer is None or not writer.chunked or writer.length is not None or writer._compress is not None  # noqa: SLF001
+            or not writer._headers_written):  # noqa: SLF001
+        return None
+    return writer.protocol
 
 
 class EventStream:
     """The streaming sink: `text/event-stream`, started lazily by the pipeline."""
 
-    __slots__ = ("_request", "_headers", "_keepalive", "response", "_direct")
+    __slots__ = ("_request", "_headers", "_keepalive", "response", "_protocol")
     streaming = True
 
     def __init__(self, request: web.Request, headers: dict[str, str], keepalive: KeepAlive) -> None:
@@ -134,7 +117,7 @@ class EventStream:
         self._headers = headers
         self._keepalive = keepalive
         self.response: web.StreamResponse | None = None
-        self._direct: _Direct | None = None
+        self._protocol: Any = None  # set once the head went out: later batches are written directly
 
     @property
     def started(self) -> bool:
@@ -147,15 +130,22 @@ class EventStream:
         self._keepalive.add(self)
         # The head goes through aiohttp, which sends the headers with it; the rest goes direct.
         await response.write(encode_events(events))
-        self._direct = _Direct.of(response)
+        self._protocol = _direct_protocol(response)
 
     async def send(self, events: list[dict[str, Any]]) -> None:
         if not events or self.response is None:
             return
-        if self._direct is not None:
-            await self._direct.write(encode_events(events))
-        else:
+        protocol = self._protocol
+        if protocol is None:
             await self.response.write(encode_events(events))
+            return
+        transport = protocol.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        data = encode_events(events)
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        if protocol._paused:  # noqa: SLF001
+            await protocol._drain_helper()  # noqa: SLF001
 
     async def ping(self) -> bool:
         """Write the keep-alive comment; False once the stream is gone.

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 
-from gateway.event_stream import EventStream, KeepAlive
+from gateway.event_stream import EventStream, KeepAlive, _direct_protocol
 from gateway.sse import PING
 from gateway.upstream import _unread
 
@@ -72,3 +72,36 @@ async def test_stream_reader_buffer_holds_the_unread_bytes():
     assert isinstance(offset, int), _changed("StreamReader._buffer_offset (no longer an int)", "upstream._unread")
     assert _unread(reader) == b"one\n\ndata: two", _changed(
         "what StreamReader._buffer[_buffer_offset:] holds", "upstream._unread")
+
+
+async def test_direct_writes_find_the_writer_state_and_the_protocols_flow_control(aiohttp_server, http):
+    """EventStream's direct writes (gateway/event_stream.py `_direct_protocol`, `EventStream.send`) read the payload writer's
+    `chunked`, `length`, `_compress` and `_headers_written`, and wait on the protocol's `_paused`
+    and `_drain_helper()`."""
+    seen: dict[str, Any] = {}
+    keepalive = KeepAlive(3600)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        stream = EventStream(request, {}, keepalive)
+        await stream.start([{"type": "response.created", "sequence_number": 0}])
+        response = stream.response
+        assert response is not None
+        writer = response._payload_writer
+        seen["direct"] = _direct_protocol(response) is not None
+        seen["paused"] = isinstance(getattr(writer.protocol, "_paused", None), bool)
+        seen["drain"] = inspect.iscoroutinefunction(getattr(writer.protocol, "_drain_helper", None))
+        await stream.send([{"type": "response.in_progress", "sequence_number": 1}])
+        await stream.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    try:
+        async with http.get(server.make_url("/")) as response:
+            body = await response.read()
+    finally:
+        await keepalive.close()
+    assert seen["direct"], _changed("the payload writer's chunked/length/_compress/_headers_written", "_direct_protocol")
+    assert seen["paused"] and seen["drain"], _changed("BaseProtocol._paused / _drain_helper()", "EventStream.send")
+    assert body.count(b"event: ") == 2 and body.endswith(b"\n\n"), body
