@@ -25,7 +25,7 @@ import orjson
 from .config import Config
 from .fast_path import plain
 from .log import SECRET_KEYS, get_logger
-from .pipeline import Observer
+from .pipeline import SyncObserver
 from .sse import encode_events
 
 FORMAT = "gateway-capture/1"
@@ -94,7 +94,7 @@ class CaptureStore:
             total -= size
 
 
-class Recorder(Observer):
+class Recorder(SyncObserver):
     """A sink after the client's: sees the events the client was sent, and the upstream's raw reads (`tap`).
 
     `save(outcome)` writes the file once the request's outcome is known (after the pipeline's
@@ -133,7 +133,7 @@ class Recorder(Observer):
         except UnicodeDecodeError:  # a read may end inside a character: keep it exact
             self.reads.append({"t_ms": at, "base64": base64.b64encode(data).decode()})
 
-    async def send(self, events: list[dict[str, Any]]) -> None:
+    def take(self, events: list[dict[str, Any]]) -> None:
         if events and self._room(len(encode_events(events))):
             self.events.extend(plain(events))
 

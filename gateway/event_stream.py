@@ -147,6 +147,19 @@ class EventStream:
         if protocol._paused:  # noqa: SLF001
             await protocol._drain_helper()  # noqa: SLF001
 
+    def ready(self) -> bool:
+        """A batch can be written now without waiting: the head went out and the socket is not backed up."""
+        protocol = self._protocol
+        if protocol is None or protocol._paused:  # noqa: SLF001
+            return False
+        transport = protocol.transport
+        return transport is not None and not transport.is_closing()
+
+    def take(self, events: list[dict[str, Any]]) -> None:
+        """Write a batch now (only after `ready()`): the upstream's read callback hands deltas over."""
+        data = encode_events(events)
+        self._protocol.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+
     async def ping(self) -> bool:
         """Write the keep-alive comment; False once the stream is gone.
 
@@ -197,6 +210,12 @@ class FinalResponse:
     async def send(self, events: list[dict[str, Any]]) -> None:
         if events and events[-1]["type"] in TERMINAL_TYPES:
             self._final = events[-1]["response"]
+
+    def ready(self) -> bool:
+        return True
+
+    def take(self, events: list[dict[str, Any]]) -> None:
+        pass  # deltas: only the terminal event's response is answered
 
     async def finish(self) -> web.Response:
         response = self._final

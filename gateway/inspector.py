@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Any
 
-from .pipeline import Observer, Run
+from .pipeline import Run, SyncObserver
 
 Batch = list[dict[str, Any]]
 # Batches kept per request (one batch is usually one upstream read); later ones are counted only.
@@ -63,7 +63,7 @@ class Feed:
         return (self.ended and not self.pending) or self.lagged
 
 
-class Watch(Observer):
+class Watch(SyncObserver):
     """One request as the inspector sees it: a sink after the client's (pipeline.py's contract), then a summary."""
 
     __slots__ = ("key", "run", "upstream", "started_wall", "batches", "dropped", "feeds", "summary")
@@ -78,7 +78,7 @@ class Watch(Observer):
         self.feeds: list[Feed] = []
         self.summary: dict[str, Any] | None = None  # set when the request ended
 
-    async def send(self, events: Batch) -> None:
+    def take(self, events: Batch) -> None:
         if len(self.batches) < MAX_BATCHES:
             self.batches.append(events)
         else:

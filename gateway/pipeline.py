@@ -20,6 +20,11 @@ The sink contract. A sink consumes one run's event sequence; `run_pipeline` driv
   sink that does not answer the client.
 - `abandon()` always, last, also after errors and disconnects: release what the sink holds.
   It must be idempotent and must not raise.
+- `ready()` and `take(events)`: the synchronous twin of `send` for the steady state. When every
+  sink is `ready()`, a batch of deltas (never a head or a terminal) may be handed to `take`
+  from inside the upstream's read callback (`UpstreamStream.push`), with the same ordering as
+  `send`. A sink that cannot take a batch without waiting (a socket backed up, a store write)
+  answers False, and the batch goes through `send` as usual.
 
 More consumers are more sinks, fanned out by `Tee(first, second, ...)`: each call reaches each
 sink in that order, so a sink that must act before the client sees an event goes before the
@@ -65,6 +70,10 @@ class Sink(Protocol):
 
     def abandon(self) -> None: ...
 
+    def ready(self) -> bool: ...
+
+    def take(self, events: Events) -> None: ...
+
 
 class Tee:
     """Several sinks driven by one run, each call reaching each sink in the given order."""
@@ -98,10 +107,18 @@ class Tee:
         for sink in self.sinks:
             sink.abandon()
 
+    def ready(self) -> bool:
+        return all(sink.ready() for sink in self.sinks)
+
+    def take(self, events: Events) -> None:
+        for sink in self.sinks:
+            sink.take(events)
+
 
 class Observer:
     """A sink that consumes a run's events without answering the client (recorder, logs, taps):
-    never `started`, no web response of its own, the stream's head sent like any batch."""
+    never `started`, no web response of its own, the stream's head sent like any batch.
+    Not `ready()` by default; a `SyncObserver` is."""
 
     __slots__ = ()
     streaming = False
@@ -119,13 +136,31 @@ class Observer:
     def abandon(self) -> None:
         pass
 
+    def ready(self) -> bool:
+        return False
 
-class DebugLog(Observer):
-    """A tap that logs every event at debug level (`server.log_level: debug`)."""
+    def take(self, events: Events) -> None:
+        raise NotImplementedError
+
+
+class SyncObserver(Observer):
+    """An observer that never waits: `take` does the work, for `send` and for the read callback alike."""
 
     __slots__ = ()
 
     async def send(self, events: Events) -> None:
+        self.take(events)
+
+    def ready(self) -> bool:
+        return True
+
+
+class DebugLog(SyncObserver):
+    """A tap that logs every event at debug level (`server.log_level: debug`)."""
+
+    __slots__ = ()
+
+    def take(self, events: Events) -> None:
         log = get_logger()
         for event in events:
             log.debug("response.event", data=event)  # `event` is structlog's message key
@@ -237,6 +272,7 @@ async def _stream(run: Run, client: UpstreamClient, sink: Sink, keepalive_interv
     batches = run.upstream.batches()
     if debug:
         batches = _logged_chunks(batches)
+    armed = debug  # the debug log sees every chunk: no shortcut then
     async for batch in batches:
         # One read is usually one chunk (a paced token): skip the flattening then.
         events = feed(batch[0]) if len(batch) == 1 else [event for chunk in batch for event in feed(chunk)]
@@ -246,6 +282,9 @@ async def _stream(run: Run, client: UpstreamClient, sink: Sink, keepalive_interv
         run.delivered = stream.events_emitted
         if stream.terminal is not None:
             break
+        if not armed:  # from the second read on: the first events are out, the stream is steady
+            armed = True
+            run.upstream.push(_taker(run, sink))
         # Not kept alive while the next read waits (most of a paced stream's life).
         batch = events = None  # type: ignore[assignment]
     if run.stop_reason is not None:
@@ -254,6 +293,25 @@ async def _stream(run: Run, client: UpstreamClient, sink: Sink, keepalive_interv
         run.warnings.append(run.upstream.skipped_warning)
     await sink.send(stream.finish(run.upstream.saw_done))
     run.delivered = stream.events_emitted
+
+
+def _taker(run: Run, sink: Sink) -> Callable[[list[Any]], bool]:
+    """The consumer for `UpstreamStream.push`: one read's fast deltas, all the way to the sinks, now;
+    or False, having changed nothing, when a sink would wait or the state needs more than appending."""
+    stream = run.stream
+    feed, takes_fast = stream.feed, stream.takes_fast
+
+    def take(items: list[Any]) -> bool:
+        if not sink.ready() or not all(map(takes_fast, items)):
+            return False
+        events = feed(items[0]) if len(items) == 1 else [event for item in items for event in feed(item)]
+        if run.first_output_at is None:
+            run.first_output_at = time.monotonic()
+        sink.take(events)
+        run.delivered = stream.events_emitted
+        return True
+
+    return take
 
 
 async def _start(run: Run, sink: Sink) -> None:

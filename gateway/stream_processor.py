@@ -299,27 +299,21 @@ class ResponseStream:
         return [event]
 
     # ------------------------------------------------------------------ the fast path (fast_path.py)
+    def takes_fast(self, item: Any) -> bool:
+        """Would `feed(item)` only append to an open item (no new item, no terminal, no full path)?"""
+        return type(item) is FastDelta and self.terminal is None and self._fast_item(*item) is not None
+
     def _fast_delta(self, delta: FastDelta) -> list[Any]:
-        """A recognised text or arguments chunk: one pre-encoded event, where the state needs no
-        more than appending to the open output_text part or to an announced call; else the full path."""
+        """A recognised text or arguments chunk: one pre-encoded event where `_fast_item` allows, else the full path."""
         if self.terminal is not None:
             return []
         template, escaped = delta
+        item = self._fast_item(template, escaped)
+        if item is None:
+            return self.feed(as_chunk(delta))
         if template.kind is ARGS:
-            # _tool_call_delta's lookup for a fragment without id, name or extra_content.
-            index = template.index
-            if index is not None:
-                item: Any = self._calls_by_key.get(("index", index))
-            else:
-                item = self._calls[-1] if self._calls else None
-            if item is None or not item.announced or item.custom is not None:
-                return self.feed(as_chunk(delta))
             kind, head, tail = _ARGS_TYPE, _ARGS_HEAD, b'"}\n\n'
         else:
-            item, think = self._message, self._think
-            if (item is None or item.part_type != "output_text" or self._reasoning is not None
-                    or (think is not None and not (think.idle and b"<" not in escaped))):
-                return self.feed(as_chunk(delta))
             kind, head, tail = _TEXT_TYPE, _TEXT_HEAD, b'","logprobs":[]}\n\n'
         fields = item.fast_fields
         if not fields:
@@ -330,6 +324,23 @@ class ResponseStream:
         seq = self._seq
         self._seq += 1
         return [EncodedEvent(kind, seq, b"".join((head, str(seq).encode(), fields, escaped, tail)))]
+
+    def _fast_item(self, template: Any, escaped: bytes) -> Any:
+        """The item a recognised chunk's string would only be appended to: the open output_text part
+        or an announced call; None where the state needs more."""
+        if template.kind is ARGS:
+            # _tool_call_delta's lookup for a fragment without id, name or extra_content.
+            index = template.index
+            if index is not None:
+                call: Any = self._calls_by_key.get(("index", index))
+            else:
+                call = self._calls[-1] if self._calls else None
+            return None if call is None or not call.announced or call.custom is not None else call
+        message, think = self._message, self._think
+        if (message is None or message.part_type != "output_text" or self._reasoning is not None
+                or (think is not None and not (think.idle and b"<" not in escaped))):
+            return None
+        return message
 
     # ------------------------------------------------------------------ chunk handling
     def _chunk(self, chunk: Any) -> None:

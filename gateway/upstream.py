@@ -4,6 +4,13 @@
 stream (or raises a typed `UpstreamError`); `UpstreamStream.batches()` then yields the
 decoded chunks of each network read, so a burst of tokens becomes one batch of events
 and one write to the client.
+
+`UpstreamStream.push()` adds a shortcut for the steady state of a stream: a read made only of
+whole fast-path deltas (fast_path.py) goes to a consumer right inside aiohttp's read callback,
+while `batches()` stays parked on the response's reader. On a paced stream, where every token
+is one read, this saves waking the request's task per token: a future, a loop round and the
+coroutine chain down to the client's write. Anything else (the first events, a partial event,
+the finish, an error, a client that is not ready) takes the ordinary path through `batches()`.
 """
 from __future__ import annotations
 
@@ -110,11 +117,32 @@ class UpstreamClient:
                                    f"log has the details under request {request_id}.")
 
 
+class _PushReader(aiohttp.StreamReader):
+    """aiohttp's body reader, with its bytes offered to the stream's push consumer first.
+
+    Swapped in as the class of a response's reader (no new slots: the layout is aiohttp's), so
+    aiohttp's parser calls this `feed_data`. Bytes the consumer takes never reach the buffer
+    (nor `total_bytes`, so aiohttp does not count an HTTP chunk for them and wakes no reader).
+    """
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes, *args: Any) -> bool:
+        push = _PUSHED.get(self)
+        if push is not None and not self._buffer and push(data):
+            return False
+        return super().feed_data(data, *args)
+
+
+# The push callback of each reader swapped to _PushReader (its slots are aiohttp's, so it cannot hold one).
+_PUSHED: dict[aiohttp.StreamReader, Callable[[bytes], bool]] = {}
+
+
 class UpstreamStream:
     """An open upstream answer; `batches()` yields decoded chunks per network read."""
 
     __slots__ = ("_response", "_config", "_whole", "saw_done", "skipped_warning", "_wait", "_deadline", "_reading",
-                 "_timer", "_expired", "_tap")
+                 "_timer", "_expired", "_tap", "_decoder", "_consumer", "_push_error")
 
     def __init__(self, response: aiohttp.ClientResponse, config: UpstreamConfig,
                  whole: list[Any] | None = None, tap: Callable[[bytes], None] | None = None) -> None:
@@ -130,6 +158,9 @@ class UpstreamStream:
         self._reading = False
         self._timer: asyncio.TimerHandle | None = None
         self._expired = False
+        self._decoder: ChunkDecoder | None = None
+        self._consumer: Callable[[list[Any]], bool] | None = None  # see push()
+        self._push_error: BaseException | None = None
 
     @classmethod
     async def from_response(cls, response: aiohttp.ClientResponse, config: UpstreamConfig,
@@ -158,10 +189,50 @@ class UpstreamStream:
 
     def close(self) -> None:
         """Drop the upstream connection now (client gone, shutdown, timeout)."""
+        self._unpush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._response.close()
+
+    def push(self, consumer: Callable[[list[Any]], bool]) -> None:
+        """From now on, offer `consumer` each read that is whole fast-path deltas, while `batches()` waits.
+
+        `consumer(items)` runs inside aiohttp's read callback: it handles the items completely and
+        returns True, or returns False having changed nothing, and the read takes the ordinary path.
+        Not with a tap (capture sees reads as they come) nor before `batches()` has started.
+        """
+        content = self._response.content
+        if (self._decoder is None or not self._decoder.fast or self._tap is not None
+                or type(content) is not aiohttp.StreamReader):
+            return
+        self._consumer = consumer
+        content.__class__ = _PushReader
+        _PUSHED[content] = self._on_data
+
+    def _unpush(self) -> None:
+        if self._consumer is not None:
+            self._consumer = None
+            _PUSHED.pop(self._response.content, None)
+
+    def _on_data(self, data: bytes) -> bool:
+        """A read offered by _PushReader: True when the consumer took it."""
+        if not self._reading or self._expired or self._consumer is None:
+            return False  # batches() is busy with an earlier read (or done): it must see this one after
+        decoder = self._decoder
+        assert decoder is not None
+        items = decoder.whole_fast(data)
+        if not items:
+            return False
+        try:
+            taken = self._consumer(items)
+        except Exception as exc:  # noqa: BLE001 - a gateway bug: batches() raises it in the request's task
+            self._push_error = exc
+            self.close()
+            return True
+        if taken:
+            self._deadline = asyncio.get_running_loop().time() + self._wait
+        return taken
 
     def _check(self) -> None:
         """The read-deadline timer: one per stream, instead of an `asyncio.timeout` per read.
@@ -192,7 +263,7 @@ class UpstreamStream:
             self.saw_done = True
             yield self._whole
             return
-        decoder = ChunkDecoder(fast_path=self._config.fast_path)
+        decoder = self._decoder = ChunkDecoder(fast_path=self._config.fast_path)
         content = self._response.content
         loop = asyncio.get_running_loop()
         wait = self._wait = self._config.first_byte_timeout
@@ -211,6 +282,8 @@ class UpstreamStream:
                 exc.__traceback__ = None
                 failure = _reason(exc)
                 data = b""
+            if self._push_error is not None:
+                raise self._push_error
             if failure:
                 if self._expired:
                     raise UpstreamTimeout(f"the upstream sent nothing for {wait:g}s")
@@ -253,6 +326,7 @@ class UpstreamStream:
         if decoder.skipped:
             self.skipped_warning = (f"skipped {decoder.skipped} non-JSON data line(s) from the upstream, "
                                     f"first: {decoder.skipped_sample!r}")
+        self._unpush()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

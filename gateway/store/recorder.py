@@ -34,6 +34,12 @@ class StoreRecorder(Observer):
             except GatewayError as exc:
                 _fail_in_place(terminal, exc)
 
+    def ready(self) -> bool:
+        return True
+
+    def take(self, events: list[dict[str, Any]]) -> None:
+        pass  # deltas: the record is written from the terminal event, in `send`
+
 
 def mark_cancelled(response: dict[str, Any]) -> None:
     """A response failed with `CANCELLED` was cancelled (POST …/cancel): status `cancelled`, no error.
