@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -111,7 +112,7 @@ class EventStream:
         self._keepalive.add(self)
         await self.send(events)
 
-    async def send(self, events: list[dict[str, Any]]) -> None:
+    async def send(self, events: Sequence[Any]) -> None:
         if events and self.response is not None:
             await self.response.write(encode_events(events))
 
@@ -162,7 +163,7 @@ class FinalResponse:
     async def start(self, events: list[dict[str, Any]]) -> None:
         pass
 
-    async def send(self, events: list[dict[str, Any]]) -> None:
+    async def send(self, events: Sequence[Any]) -> None:
         if events and events[-1]["type"] in TERMINAL_TYPES:
             self._final = events[-1]["response"]
 
