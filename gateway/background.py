@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -110,7 +111,7 @@ class EventLog(Observer):
         await self._put(events[-1]["response"])
         await self.send(events)
 
-    async def send(self, events: list[dict[str, Any]]) -> None:
+    async def send(self, events: Sequence[Any]) -> None:
         if not events or not self.turn.resumable:
             return
         kept = []

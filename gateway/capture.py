@@ -16,7 +16,7 @@ import datetime
 import random
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ class Recorder(SyncObserver):
         except UnicodeDecodeError:  # a read may end inside a character: keep it exact
             self.reads.append({"t_ms": at, "base64": base64.b64encode(data).decode()})
 
-    def take(self, events: list[dict[str, Any]]) -> None:
+    def take(self, events: Sequence[Any]) -> None:
         if events and self._room(len(encode_events(events))):
             self.events.extend(plain(events))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -132,7 +133,7 @@ class EventStream:
         await response.write(encode_events(events))
         self._protocol = _direct_protocol(response)
 
-    async def send(self, events: list[dict[str, Any]]) -> None:
+    async def send(self, events: Sequence[Any]) -> None:
         if not events or self.response is None:
             return
         protocol = self._protocol
@@ -155,7 +156,7 @@ class EventStream:
         transport = protocol.transport
         return transport is not None and not transport.is_closing()
 
-    def take(self, events: list[dict[str, Any]]) -> None:
+    def take(self, events: Sequence[Any]) -> None:
         """Write a batch now (only after `ready()`): the upstream's read callback hands deltas over."""
         data = encode_events(events)
         self._protocol.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
@@ -207,14 +208,14 @@ class FinalResponse:
     async def start(self, events: list[dict[str, Any]]) -> None:
         pass
 
-    async def send(self, events: list[dict[str, Any]]) -> None:
+    async def send(self, events: Sequence[Any]) -> None:
         if events and events[-1]["type"] in TERMINAL_TYPES:
             self._final = events[-1]["response"]
 
     def ready(self) -> bool:
         return True
 
-    def take(self, events: list[dict[str, Any]]) -> None:
+    def take(self, events: Sequence[Any]) -> None:
         pass  # deltas: only the terminal event's response is answered
 
     async def finish(self) -> web.Response:

@@ -8,18 +8,29 @@ prefix and suffix (`match`) and hands the processor a `FastDelta` holding the st
 escaped. The processor copies it straight into a pre-encoded delta event (`EncodedEvent`) and
 decodes the pieces once, for the `.done` event and the final Response.
 
+A read holding many whole events (a fast upstream) is cut at its blank lines once (sse.ChunkDecoder)
+and each run of events of one template becomes one `FastRun` (`Recogniser.runs`): matched, sliced
+and canonicalised by a few C-level calls over the whole run (`canonical_run`) instead of a Python
+loop per event. The processor answers it with one `FastBatch`, whose frames are joined once (`wire`)
+and whose `EncodedEvent`s are made only for a consumer that reads them one by one.
+
 Why this is exact: a template is kept only after the full path has parsed its chunk and a probe
 line (the same prefix and suffix around another string) parsed to the same chunk with only that
 string changed; so any line made of that prefix, a complete JSON string body and that suffix
-parses to the same chunk around its own string. The body is copied only in the form orjson
-writes (raw UTF-8; escapes only for `"`, `\\` and control characters); any other escaping
-(`\\/`, `\\u00e9`, surrogate pairs, upper-case hex) is decoded and re-encoded by orjson, and a
-body orjson rejects leaves the line to the full path. Anything else also takes the full path.
+parses to the same chunk around its own string (templates come only from data of one line, so
+such a line is the whole event). The body is copied only in the form orjson writes (raw UTF-8;
+escapes only for `"`, `\\` and control characters); any other escaping (`\\/`, `\\u00e9`,
+surrogate pairs, upper-case hex) is decoded and re-encoded by orjson, and a body orjson rejects
+leaves the line to the full path. Anything else also takes the full path.
+A run makes the same checks, over all its events at once, and its state checks once: the fast
+case only appends to the open item, which changes nothing they look at.
 """
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from itertools import repeat
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -35,6 +46,11 @@ _PLAIN_BODY = rb"([ !#-\[\]-~]+)"
 # A line end (LF or CRLF), then a blank line.
 _EVENT_END = rb"\r?\n\r?\n"
 _STRING_BODY = re.compile(r'(?:[^"\\]|\\.)*')
+# Valid JSON string bodies (non-empty), one a line: which bytes belong to which string is then
+# certain, so the joined run can be parsed as one JSON array.
+_BODY = rb'(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))+'
+_BODY_LINES = re.compile(_BODY + rb"(?:\n" + _BODY + rb")*").fullmatch
+_UNQUOTED = itemgetter(slice(1, -1))
 _PROBE = "fast-path probe"
 # Learning is bounded: an upstream whose chunks never repeat their text (a random field per
 # chunk) stops paying for it after this many attempts.
@@ -43,6 +59,16 @@ _LEARN_ATTEMPTS = 8
 # A recognised chunk: (its template, its string body as orjson writes it, without quotes). A plain
 # tuple: an object per token would cost as much again as building it (ResponseStream checks its type).
 FastDelta = tuple  # tuple[_Template, bytes]
+
+
+class FastRun:
+    """Consecutive recognised chunks of one template (two or more): their bodies as orjson writes them."""
+
+    __slots__ = ("template", "bodies")
+
+    def __init__(self, template: _Template, bodies: list[bytes]) -> None:
+        self.template = template
+        self.bodies = bodies
 
 
 def as_chunk(delta: FastDelta) -> dict[str, Any]:
@@ -93,17 +119,57 @@ class EncodedEvent(Mapping[str, Any]):
         return f"EncodedEvent({self._dict()!r})"
 
 
-def frame_head(event_type: str) -> bytes:
-    """`event: T\\ndata: {"type":"T","sequence_number":` — what precedes the number in every frame."""
-    return b"event: " + event_type.encode() + b'\ndata: {"type":' + orjson.dumps(event_type) + b',"sequence_number":'
+class FastBatch(Sequence[EncodedEvent]):
+    """The delta events for a `FastRun`, numbered from `first`: a read-only sequence whose
+    `EncodedEvent`s are made only when someone reads them; `wire` is all their frames, joined once.
+
+    Each frame is `frame % (its sequence number, its body)` (`delta_frame`), one C call.
+    """
+
+    __slots__ = ("type", "first", "frame", "bodies", "_wire")
+
+    def __init__(self, event_type: str, first: int, frame: bytes, bodies: list[bytes]) -> None:
+        self.type = event_type
+        self.first = first
+        self.frame = frame
+        self.bodies = bodies
+        self._wire: bytes | None = None
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def __getitem__(self, index: int) -> EncodedEvent:  # type: ignore[override]
+        count = len(self.bodies)
+        if index < 0:
+            index += count
+        if not 0 <= index < count:
+            raise IndexError("FastBatch index out of range")
+        number = self.first + index
+        return EncodedEvent(self.type, number, self.frame % (number, self.bodies[index]))
+
+    def __iter__(self) -> Iterator[EncodedEvent]:
+        numbers = range(self.first, self.first + len(self.bodies))
+        return map(EncodedEvent, repeat(self.type), numbers, map(self.frame.__mod__, zip(numbers, self.bodies)))
+
+    @property
+    def wire(self) -> bytes:
+        """The frames joined: what encode_events writes for these events."""
+        wire = self._wire
+        if wire is None:
+            numbers = range(self.first, self.first + len(self.bodies))
+            wire = self._wire = b"".join(map(self.frame.__mod__, zip(numbers, self.bodies)))
+        return wire
 
 
-def delta_fields(item_id: str, output_index: int, content_index: int | None) -> bytes:
-    """The fields between the sequence number and the delta string, in the full path's order."""
+def delta_frame(event_type: str, item_id: str, output_index: int, content_index: int | None, end: bytes) -> bytes:
+    """A delta event's SSE frame as a bytes `%` format: `%d` its sequence number, `%s` its string as
+    orjson writes it (no quotes); the fields in the full path's order, `end` what follows the string."""
+    head = b"event: " + event_type.encode() + b'\ndata: {"type":' + orjson.dumps(event_type) + b',"sequence_number":'
     fields = b',"item_id":' + orjson.dumps(item_id) + b',"output_index":' + str(output_index).encode()
     if content_index is not None:
         fields += b',"content_index":' + str(content_index).encode()
-    return fields + b',"delta":"'
+    return (head.replace(b"%", b"%%") + b"%d" + fields.replace(b"%", b"%%") + b',"delta":"%s'
+            + end.replace(b"%", b"%%"))
 
 
 def canonical(body: bytes) -> bytes | None:
@@ -117,6 +183,35 @@ def canonical(body: bytes) -> bytes | None:
     return orjson.dumps(value)[1:-1] if type(value) is str else None
 
 
+def canonical_run(bodies: list[bytes]) -> list[bytes]:
+    """`canonical` of each body up to the first that is empty or not a valid body.
+
+    Usually C-level calls over the whole run: one search when every body is already in orjson's
+    form; else, once each body is known to be a well-formed string body (so that in the joined
+    array each string is exactly one body), one parse of them all as a JSON array and a dump of
+    each string. (Not one dump of the array cut at its `","`: a string ending in `",` fools that.)
+    """
+    if all(bodies):
+        joined = b"".join(bodies)
+        if joined.isascii() and _SPECIAL.search(joined) is None:
+            return bodies
+        lines = b"\n".join(bodies)
+        if lines.count(b"\n") == len(bodies) - 1 and _BODY_LINES(lines) is not None:
+            try:
+                values = orjson.loads(b'["' + b'","'.join(bodies) + b'"]')
+            except orjson.JSONDecodeError:
+                pass  # not UTF-8, or a lone surrogate: find which one below
+            else:
+                return list(map(_UNQUOTED, map(orjson.dumps, values)))
+    out = []
+    for body in bodies:
+        escaped = canonical(body) if body else None
+        if escaped is None:
+            break
+        out.append(escaped)
+    return out
+
+
 def decode_body(escaped: bytes) -> str:
     """Escaped pieces (joined) back to text: one parse for a whole part."""
     text: str = orjson.loads(b'"' + escaped + b'"')
@@ -126,7 +221,7 @@ def decode_body(escaped: bytes) -> str:
 class _Template:
     """The bytes of a `data:` payload around the string; `head` is the whole line's start."""
 
-    __slots__ = ("kind", "index", "text", "prefix", "suffix", "head", "head_len", "suffix_len", "plain")
+    __slots__ = ("kind", "index", "text", "prefix", "suffix", "head", "head_len", "suffix_len", "plain", "body")
 
     def __init__(self, kind: str, index: Any, prefix: str, suffix: str) -> None:
         self.kind = kind
@@ -139,6 +234,8 @@ class _Template:
         self.suffix_len = len(suffix)
         # The whole event in one C call when the body is already in orjson's form and ASCII.
         self.plain = re.compile(re.escape(self.head) + _PLAIN_BODY + re.escape(suffix) + _EVENT_END).match
+        # An event's body, given an event that starts with `head` and ends with `suffix`.
+        self.body = itemgetter(slice(self.head_len, -self.suffix_len))
 
 
 class Recogniser:
@@ -150,17 +247,22 @@ class Recogniser:
         self.templates: list[_Template] = []   # at most one per kind
         self._attempts = _LEARN_ATTEMPTS
 
-    def scan(self, buf: bytes) -> tuple[list[Any], int]:
-        """The fast deltas of the complete events at the start of `buf` that match a template,
-        and where the first other event (or an incomplete one) starts.
+    @property
+    def learning(self) -> bool:
+        """May a chunk still teach a template?"""
+        return self._attempts > 0
+
+    def scan(self, buf: bytes, pos: int = 0, limit: int = -1) -> tuple[list[Any], int]:
+        """The fast deltas of the complete events from `pos` in `buf` that match a template (at most
+        `limit`, when not -1), and where the first other event (or an incomplete one) starts.
 
         An event matches only as one whole line, `data: ` + prefix + body + suffix, then a blank
         line (LF or CRLF): a valid body holds no raw line break, so the line ends where it seems to.
         """
         out: list[Any] = []
-        pos = 0
         templates = self.templates
-        while True:
+        while limit:
+            limit -= 1
             for template in templates:
                 match = template.plain(buf, pos)  # the usual body: printable ASCII, no escapes
                 if match is not None:
@@ -173,6 +275,7 @@ class Recogniser:
                     return out, pos
                 out.append(delta)
                 pos = next_pos
+        return out, pos
 
     def _general(self, buf: bytes, pos: int) -> tuple[FastDelta | None, int]:
         """The event at `pos` when its body is valid but not plain: (delta, where the next starts)."""
@@ -193,6 +296,42 @@ class Recogniser:
                 return (None, pos) if body is None else ((template, body), next_pos)
         return None, pos
 
+    def heads(self, events: list[bytes]) -> list[tuple[_Template, list[bool]]]:
+        """Per template, which of `events` (a read cut at its blank lines) start with its head, and
+        one False more to end any search for the end of a run."""
+        return [(template, [*map(bytes.startswith, events, repeat(template.head)), False])
+                for template in self.templates]
+
+    def runs(self, events: list[bytes], heads: list[tuple[_Template, list[bool]]],
+             start: int) -> tuple[list[Any], int]:
+        """The fast deltas of the events from `start` on, one `FastRun` per run of one template (a
+        `FastDelta` for a run of one), and where the first other event is.
+
+        An event matches as `head + body + suffix`, nothing else: a valid body holds no line break,
+        nor do a template's head and suffix, so the event is the one line `scan` would match.
+        """
+        out: list[Any] = []
+        count = len(events)
+        while start < count:
+            for template, starts in heads:
+                if starts[start]:
+                    break
+            else:
+                break
+            run = events[start:starts.index(False, start)]
+            ends = list(map(bytes.endswith, run, repeat(template.suffix)))
+            if False in ends:
+                del run[ends.index(False):]
+                if not run:
+                    break
+            bodies = canonical_run(list(map(template.body, run)))
+            if bodies:
+                out.append(FastRun(template, bodies) if len(bodies) > 1 else (template, bodies[0]))
+                start += len(bodies)
+            if len(bodies) < len(run):
+                break
+        return out, start
+
     def match(self, data: str) -> FastDelta | None:
         """A `data:` payload already decoded (the rest of the read in which a template was learned)."""
         for template in self.templates:
@@ -207,8 +346,8 @@ class Recogniser:
         if self._attempts <= 0:
             return
         shape = _shape(chunk)
-        if shape is None:
-            return
+        if shape is None or "\n" in data:
+            return  # not a fast shape; or data from several `data:` lines, which no one-line event matches
         self._attempts -= 1
         kind, index, holder = shape
         value = holder[kind]

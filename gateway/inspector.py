@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from .pipeline import Run, SyncObserver
 
-Batch = list[dict[str, Any]]
+Batch = Sequence[Any]  # a list, or a FastBatch or Joined (see pipeline.py)
 # Batches kept per request (one batch is usually one upstream read); later ones are counted only.
 MAX_BATCHES = 2000
 # Batches a slow page may fall behind before its feed is ended.

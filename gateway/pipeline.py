@@ -12,7 +12,11 @@ The sink contract. A sink consumes one run's event sequence; `run_pipeline` driv
   on by one across `start` and `send`; the one terminal event (`response.completed`,
   `.incomplete` or `.failed`) is the last event of the last batch. A batch is all or nothing:
   a sink that raises has delivered none of it (the pipeline then ends the stream with a
-  terminal numbered after the last batch every sink took).
+  terminal numbered after the last batch every sink took). A batch is a read-only sequence
+  of events (mappings): a list, or for a run of fast-path deltas a `FastBatch` (or a `Joined`
+  holding one) that makes its events as they are read and has its SSE bytes ready: sinks
+  index and iterate it, never concatenate, slice or extend it (the store recorder still
+  changes a terminal event in place; a batch holding one is a list or a `Joined`).
 - `started` is true once the client has seen the head: from then on failures go in-band.
   A sink that does not answer the client (a recorder, a log) is never `started`.
 - `finish()` after the pipeline returned: the sink's own ending (write the SSE end, build the
@@ -37,13 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .bounds import encode_bounded
 from .errors import GatewayError, UpstreamError, UpstreamTimeout, internal_error_message
 from .ids import new_id, new_response_id
 from .log import get_logger
+from .sse import joined
 from .stream_processor import ResponseStream
 from .translate import ChatRequest
 from .upstream import UpstreamClient, UpstreamStream
@@ -51,7 +56,7 @@ from .upstream import UpstreamClient, UpstreamStream
 if TYPE_CHECKING:
     from aiohttp import web
 
-Events = list[dict[str, Any]]
+Events = Sequence[Any]  # see the sink contract above
 
 
 class Sink(Protocol):
@@ -274,8 +279,8 @@ async def _stream(run: Run, client: UpstreamClient, sink: Sink, keepalive_interv
         batches = _logged_chunks(batches)
     armed = debug  # the debug log sees every chunk: no shortcut then
     async for batch in batches:
-        # One read is usually one chunk (a paced token): skip the flattening then.
-        events = feed(batch[0]) if len(batch) == 1 else [event for chunk in batch for event in feed(chunk)]
+        # One read is usually one chunk (a paced token) or one FastRun (a fast upstream): no joining then.
+        events = feed(batch[0]) if len(batch) == 1 else joined([feed(chunk) for chunk in batch])
         if run.first_output_at is None and stream.has_output:
             run.first_output_at = time.monotonic()
         await sink.send(events)
@@ -304,7 +309,7 @@ def _taker(run: Run, sink: Sink) -> Callable[[list[Any]], bool]:
     def take(items: list[Any]) -> bool:
         if not sink.ready() or not all(map(takes_fast, items)):
             return False
-        events = feed(items[0]) if len(items) == 1 else [event for item in items for event in feed(item)]
+        events = feed(items[0]) if len(items) == 1 else joined([feed(item) for item in items])
         if run.first_output_at is None:
             run.first_output_at = time.monotonic()
         sink.take(events)

@@ -8,23 +8,27 @@ unterminated last event is delivered at EOF instead of discarded.
 
 `ChunkDecoder` turns those events into parsed chunk dicts for the stream processor.
 
-Encoding: Responses events as `event:`/`data:` frames (`encode_events`), and the keep-alive
-comment (`PING`).
+Encoding: Responses events as `event:`/`data:` frames (`encode_events`), the events of one read's
+chunks as one batch (`joined`), and the keep-alive comment (`PING`).
 """
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from typing import Any
 
 import orjson
 
-from .fast_path import EncodedEvent, Recogniser
+from .fast_path import EncodedEvent, FastBatch, Recogniser
 
 DONE = "[DONE]"
 PING = b": ping\r\n\r\n"
 # `event: <type>\ndata: ` per event type, built once: the type set is small and fixed.
 _EVENT_PREFIX: dict[str, bytes] = {}
+# Reads and events ChunkDecoder looks at one by one per stream while it may still learn a template
+# (see `_runs`).
+_LEARN_STEPS = 16
 
 
 class SSEDecoder:
@@ -123,14 +127,15 @@ class ChunkDecoder:
     errors: `{"error": ...}`. Non-JSON data that is not marked as an error is skipped
     and counted in `skipped`, the first one kept in `skipped_sample` (keep-alive words some
     servers send as data). With `fast_path`, the common delta chunks come out unparsed, as
-    `fast_path.FastDelta` (see fast_path.py).
+    `fast_path.FastDelta`, or several in a row of one read as one `fast_path.FastRun` (see fast_path.py).
     """
 
-    __slots__ = ("_sse", "_fast", "done", "skipped", "skipped_sample")
+    __slots__ = ("_sse", "_fast", "_steps", "done", "skipped", "skipped_sample")
 
     def __init__(self, fast_path: bool = False) -> None:
         self._sse = SSEDecoder()
         self._fast = Recogniser() if fast_path else None
+        self._steps = _LEARN_STEPS
         self.done = False
         self.skipped = 0
         self.skipped_sample = ""
@@ -138,15 +143,27 @@ class ChunkDecoder:
     def feed(self, data: bytes) -> list[Any]:
         fast = self._fast
         sse = self._sse
-        if fast is None or not fast.templates or self.done:
+        if fast is None or self.done:
             return self._decode(sse.feed(data))
+        if not fast.templates:
+            if not (self._steps and fast.learning):
+                return self._decode(sse.feed(data))
+            self._steps -= 1  # a read looked at for a template to learn (see `_runs`)
         # The fast path reads whole events from the bytes; it may start only between events.
         if sse._tail or sse._data or sse._event or sse._skip_lf or sse._utf8.getstate()[0]:  # noqa: SLF001
             held = sse.take_partial()
             if held is None:
                 return self._decode(sse.feed(data))
             data = held + data
-        chunks, pos = fast.scan(data)
+        chunks, pos = fast.scan(data, limit=1)  # a paced stream's read: one event, all of it
+        if pos == len(data):
+            return chunks
+        end = data.find(b"\n\n", pos)
+        if end >= 0 and (pos or data.find(b"\n\n", end + 2) >= 0) and b"\r" not in data:
+            return self._runs(data)  # two whole events or more (the first again, as part of its run)
+        # Fewer, or CRLF line ends: event by event.
+        more, pos = fast.scan(data, pos)
+        chunks += more
         if pos < len(data):
             chunks += self._decode(sse.feed(data[pos:] if pos else data))
         return chunks
@@ -164,6 +181,48 @@ class ChunkDecoder:
             return None
         items, pos = fast.scan(data)
         return items if items and pos == len(data) else None
+
+    def _runs(self, data: bytes) -> list[Any]:
+        """Whole events (LF line ends) and maybe the start of one: each run of fast events as one
+        item (fast_path.Recogniser.runs), the others through the SSE decoder, in their order.
+
+        The SSE decoder is fed whole events, so it is between events wherever a run starts. While a
+        template may still be learned it is fed them one at a time, so that the events after the one
+        that teaches it can take the fast path in the same read; `_LEARN_STEPS` bounds the reads and
+        events so looked at, so a stream without fast shapes soon stops paying for it.
+        """
+        fast = self._fast
+        assert fast is not None
+        lines = data.split(b"\n")  # memchr: twice as fast as finding each b"\n\n"
+        if len(lines) % 2 and not any(lines[1::2]):
+            events = lines[::2]  # every event one line: the same as data.split(b"\n\n")
+        else:
+            events = data.split(b"\n\n")
+        rest = events.pop()  # an incomplete event, or b""
+        templates = fast.templates
+        heads = fast.heads(events)
+        chunks: list[Any] = []
+        start, count = 0, len(events)
+        while start < count:
+            found, start = fast.runs(events, heads, start)
+            chunks += found
+            if start == count:
+                break
+            if self._steps and fast.learning:
+                self._steps -= 1
+                stop = start + 1
+            else:
+                stop = _next_head(heads, start + 1, count)
+            chunks += self._decode(self._sse.feed(b"\n\n".join(events[start:stop]) + b"\n\n"))
+            if self.done:
+                return chunks
+            if fast.templates is not templates:
+                templates = fast.templates
+                heads = fast.heads(events)
+            start = stop
+        if rest:
+            chunks += self._decode(self._sse.feed(rest))
+        return chunks
 
     def close(self) -> list[Any]:
         return self._decode(self._sse.close())
@@ -206,11 +265,63 @@ class ChunkDecoder:
         return chunks
 
 
+def _next_head(heads: list[tuple[Any, list[bool]]], start: int, stop: int) -> int:
+    """The first event in [start, stop) that starts with a template's head, else `stop`."""
+    for _, starts in heads:
+        try:
+            stop = starts.index(True, start, stop)
+        except ValueError:
+            pass
+    return stop
+
+
 def _prefix(event_type: str) -> bytes:
     prefix = _EVENT_PREFIX.get(event_type)
     if prefix is None:
         prefix = _EVENT_PREFIX[event_type] = b"event: " + event_type.encode() + b"\ndata: "
     return prefix
+
+
+class Joined(Sequence[Any]):
+    """The events of several feeds as one batch (the chunks of one read), without building a
+    FastBatch among them event by event; read-only, like a FastBatch.
+
+    Its `wire` is not kept: a sink may change an event in place (the store recorder, a terminal).
+    """
+
+    __slots__ = ("batches", "_count")
+
+    def __init__(self, batches: list[Sequence[Any]]) -> None:
+        self.batches = batches
+        self._count = sum(map(len, batches))
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("Joined index out of range")
+        for batch in self.batches:
+            if index < len(batch):
+                return batch[index]
+            index -= len(batch)
+        raise AssertionError("unreachable: the count covers every batch")
+
+    def __iter__(self) -> Iterator[Any]:
+        return chain.from_iterable(self.batches)
+
+    @property
+    def wire(self) -> bytes:
+        return b"".join(map(encode_events, self.batches))
+
+
+def joined(batches: list[Sequence[Any]]) -> Sequence[Any]:
+    """The events of several feeds as one batch: a list, or a `Joined` when a FastBatch is among them."""
+    if FastBatch in map(type, batches):
+        return Joined(batches)
+    return [event for batch in batches for event in batch]
 
 
 def encode_events(events: Iterable[Any]) -> bytes:
@@ -220,5 +331,7 @@ def encode_events(events: Iterable[Any]) -> bytes:
     slower (its buffers are large mallocs; freeing them at once keeps them cache-hot).
     Events the fast path made (`EncodedEvent`) are already framed.
     """
+    if type(events) is FastBatch or type(events) is Joined:
+        return events.wire  # type: ignore[attr-defined]
     return b"".join([event.frame if type(event) is EncodedEvent else _prefix(event["type"]) + orjson.dumps(event)
                      + b"\n\n" for event in events])

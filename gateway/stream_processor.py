@@ -16,7 +16,7 @@ events → `output_item.done`, then exactly one of `response.completed`,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,8 @@ from .bounds import MAX_COUNT, clip, encode_bounded
 from .call_ids import CallIdStyle, new_call_id
 from .custom_tools import InputDecoder
 from .errors import error_code
-from .fast_path import ARGS, EncodedEvent, FastDelta, as_chunk, decode_body, delta_fields, frame_head
+from .fast_path import (ARGS, TEXT, EncodedEvent, FastBatch, FastDelta, FastRun, as_chunk, decode_body,
+                        delta_frame)
 from .provider_metadata import id_carrying_extra
 from .think_tags import ThinkSplitter, ThinkTagsMode
 
@@ -63,7 +64,7 @@ class MalformedChunk(Exception):
     """
 
 _TEXT_TYPE, _ARGS_TYPE = "response.output_text.delta", "response.function_call_arguments.delta"
-_TEXT_HEAD, _ARGS_HEAD = frame_head(_TEXT_TYPE), frame_head(_ARGS_TYPE)
+_DELTA_TYPES = {TEXT: _TEXT_TYPE, ARGS: _ARGS_TYPE}  # per fast-path kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,17 @@ class _Text:
             self.blocks.append(b"".join(pieces))
             pieces.clear()
 
+    def extend_escaped(self, pieces: list[bytes]) -> None:
+        """`append_escaped` for each of `pieces`, kept as one block once there are enough: escaped pieces
+        are only ever read back whole (`value()`), so how they are grouped changes nothing."""
+        if not self.escaped:
+            self._convert(True)
+        held = self.pieces
+        held += pieces
+        if len(held) >= self.RUN:
+            self.blocks.append(b"".join(held))
+            held.clear()
+
     def _convert(self, escaped: bool) -> None:
         held = self.value() if self else ""
         self.blocks, self.pieces, self.escaped = [], [], escaped
@@ -135,7 +147,7 @@ class _Text:
 
 
 class _Message:
-    __slots__ = ("id", "index", "part_type", "part_index", "parts", "chunks", "fast_fields")
+    __slots__ = ("id", "index", "part_type", "part_index", "parts", "chunks", "fast_frame")
 
     def __init__(self, item_id: str, index: int) -> None:
         self.id = item_id
@@ -144,7 +156,7 @@ class _Message:
         self.part_index = -1
         self.parts: list[dict[str, Any]] = []
         self.chunks = _Text()
-        self.fast_fields = b""        # the open part's delta fields, pre-encoded (fast path)
+        self.fast_frame = b""         # the open part's delta frame, a `%` format (fast path)
 
 
 class _Reasoning:
@@ -158,7 +170,7 @@ class _Reasoning:
 
 class _Call:
     __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced", "custom",
-                 "fast_fields")
+                 "fast_frame")
 
     def __init__(self, call_id: str, name: str) -> None:
         self.id = ""                  # set when announced: it may carry `extra`
@@ -170,7 +182,7 @@ class _Call:
         self.extra: Any = None        # provider metadata that must survive a turn
         self.announced = False        # output_item.added sent (needs the name)
         self.custom: InputDecoder | None = None  # a custom tool's call: streams the decoded `input`
-        self.fast_fields = b""        # the delta fields, pre-encoded (fast path)
+        self.fast_frame = b""         # the delta frame, a `%` format (fast path)
 
 
 class ResponseStream:
@@ -241,10 +253,12 @@ class ResponseStream:
         return [self._event("response.created", response=snapshot),
                 self._event("response.in_progress", response=snapshot)]
 
-    def feed(self, chunk: Any) -> list[Event]:
-        """One parsed upstream chunk in, the events it causes out."""
+    def feed(self, chunk: Any) -> Sequence[Any]:
+        """One parsed upstream chunk in, the events it causes out (a list, or for a `FastRun` a `FastBatch`)."""
         if type(chunk) is FastDelta:  # a plain tuple from fast_path.Recogniser
             return self._fast_delta(chunk)
+        if type(chunk) is FastRun:
+            return self._fast_run(chunk)
         out = self._out = []
         if self.terminal is not None:
             return out
@@ -301,9 +315,13 @@ class ResponseStream:
     # ------------------------------------------------------------------ the fast path (fast_path.py)
     def takes_fast(self, item: Any) -> bool:
         """Would `feed(item)` only append to an open item (no new item, no terminal, no full path)?"""
-        return type(item) is FastDelta and self.terminal is None and self._fast_item(*item) is not None
+        if self.terminal is not None:
+            return False
+        if type(item) is FastDelta:
+            return self._fast_item(*item) is not None
+        return type(item) is FastRun and self._fast_item(item.template, b"".join(item.bodies)) is not None
 
-    def _fast_delta(self, delta: FastDelta) -> list[Any]:
+    def _fast_delta(self, delta: FastDelta) -> Sequence[Any]:
         """A recognised text or arguments chunk: one pre-encoded event where `_fast_item` allows, else the full path."""
         if self.terminal is not None:
             return []
@@ -311,36 +329,51 @@ class ResponseStream:
         item = self._fast_item(template, escaped)
         if item is None:
             return self.feed(as_chunk(delta))
-        if template.kind is ARGS:
-            kind, head, tail = _ARGS_TYPE, _ARGS_HEAD, b'"}\n\n'
-        else:
-            kind, head, tail = _TEXT_TYPE, _TEXT_HEAD, b'","logprobs":[]}\n\n'
-        fields = item.fast_fields
-        if not fields:
-            fields = item.fast_fields = delta_fields(item.id, item.index,
-                                                     item.part_index if template.kind is not ARGS else None)
         item.chunks.append_escaped(escaped)
         self.has_output = True
         seq = self._seq
         self._seq += 1
-        return [EncodedEvent(kind, seq, b"".join((head, str(seq).encode(), fields, escaped, tail)))]
+        return [EncodedEvent(_DELTA_TYPES[template.kind], seq, item.fast_frame % (seq, escaped))]
 
-    def _fast_item(self, template: Any, escaped: bytes) -> Any:
-        """The item a recognised chunk's string would only be appended to: the open output_text part
-        or an announced call; None where the state needs more."""
+    def _fast_run(self, run: FastRun) -> Sequence[Any]:
+        """Recognised chunks of one template in a row: `_fast_delta` for each, with the state checked once
+        (the fast case only appends to the item, which changes nothing `_fast_item` looks at)."""
+        if self.terminal is not None:
+            return []
+        template, bodies = run.template, run.bodies
+        item = self._fast_item(template, b"".join(bodies))
+        if item is None:  # some chunk needs the full path (a `<` for the think-tag splitter, a call not announced)
+            return [event for body in bodies for event in self._fast_delta((template, body))]
+        item.chunks.extend_escaped(bodies)
+        self.has_output = True
+        seq = self._seq
+        self._seq += len(bodies)
+        return FastBatch(_DELTA_TYPES[template.kind], seq, item.fast_frame, bodies)
+
+    def _fast_item(self, template: Any, escaped: bytes) -> _Message | _Call | None:
+        """The item a recognised chunk's string (`escaped`) would only be appended to, with its delta
+        frame made: the open output_text part or an announced call; None where the state needs more."""
         if template.kind is ARGS:
             # _tool_call_delta's lookup for a fragment without id, name or extra_content.
             index = template.index
             if index is not None:
-                call: Any = self._calls_by_key.get(("index", index))
+                call = self._calls_by_key.get(("index", index))
             else:
                 call = self._calls[-1] if self._calls else None
-            return None if call is None or not call.announced or call.custom is not None else call
+            if call is None or not call.announced or call.custom is not None:
+                return None
+            if not call.fast_frame:
+                call.fast_frame = delta_frame(_ARGS_TYPE, call.id, call.index, None, b'"}\n\n')
+            return call
         message, think = self._message, self._think
         if (message is None or message.part_type != "output_text" or self._reasoning is not None
                 or (think is not None and not (think.idle and b"<" not in escaped))):
             return None
+        if not message.fast_frame:
+            message.fast_frame = delta_frame(_TEXT_TYPE, message.id, message.index, message.part_index,
+                                             b'","logprobs":[]}\n\n')
         return message
+
 
     # ------------------------------------------------------------------ chunk handling
     def _chunk(self, chunk: Any) -> None:
@@ -458,7 +491,7 @@ class ResponseStream:
             self._close_part(message)
         message.part_type = part_type
         message.part_index += 1
-        message.fast_fields = b""
+        message.fast_frame = b""
         self._emit("response.content_part.added", item_id=message.id, output_index=message.index,
                    content_index=message.part_index, part=_part(part_type, ""))
 

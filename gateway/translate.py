@@ -275,7 +275,8 @@ def _tool_choice(choice: Any, names: _ToolNames) -> Any:
         name = choice.get("name")
         if not isinstance(name, str):
             raise _fail("Missing required parameter: 'tool_choice.name'.", "tool_choice.name")
-        return {"type": "function", "function": {"name": names.upstream(name, choice.get("namespace"))}}
+        namespace = _namespace(choice.get("namespace"), "tool_choice.namespace")
+        return {"type": "function", "function": {"name": names.upstream(name, namespace)}}
     if choice.get("type") == "allowed_tools":
         mode = choice.get("mode")
         return mode if mode in _TOOL_CHOICES else "auto"
@@ -374,13 +375,13 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         for key, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
             if not isinstance(value, str):
                 raise _fail(f"Invalid '{param}.{key}': expected a string.", f"{param}.{key}")
-        _history_call(conversation, item, call_id, name, arguments)
+        _history_call(conversation, item, param, call_id, name, arguments)
     elif kind == "custom_tool_call":
         call_id, name, text = item.get("call_id"), item.get("name"), item.get("input")
         for key, value in (("call_id", call_id), ("name", name), ("input", text)):
             if not isinstance(value, str):
                 raise _fail(f"Invalid '{param}.{key}': expected a string.", f"{param}.{key}")
-        _history_call(conversation, item, call_id, name, custom_arguments(text))
+        _history_call(conversation, item, param, call_id, name, custom_arguments(text))
     elif kind in ("function_call_output", "custom_tool_call_output"):
         call_id = item.get("call_id")
         if not isinstance(call_id, str):
@@ -400,11 +401,18 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         raise _fail(f"Input item type {kind!r} is not supported by this gateway.", f"{param}.type")
 
 
-def _history_call(conversation: _Conversation, item: dict[str, Any], call_id: str, name: str,
+def _namespace(value: Any, param: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise _fail(f"Invalid type for '{param}': expected a string.", param)
+
+
+def _history_call(conversation: _Conversation, item: dict[str, Any], param: str, call_id: str, name: str,
                   arguments: str) -> None:
     """An earlier call as an assistant tool call, with the upstream's metadata and id form restored."""
+    namespace = _namespace(item.get("namespace"), f"{param}.namespace")
     call: dict[str, Any] = {"id": conversation.call_id(call_id), "type": "function",
-                            "function": {"name": conversation.names.upstream(name, item.get("namespace")),
+                            "function": {"name": conversation.names.upstream(name, namespace),
                                          "arguments": arguments}}
     extra = extra_from_item_id(item.get("id"))
     if extra is not None:

@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import assert_valid_stream
 from .helpers import events_of, read_stream, sdk
-from .scripted_upstream import paced_reply
+from .scripted_upstream import Reply, chunk, paced_reply, sse, usage
 
 openai = pytest.importorskip("openai")
 
@@ -86,6 +86,27 @@ async def test_stream_resumes_exactly_after_a_drop(make_gateway, upstream, http,
     assert full.startswith(head)  # byte for byte what the first client saw
     _, resumed_raw = await read_stream(http, f"{base}/v1/responses/{response_id}?stream=true&starting_after={cut}")
     assert head + resumed_raw == full
+
+
+async def test_reads_of_many_deltas_are_logged_and_stored_exactly(make_gateway, upstream, http, store_url):
+    # Whole reads of deltas: the fast path hands the sinks a FastBatch (the middle read) or a Joined
+    # holding one (the first and last), which the event log and the store recorder take like a list.
+    words = [f"x{i} " for i in range(40)]
+    deltas = [chunk({"content": w}) for w in words]
+    first = sse(chunk({"role": "assistant", "content": ""}), *deltas[:10], done=False)
+    last = sse(*deltas[30:], chunk({}, finish="stop"), chunk(choices=False, usage=usage()))
+    upstream.enqueue(Reply([first, 0.1, sse(*deltas[10:30], done=False), 0.1, last]))
+    gateway = await make_gateway(store={"url": store_url})
+    base = url_of(gateway)
+    body = {"model": "scripted", "input": "count", "stream": True, "background": True}
+    status, live = await read_stream(http, f"{base}/v1/responses", json=body)
+    assert status == 200 and assert_valid_stream(live)["text"] == "".join(words)
+    response_id = events_of(live)[0]["response"]["id"]
+    status, logged = await read_stream(http, f"{base}/v1/responses/{response_id}?stream=true")
+    assert status == 200 and logged == live
+    async with sdk(base) as client:
+        stored = await client.responses.retrieve(response_id)
+    assert stored.status == "completed" and stored.output_text == "".join(words)
 
 
 def _obj(event: dict[str, Any]) -> Any:

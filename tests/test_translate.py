@@ -382,3 +382,12 @@ def test_wrong_types_name_the_param(body, param):
 def test_body_not_an_object():
     error = invalid(["model", "m"])
     assert error.param is None
+
+
+def test_a_namespace_that_is_not_a_string_is_a_clear_400():
+    """Found by schemathesis: a list as `namespace` was used as a dict key (a 500)."""
+    error = invalid({"model": "m", "input": "hi", "tool_choice": {"type": "function", "name": "f", "namespace": []}})
+    assert error.param == "tool_choice.namespace"
+    call = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}", "namespace": {"a": 1}}
+    error = invalid({"model": "m", "input": [call]})
+    assert error.param == "input[0].namespace"

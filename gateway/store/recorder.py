@@ -7,6 +7,7 @@ becomes `response.failed` (`store_unavailable`): the client asked for state that
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import GatewayError
@@ -25,7 +26,7 @@ class StoreRecorder(Observer):
         self.service = service
         self.turn = turn
 
-    async def send(self, events: list[dict[str, Any]]) -> None:
+    async def send(self, events: Sequence[Any]) -> None:
         if events and events[-1]["type"] in TERMINAL_TYPES:
             terminal = events[-1]
             mark_cancelled(terminal["response"])
@@ -37,7 +38,7 @@ class StoreRecorder(Observer):
     def ready(self) -> bool:
         return True
 
-    def take(self, events: list[dict[str, Any]]) -> None:
+    def take(self, events: Sequence[Any]) -> None:
         pass  # deltas: the record is written from the terminal event, in `send`
 
 
