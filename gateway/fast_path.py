@@ -258,14 +258,14 @@ class Recogniser:
         out: list[Any] = []
         while limit:
             limit -= 1
-            delta, next_pos = self._event(buf, pos)
+            delta, next_pos = self.event(buf, pos)
             if delta is None:
                 return out, pos
             out.append(delta)
             pos = next_pos
         return out, pos
 
-    def _event(self, buf: bytes, pos: int) -> tuple[FastDelta | None, int]:
+    def event(self, buf: bytes, pos: int = 0) -> tuple[FastDelta | None, int]:
         """The event at `pos` when it is a template's: (delta, where the next starts), else (None, pos)."""
         newline = buf.find(b"\n", pos)
         if newline < 0:

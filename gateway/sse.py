@@ -179,8 +179,13 @@ class ChunkDecoder:
         if (fast is None or not fast.templates or self.done or sse._tail or sse._data or sse._event  # noqa: SLF001
                 or sse._skip_lf or sse._utf8.getstate()[0]):  # noqa: SLF001
             return None
-        items, pos = fast.scan(data)
-        return items if items and pos == len(data) else None
+        delta, pos = fast.event(data)  # the usual read on a paced stream: one event
+        if pos == len(data):
+            return [delta]
+        if delta is None:
+            return None
+        items, pos = fast.scan(data, pos)
+        return [delta, *items] if pos == len(data) else None
 
     def _runs(self, data: bytes) -> list[Any]:
         """Whole events (LF line ends) and maybe the start of one: each run of fast events as one
