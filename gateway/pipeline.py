@@ -304,12 +304,19 @@ def _taker(run: Run, sink: Sink) -> Callable[[list[Any]], bool]:
     """The consumer for `UpstreamStream.push`: one read's fast deltas, all the way to the sinks, now;
     or False, having changed nothing, when a sink would wait or the state needs more than appending."""
     stream = run.stream
-    feed, takes_fast = stream.feed, stream.takes_fast
+    feed, takes_fast, appended = stream.feed, stream.takes_fast, stream.appended
 
     def take(items: list[Any]) -> bool:
-        if not sink.ready() or not all(map(takes_fast, items)):
+        if not sink.ready():
             return False
-        events = feed(items[0]) if len(items) == 1 else joined([feed(item) for item in items])
+        if len(items) == 1:  # a paced stream's read
+            events = appended(items[0])
+            if events is None:
+                return False
+        elif all(map(takes_fast, items)):
+            events = joined([feed(item) for item in items])
+        else:
+            return False
         if run.first_output_at is None:
             run.first_output_at = time.monotonic()
         sink.take(events)

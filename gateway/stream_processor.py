@@ -321,34 +321,49 @@ class ResponseStream:
             return self._fast_item(*item) is not None
         return type(item) is FastRun and self._fast_item(item.template, b"".join(item.bodies)) is not None
 
-    def _fast_delta(self, delta: FastDelta) -> Sequence[Any]:
-        """A recognised text or arguments chunk: one pre-encoded event where `_fast_item` allows, else the full path."""
+    def appended(self, item: Any) -> Sequence[Any] | None:
+        """`feed(item)` for a fast delta or run that only appends to an open item; else None, nothing changed."""
         if self.terminal is not None:
-            return []
-        template, escaped = delta
-        item = self._fast_item(template, escaped)
-        if item is None:
-            return self.feed(as_chunk(delta))
-        item.chunks.append_escaped(escaped)
+            return None
+        if type(item) is FastDelta:
+            template, escaped = item
+            target = self._fast_item(template, escaped)
+            if target is None:
+                return None
+            target.chunks.append_escaped(escaped)
+            self.has_output = True
+            seq = self._seq
+            self._seq += 1
+            return [EncodedEvent(_DELTA_TYPES[template.kind], seq, target.fast_frame % (seq, escaped))]
+        if type(item) is not FastRun:
+            return None
+        template, bodies = item.template, item.bodies
+        target = self._fast_item(template, b"".join(bodies))
+        if target is None:
+            return None
+        target.chunks.extend_escaped(bodies)
         self.has_output = True
         seq = self._seq
-        self._seq += 1
-        return [EncodedEvent(_DELTA_TYPES[template.kind], seq, item.fast_frame % (seq, escaped))]
+        self._seq += len(bodies)
+        return FastBatch(_DELTA_TYPES[template.kind], seq, target.fast_frame, bodies)
+
+    def _fast_delta(self, delta: FastDelta) -> Sequence[Any]:
+        """A recognised text or arguments chunk: one pre-encoded event where `_fast_item` allows, else the full path."""
+        events = self.appended(delta)
+        if events is not None:
+            return events
+        return [] if self.terminal is not None else self.feed(as_chunk(delta))
 
     def _fast_run(self, run: FastRun) -> Sequence[Any]:
         """Recognised chunks of one template in a row: `_fast_delta` for each, with the state checked once
         (the fast case only appends to the item, which changes nothing `_fast_item` looks at)."""
+        events = self.appended(run)
+        if events is not None:
+            return events
         if self.terminal is not None:
             return []
-        template, bodies = run.template, run.bodies
-        item = self._fast_item(template, b"".join(bodies))
-        if item is None:  # some chunk needs the full path (a `<` for the think-tag splitter, a call not announced)
-            return [event for body in bodies for event in self._fast_delta((template, body))]
-        item.chunks.extend_escaped(bodies)
-        self.has_output = True
-        seq = self._seq
-        self._seq += len(bodies)
-        return FastBatch(_DELTA_TYPES[template.kind], seq, item.fast_frame, bodies)
+        # Some chunk needs the full path (a `<` for the think-tag splitter, a call not announced).
+        return [event for body in run.bodies for event in self._fast_delta((run.template, body))]
 
     def _fast_item(self, template: Any, escaped: bytes) -> _Message | _Call | None:
         """The item a recognised chunk's string (`escaped`) would only be appended to, with its delta
