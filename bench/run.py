@@ -444,9 +444,11 @@ class Row:
 def rows(profile: Profile) -> list[Row]:
     c, n = profile.paced_concurrency, profile.ttft_concurrency
     return [
-        Row("text stream: CPU-s / M tokens", "fast-text", "cpu_s_per_mtok", lambda v, f: v <= 10, "≤ 10"),
+        # The per-token targets were set as ≤ 4 and ≤ 5 CPU-s / M tokens on a machine whose floor was
+        # 1.1 and 1.2-1.4: as ratios within one run, about 3.6x and 3.8x the floor.
+        Row("text stream: CPU-s / M tokens", "fast-text", "cpu_s_per_mtok", within(3.6), "≤ 3.6x floor"),
         Row("text stream: tokens/s", "fast-text", "tokens_per_s"),
-        Row("tool call in pieces: CPU-s / M tokens", "fast-tool", "cpu_s_per_mtok", lambda v, f: v <= 15, "≤ 15"),
+        Row("tool call in pieces: CPU-s / M tokens", "fast-tool", "cpu_s_per_mtok", within(3.8), "≤ 3.8x floor"),
         Row("tool call in pieces: tokens/s", "fast-tool", "tokens_per_s"),
         Row(f"{c} paced streams: errors", "paced", "errors", lambda v, f: v == 0, "= 0"),
         Row(f"{c} paced streams: TTFT p50 ms", "paced", "ttft_p50_ms"),
@@ -456,8 +458,8 @@ def rows(profile: Profile) -> list[Row]:
         Row(f"{c} paced streams: RSS kB / open stream", "paced", "rss_per_stream_kb", within(1.5), "≤ 1.5x floor"),
         Row(f"{c} paced streams: target core busy", "paced", "target_cpu_util"),
         Row(f"{n} paced streams: added TTFT p50 ms", "ttft", "added_ttft_p50_ms", lambda v, f: v <= 2, "≤ 2"),
-        Row("capacity: streams, 0 errors, gap p99 ≤ 250 ms", "capacity", "capacity_streams", at_least(0.7),
-            "≥ 0.7x floor"),
+        Row("capacity: streams, 0 errors, gap p99 ≤ 250 ms", "capacity", "capacity_streams", at_least(0.9),
+            "≥ 0.9x floor"),
     ]  # fmt: skip
 
 
