@@ -19,6 +19,18 @@ from gateway.sse import PING
 from gateway.upstream import _unread
 
 
+async def _serve_once(aiohttp_server: Any, http: Any, handler: Any, keepalive: KeepAlive) -> bytes:
+    """GET `handler` once on a real server; the body, with the keep-alive ticker closed after."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    try:
+        async with http.get(server.make_url("/")) as response:
+            return await response.read()
+    finally:
+        await keepalive.close()
+
+
 def _changed(what: str, user: str) -> str:
     return f"aiohttp {aiohttp.__version__} changed {what}, which {user} relies on"
 
@@ -43,14 +55,7 @@ async def test_stream_response_payload_writer_and_eof_flag(aiohttp_server, http)
         seen["ping_closed"] = await stream.ping()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    try:
-        async with http.get(server.make_url("/")) as response:
-            body = await response.read()
-    finally:
-        await keepalive.close()
+    body = await _serve_once(aiohttp_server, http, handler, keepalive)
     assert seen["writer"], _changed("StreamResponse._payload_writer (gone or None after prepare)", "EventStream.ping")
     assert seen["drain"], _changed("the payload writer's write(..., drain=)", "EventStream.ping")
     assert seen["eof_before"] is False and seen["eof_after"] is True, _changed(
@@ -94,14 +99,7 @@ async def test_direct_writes_find_the_writer_state_and_the_protocols_flow_contro
         await stream.finish()
         return response
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    try:
-        async with http.get(server.make_url("/")) as response:
-            body = await response.read()
-    finally:
-        await keepalive.close()
+    body = await _serve_once(aiohttp_server, http, handler, keepalive)
     assert seen["direct"], _changed("the payload writer's chunked/length/_compress/_headers_written", "_direct_protocol")
     assert seen["paused"] and seen["drain"], _changed("BaseProtocol._paused / _drain_helper()", "EventStream.send")
     assert body.count(b"event: ") == 2 and body.endswith(b"\n\n"), body
