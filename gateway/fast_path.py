@@ -382,7 +382,7 @@ def _shape(chunk: dict[str, Any]) -> tuple[str, Any, dict[str, Any]] | None:
     if type(choice) is not dict or choice.get("index", 0) or choice.get("finish_reason"):
         return None
     delta = choice.get("delta") or choice.get("message")
-    if type(delta) is not dict or any(delta.get(key) for key in _OTHER_DELTA_KEYS):
+    if type(delta) is not dict or any(delta[key] for key in _OTHER_DELTA_KEYS.intersection(delta)):
         return None
     content, calls = delta.get("content"), delta.get("tool_calls")
     if content:
@@ -399,7 +399,7 @@ def _shape(chunk: dict[str, Any]) -> tuple[str, Any, dict[str, Any]] | None:
     return (ARGS, index, function) if type(arguments) is str and arguments else None
 
 
-_OTHER_DELTA_KEYS = ("reasoning_content", "reasoning", "reasoning_details", "refusal", "function_call")
+_OTHER_DELTA_KEYS = frozenset({"reasoning_content", "reasoning", "reasoning_details", "refusal", "function_call"})
 _INDEX_TYPES = (int, str, type(None))
 
 

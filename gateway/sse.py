@@ -29,6 +29,8 @@ _EVENT_PREFIX: dict[str, bytes] = {}
 # Reads and events ChunkDecoder looks at one by one per stream while it may still learn a template
 # (see `_runs`).
 _LEARN_STEPS = 16
+# Below this many events, a read that may teach a template is simply decoded (see `ChunkDecoder.feed`).
+_SMALL_READ = 4
 
 
 class SSEDecoder:
@@ -149,6 +151,10 @@ class ChunkDecoder:
             if not (self._steps and fast.learning):
                 return self._decode(sse.feed(data))
             self._steps -= 1  # a read looked at for a template to learn (see `_runs`)
+            if data.count(b"\n\n") < _SMALL_READ:
+                # A stream's first reads are usually a few events (the role, a token): learning as they
+                # are decoded loses nothing, and saves `_runs`' machinery on the way to the first token.
+                return self._decode(sse.feed(data))
         # The fast path reads whole events from the bytes; it may start only between events.
         if sse._tail or sse._data or sse._event or sse._skip_lf or sse._utf8.getstate()[0]:  # noqa: SLF001
             held = sse.take_partial()
