@@ -151,7 +151,7 @@ class ChunkDecoder:
             if not (self._steps and fast.learning):
                 return self._decode(sse.feed(data))
             self._steps -= 1  # a read looked at for a template to learn (see `_runs`)
-            if data.count(b"\n\n") < _SMALL_READ:
+            if _fewer_events(data, _SMALL_READ):
                 # A stream's first reads are usually a few events (the role, a token): learning as they
                 # are decoded loses nothing, and saves `_runs`' machinery on the way to the first token.
                 return self._decode(sse.feed(data))
@@ -284,6 +284,16 @@ def _next_head(heads: list[tuple[Any, list[bool]]], start: int, stop: int) -> in
         except ValueError:
             pass
     return stop
+
+
+def _fewer_events(data: bytes, count: int) -> bool:
+    """Does `data` hold fewer than `count` whole events? (It looks no further than the count-th blank line.)"""
+    end = -2
+    for _ in range(count):
+        end = data.find(b"\n\n", end + 2)
+        if end < 0:
+            return True
+    return False
 
 
 def _prefix(event_type: str) -> bytes:
