@@ -107,6 +107,11 @@ def _direct_protocol(response: web.StreamResponse) -> Any:
     return writer.protocol
 
 
+def _http_chunk(data: bytes) -> bytes:
+    """`data` framed as one HTTP/1.1 chunk (the response is chunked: `_direct_protocol` checks)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
 class EventStream:
     """The streaming sink: `text/event-stream`, started lazily by the pipeline."""
 
@@ -143,8 +148,7 @@ class EventStream:
         transport = protocol.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client closed the connection")
-        data = encode_events(events)
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        transport.write(_http_chunk(encode_events(events)))
         if protocol._paused:  # noqa: SLF001
             await protocol._drain_helper()  # noqa: SLF001
 
@@ -158,8 +162,7 @@ class EventStream:
 
     def take(self, events: Sequence[Any]) -> None:
         """Write a batch now (only after `ready()`): the upstream's read callback hands deltas over."""
-        data = encode_events(events)
-        self._protocol.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self._protocol.transport.write(_http_chunk(encode_events(events)))
 
     async def ping(self) -> bool:
         """Write the keep-alive comment; False once the stream is gone.

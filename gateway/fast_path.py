@@ -145,16 +145,18 @@ class FastBatch(Sequence[EncodedEvent]):
 
     def __iter__(self) -> Iterator[EncodedEvent]:
         numbers = range(self.first, self.first + len(self.bodies))
-        return map(EncodedEvent, repeat(self.type), numbers, map(self.frame.__mod__, zip(numbers, self.bodies)))
+        return map(EncodedEvent, repeat(self.type), numbers, self._frames(numbers))
 
     @property
     def wire(self) -> bytes:
         """The frames joined: what encode_events writes for these events."""
         wire = self._wire
         if wire is None:
-            numbers = range(self.first, self.first + len(self.bodies))
-            wire = self._wire = b"".join(map(self.frame.__mod__, zip(numbers, self.bodies)))
+            wire = self._wire = b"".join(self._frames(range(self.first, self.first + len(self.bodies))))
         return wire
+
+    def _frames(self, numbers: range) -> Iterator[bytes]:
+        return map(self.frame.__mod__, zip(numbers, self.bodies))
 
 
 def delta_frame(event_type: str, item_id: str, output_index: int, content_index: int | None, end: bytes) -> bytes:
@@ -228,9 +230,9 @@ class _Template:
         self.head = b"data: " + prefix
         self.head_len = len(self.head)
         self.suffix_len = len(suffix)
-        # No regex of its own: the prefix holds the stream's chunk id, so each stream would compile
-        # one (about 150 µs, on the way to the first token), and startswith/endswith are as fast.
-        # An event's body, given an event that starts with `head` and ends with `suffix`.
+        # An event's body, given an event that starts with `head` and ends with `suffix`. (No regex
+        # per template: the prefix holds the stream's chunk id, so each stream would compile one,
+        # about 150 µs on the way to its first token, and startswith/endswith are as fast.)
         self.body = itemgetter(slice(self.head_len, -self.suffix_len))
 
 
@@ -248,22 +250,20 @@ class Recogniser:
         """May a chunk still teach a template?"""
         return self._attempts > 0
 
-    def scan(self, buf: bytes, pos: int = 0, limit: int = -1) -> tuple[list[Any], int]:
-        """The fast deltas of the complete events from `pos` in `buf` that match a template (at most
-        `limit`, when not -1), and where the first other event (or an incomplete one) starts.
+    def scan(self, buf: bytes, pos: int = 0) -> tuple[list[Any], int]:
+        """The fast deltas of the complete events from `pos` in `buf` that match a template, and where
+        the first other event (or an incomplete one) starts.
 
         An event matches only as one whole line, `data: ` + prefix + body + suffix, then a blank
         line (LF or CRLF): a valid body holds no raw line break, so the line ends where it seems to.
         """
         out: list[Any] = []
-        while limit:
-            limit -= 1
+        while True:
             delta, next_pos = self.event(buf, pos)
             if delta is None:
                 return out, pos
             out.append(delta)
             pos = next_pos
-        return out, pos
 
     def event(self, buf: bytes, pos: int = 0) -> tuple[FastDelta | None, int]:
         """The event at `pos` when it is a template's: (delta, where the next starts), else (None, pos)."""

@@ -77,6 +77,12 @@ class SSEDecoder:
                 self._line(line, out)
         return out
 
+    @property
+    def between_events(self) -> bool:
+        """Nothing of an event held: no incomplete line, no pending data or event name, no CR or cut
+        character waiting for its rest. The fast path may read the next bytes itself."""
+        return not (self._tail or self._data or self._event or self._skip_lf or self._utf8.getstate()[0])
+
     def take_partial(self) -> bytes | None:
         """Between events: give back the incomplete line held (as bytes) and forget it; None mid-event.
 
@@ -156,14 +162,18 @@ class ChunkDecoder:
                 # are decoded loses nothing, and saves `_runs`' machinery on the way to the first token.
                 return self._decode(sse.feed(data))
         # The fast path reads whole events from the bytes; it may start only between events.
-        if sse._tail or sse._data or sse._event or sse._skip_lf or sse._utf8.getstate()[0]:  # noqa: SLF001
+        if not sse.between_events:
             held = sse.take_partial()
             if held is None:
                 return self._decode(sse.feed(data))
             data = held + data
-        chunks, pos = fast.scan(data, limit=1)  # a paced stream's read: one event, all of it
-        if pos == len(data):
-            return chunks
+        delta, pos = fast.event(data)  # a paced stream's read: one event, all of it
+        if delta is None:
+            chunks: list[Any] = []
+        elif pos == len(data):
+            return [delta]
+        else:
+            chunks = [delta]
         end = data.find(b"\n\n", pos)
         if end >= 0 and (pos or data.find(b"\n\n", end + 2) >= 0) and b"\r" not in data:
             return self._runs(data)  # two whole events or more (the first again, as part of its run)
@@ -181,15 +191,14 @@ class ChunkDecoder:
     def whole_fast(self, data: bytes) -> list[Any] | None:
         """The fast deltas `data` holds when it is nothing else (whole events, read between events),
         else None. Changes nothing: a read it refuses goes to `feed` as usual."""
-        fast, sse = self._fast, self._sse
-        if (fast is None or not fast.templates or self.done or sse._tail or sse._data or sse._event  # noqa: SLF001
-                or sse._skip_lf or sse._utf8.getstate()[0]):  # noqa: SLF001
+        fast = self._fast
+        if fast is None or not fast.templates or self.done or not self._sse.between_events:
             return None
         delta, pos = fast.event(data)  # the usual read on a paced stream: one event
-        if pos == len(data):
-            return [delta]
         if delta is None:
             return None
+        if pos == len(data):
+            return [delta]
         items, pos = fast.scan(data, pos)
         return [delta, *items] if pos == len(data) else None
 

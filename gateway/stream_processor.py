@@ -315,37 +315,33 @@ class ResponseStream:
     # ------------------------------------------------------------------ the fast path (fast_path.py)
     def takes_fast(self, item: Any) -> bool:
         """Would `feed(item)` only append to an open item (no new item, no terminal, no full path)?"""
-        if self.terminal is not None:
-            return False
-        if type(item) is FastDelta:
-            return self._fast_item(*item) is not None
-        return type(item) is FastRun and self._fast_item(item.template, b"".join(item.bodies)) is not None
+        return self._append_target(item) is not None
 
     def appended(self, item: Any) -> Sequence[Any] | None:
         """`feed(item)` for a fast delta or run that only appends to an open item; else None, nothing changed."""
+        target = self._append_target(item)
+        if target is None:
+            return None
+        self.has_output = True
+        seq = self._seq
+        if type(item) is FastDelta:
+            template, escaped = item
+            target.chunks.append_escaped(escaped)
+            self._seq += 1
+            return [EncodedEvent(_DELTA_TYPES[template.kind], seq, target.fast_frame % (seq, escaped))]
+        target.chunks.extend_escaped(item.bodies)
+        self._seq += len(item.bodies)
+        return FastBatch(_DELTA_TYPES[item.template.kind], seq, target.fast_frame, item.bodies)
+
+    def _append_target(self, item: Any) -> _Message | _Call | None:
+        """The open item a fast delta or run would only be appended to (`_fast_item`), else None."""
         if self.terminal is not None:
             return None
         if type(item) is FastDelta:
-            template, escaped = item
-            target = self._fast_item(template, escaped)
-            if target is None:
-                return None
-            target.chunks.append_escaped(escaped)
-            self.has_output = True
-            seq = self._seq
-            self._seq += 1
-            return [EncodedEvent(_DELTA_TYPES[template.kind], seq, target.fast_frame % (seq, escaped))]
-        if type(item) is not FastRun:
-            return None
-        template, bodies = item.template, item.bodies
-        target = self._fast_item(template, b"".join(bodies))
-        if target is None:
-            return None
-        target.chunks.extend_escaped(bodies)
-        self.has_output = True
-        seq = self._seq
-        self._seq += len(bodies)
-        return FastBatch(_DELTA_TYPES[template.kind], seq, target.fast_frame, bodies)
+            return self._fast_item(*item)
+        if type(item) is FastRun:
+            return self._fast_item(item.template, b"".join(item.bodies))
+        return None
 
     def _fast_delta(self, delta: FastDelta) -> Sequence[Any]:
         """A recognised text or arguments chunk: one pre-encoded event where `_fast_item` allows, else the full path."""
