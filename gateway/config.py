@@ -74,14 +74,30 @@ class UpstreamConfig:
     aliases: dict[str, str] = field(default_factory=dict)
     fallbacks: tuple[str, ...] = ()
 
+    @property
+    def translation(self) -> tuple[Any, ...]:
+        """The options a request's translation depends on: a fallback that differs here gets its own."""
+        return (self.max_tokens_param, self.hosted_tools, self.send_reasoning_effort, self.send_parallel_tool_calls,
+                self.think_tags, self.reasoning_field, self.tool_call_id_style, self.reasoning_key)
+
 
 @dataclass(frozen=True)
 class RoutingConfig:
     # The upstream for models no entry claims (the single `upstream:` block is always the default).
     default: str = ""
-    # Circuit breaker: this many consecutive failures skip an upstream for `breaker_cooldown` seconds.
-    breaker_failures: int = 3
+    # Circuit breaker (gateway/breaker.py): at least `breaker_failures` failures that are at least
+    # `breaker_failure_ratio` of an upstream's outcomes within `breaker_window` seconds skip it for
+    # `breaker_cooldown` seconds, while another upstream of the route can take the request.
+    breaker_failures: int = 5
+    breaker_failure_ratio: float = 0.5
+    breaker_window: float = 30.0
     breaker_cooldown: float = 30.0
+    # A 429 pauses an upstream for its Retry-After (this long when it names none), at most the max.
+    rate_limit_pause: float = 1.0
+    rate_limit_max_pause: float = 60.0
+    # All failover attempts of one request together wait at most this long for an answer (each one
+    # at most its upstream's first_byte_timeout); 0: the longest first_byte_timeout of the route.
+    first_byte_deadline: float = 0.0
     models_cache_ttl: float = 10.0
 
 
@@ -367,8 +383,14 @@ def _check_upstreams(config: Config) -> None:
     default = config.routing.default
     if default and default not in names:
         raise ConfigError(f"routing.default: {default!r} is not an upstream's name (names: {', '.join(sorted(names))})")
-    if config.routing.breaker_failures < 1:
+    routing = config.routing
+    if routing.breaker_failures < 1:
         raise ConfigError("routing.breaker_failures: must be at least 1")
+    if not 0 < routing.breaker_failure_ratio <= 1:
+        raise ConfigError(f"routing.breaker_failure_ratio: must be above 0 and at most 1, got "
+                          f"{routing.breaker_failure_ratio}")
+    if routing.breaker_window <= 0:
+        raise ConfigError("routing.breaker_window: must be positive")
 
 
 def _is_glob(pattern: str) -> bool:

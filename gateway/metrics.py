@@ -54,6 +54,9 @@ class Metrics:
                                        (_UPSTREAM, "error_type"), registry=registry)
         self.failovers = Counter("gateway_failovers", "Requests moved on to a fallback upstream",
                                  ("from_upstream", "to_upstream"), registry=registry)
+        self.panics = Counter("gateway_upstream_panic", "Attempts sent to an upstream although its breaker was "
+                              "open or a 429 paused it, because no other upstream of the route could take them",
+                              (_UPSTREAM,), registry=registry)
         registry.register(_BreakerCollector(breakers))
         # Labelled children by (metric, label values): `labels()` costs more than the observation itself.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -67,6 +70,9 @@ class Metrics:
 
     def failover(self, failed: str, next_upstream: str) -> None:
         self._child(self.failovers, failed, next_upstream).inc()
+
+    def panic(self, upstream: str) -> None:
+        self._child(self.panics, upstream).inc()
 
     def upstream_error(self, upstream: str, code: str) -> None:
         self._child(self.upstream_errors, upstream, code).inc()
@@ -119,13 +125,19 @@ class _BreakerCollector(Collector):
                                   "Circuit breaker per upstream: 1 for its current state", labels=(_UPSTREAM, "state"))
         opened = CounterMetricFamily("gateway_upstream_breaker_opened", "Times the breaker opened",
                                      labels=(_UPSTREAM,))
+        paused = GaugeMetricFamily("gateway_upstream_rate_limited_seconds",
+                                   "Seconds an upstream's last 429 (its Retry-After) still keeps it aside",
+                                   labels=(_UPSTREAM,))
+        limited = CounterMetricFamily("gateway_upstream_rate_limited", "429 answers that paused the upstream",
+                                      labels=(_UPSTREAM,))
         for name, breaker in self.breakers():
             current = breaker.state
             for each in (CLOSED, OPEN, HALF_OPEN):
                 state.add_metric((name, each), 1.0 if each == current else 0.0)
             opened.add_metric((name,), breaker.opened_total)
-        yield state
-        yield opened
+            paused.add_metric((name,), breaker.paused_for)
+            limited.add_metric((name,), breaker.rate_limits)
+        yield from (state, opened, paused, limited)
 
 
 @routes.get("/metrics")

@@ -51,10 +51,12 @@ from .log import get_logger
 from .sse import joined
 from .stream_processor import ResponseStream
 from .translate import ChatRequest
-from .upstream import UpstreamClient, UpstreamStream
+from .upstream import UpstreamStream
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+    from .routing import RoutedRequest
 
 Events = Sequence[Any]  # see the sink contract above
 
@@ -232,7 +234,7 @@ def response_stream(chat: ChatRequest, response_id: str, created_at: int | None 
     return ResponseStream(chat.options, response_id=response_id, clock=clock, new_id=new_id)
 
 
-async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepalive_interval: float,
+async def run_pipeline(run: Run, client: RoutedRequest, sink: Sink, *, keepalive_interval: float,
                        client_authorization: str | None, debug: bool = False) -> None:
     """Drive `run` to its terminal event through `sink`; raises `GatewayError` only before the sink started."""
     try:
@@ -264,7 +266,7 @@ async def run_pipeline(run: Run, client: UpstreamClient, sink: Sink, *, keepaliv
     await _end(run, sink, code, message)
 
 
-async def _stream(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval: float,
+async def _stream(run: Run, client: RoutedRequest, sink: Sink, keepalive_interval: float,
                   client_authorization: str | None, debug: bool) -> None:
     stream = run.stream
     run.upstream = await _open(run, client, sink, keepalive_interval, client_authorization)
@@ -355,7 +357,7 @@ async def _end(run: Run, sink: Sink, code: str, message: str) -> None:
         run.client_disconnected = True
 
 
-async def _open(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval: float,
+async def _open(run: Run, client: RoutedRequest, sink: Sink, keepalive_interval: float,
                 client_authorization: str | None) -> UpstreamStream:
     """Wait for the upstream's answer; a streaming client gets its stream (and keep-alives) early.
 
@@ -385,14 +387,17 @@ async def _open(run: Run, client: UpstreamClient, sink: Sink, keepalive_interval
     return upstream
 
 
-async def _await_upstream(run: Run, client: UpstreamClient, client_authorization: str | None) -> UpstreamStream:
-    timeout = client.config.first_byte_timeout
+async def _await_upstream(run: Run, client: RoutedRequest, client_authorization: str | None) -> UpstreamStream:
+    timeout = client.first_byte_deadline
     current = run.opening = asyncio.current_task()
     assert run.body is not None
     try:
         async with asyncio.timeout(timeout):
-            return await client.open(run.body, request_id=run.request_id,
-                                     client_authorization=client_authorization, tap=run.tap)
+            upstream = await client.open(run.body, request_id=run.request_id,
+                                         client_authorization=client_authorization, tap=run.tap)
+        if client.options is not None:  # a fallback with its own translation answered
+            run.stream.retarget(client.options)
+        return upstream
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {timeout:g}s") from None
     except asyncio.CancelledError:

@@ -26,7 +26,7 @@ from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
 from .store.service import with_context
-from .translate import ChatRequest, translate_request
+from .translate import ChatRequest
 from .upstream import http_error
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -124,7 +124,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
-        chat = translate_request(with_context(body, turn), routed.config)
+        chat = routed.translate(with_context(body, turn))
         if background:
             return await state.background.submit(request, request_id, received, turn, chat, routed)
     except GatewayError as exc:
@@ -262,11 +262,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return answer
 
     try:
+        deadline = routed.first_byte_deadline
         try:
-            async with asyncio.timeout(config.first_byte_timeout):
+            async with asyncio.timeout(deadline):
                 upstream = await routed.first_answer(attempt)
         except TimeoutError:
-            raise UpstreamTimeout(f"the upstream did not answer within {config.first_byte_timeout:g}s") from None
+            raise UpstreamTimeout(f"the upstream did not answer within {deadline:g}s") from None
     except BaseException as exc:
         routed.release()
         state.metrics.passthrough(_PASSTHROUGH, model, routed, getattr(exc, "status", 499), started)

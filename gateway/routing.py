@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import fnmatch
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -20,9 +21,10 @@ import orjson
 
 from .breaker import Breaker
 from .config import Config, UpstreamConfig
-from .errors import GatewayError, UpstreamError, UpstreamUnavailable
+from .errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .keys import Key, check_model, request_key
 from .log import get_logger
+from .translate import ChatRequest, translate_request
 from .upstream import UpstreamClient, UpstreamStream
 
 if TYPE_CHECKING:
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
     from .metrics import Metrics
     from .state import AppState
+    from .stream_processor import StreamOptions
 
 T = TypeVar("T")
 _TRACE_HEADERS = ("traceparent", "tracestate")
@@ -42,11 +45,11 @@ class Upstream:
 
     __slots__ = ("name", "config", "client", "breaker")
 
-    def __init__(self, config: UpstreamConfig, failures: int, cooldown: float) -> None:
+    def __init__(self, config: UpstreamConfig, breaker: tuple[int, float, float, float]) -> None:
         self.name = config.name
         self.config = config
         self.client = UpstreamClient(config)
-        self.breaker = Breaker(failures, cooldown)
+        self.breaker = Breaker(*breaker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +70,16 @@ class RoutingTable:
         reusable = {u.name: u for u in previous.upstreams.values()} if previous else {}
         self.upstreams: dict[str, Upstream] = {}
         self._new: list[Upstream] = []
+        breaker = (routing.breaker_failures, routing.breaker_failure_ratio, routing.breaker_window,
+                   routing.breaker_cooldown)
         for entry in config.upstream_list:
             old = reusable.get(entry.name)
-            if old is not None and old.config == entry and (old.breaker.failures, old.breaker.cooldown) == (
-                    routing.breaker_failures, routing.breaker_cooldown):
+            if old is not None and old.config == entry and old.breaker.settings == breaker:
                 self.upstreams[entry.name] = old
             else:
-                self.upstreams[entry.name] = upstream = Upstream(entry, routing.breaker_failures,
-                                                                 routing.breaker_cooldown)
+                self.upstreams[entry.name] = upstream = Upstream(entry, breaker)
                 self._new.append(upstream)
+        self.routing = routing
         default = routing.default or (config.upstream.name if not config.upstreams else "")
         self.default = self.upstreams.get(default)
         self._exact: dict[str, Target] = {}
@@ -94,7 +98,9 @@ class RoutingTable:
         self.users = 0
         self._dropped: list[Upstream] | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        self.retiring: set[RoutingTable] = set(previous.retiring) if previous else set()
+        # Retired tables still draining, one set shared by every table since the first: a table
+        # leaves it when its last request ends, so nothing keeps it (and its config) alive after.
+        self.retiring: set[RoutingTable] = previous.retiring if previous else set()
 
     # ------------------------------------------------------------------------------------------ routing
     def resolve(self, model: str) -> Target | None:
@@ -205,6 +211,9 @@ class RoutingTable:
 
     async def _probe(self, upstream: Upstream, request_id: str) -> dict[str, Any]:
         report: dict[str, Any] = {"breaker": upstream.breaker.state}
+        paused = upstream.breaker.paused_for
+        if paused:
+            report["rate_limited_for"] = round(paused, 1)
         try:
             status, _, _ = await upstream.client.get_json("/models", request_id=request_id, client_authorization=None,
                                                           timeout=upstream.config.connect_timeout)
@@ -223,9 +232,8 @@ class RoutingTable:
         """Hand over to `successor`; the upstreams it dropped close once this table's requests are done."""
         kept = {id(u) for u in successor.upstreams.values()}
         self._dropped = [u for u in self.upstreams.values() if id(u) not in kept]
-        successor.retiring |= self.retiring
         if self.users:
-            successor.retiring.add(self)
+            self.retiring.add(self)
         else:
             self._close_dropped()
 
@@ -244,6 +252,7 @@ class RoutingTable:
             self._close_dropped()
 
     def _close_dropped(self) -> None:
+        self.retiring.discard(self)
         dropped, self._dropped = self._dropped or [], []
         for upstream in dropped:
             task = asyncio.get_running_loop().create_task(upstream.client.close())
@@ -252,7 +261,7 @@ class RoutingTable:
 
     async def close(self) -> None:
         """At shutdown: this table's clients and those of retired tables still draining."""
-        for table in self.retiring:
+        for table in list(self.retiring):
             for upstream in table._dropped or ():
                 await upstream.client.close()
         for upstream in self.upstreams.values():
@@ -262,22 +271,29 @@ class RoutingTable:
 class RoutedRequest:
     """One request's way upstream: targets in failover order, the key's stream slot, what happened.
 
-    `open()` has `UpstreamClient.open`'s signature, so the pipeline runs over it unchanged.
-    `release()` must be called once the request is done (routes do it in their `finally`).
+    `open()` has `UpstreamClient.open`'s signature, so the pipeline runs over it unchanged; it
+    waits at most `first_byte_deadline` in all. `release()` must be called once the request is
+    done (routes do it in their `finally`).
     """
 
-    __slots__ = ("table", "targets", "config", "key", "trace", "metrics", "answered", "failed", "_release")
+    __slots__ = ("table", "targets", "config", "key", "trace", "metrics", "answered", "failed", "retranslate",
+                 "options", "_last_error", "_release")
 
     def __init__(self, table: RoutingTable, targets: list[Target], *, key: Key | None, trace: Mapping[str, str],
                  metrics: Metrics | None, release: Callable[[], None] | None = None) -> None:
         self.table = table
         self.targets = targets
-        self.config = targets[0].upstream.config  # the pipeline's first-byte timeout
+        self.config = targets[0].upstream.config  # the request is translated with its options first
         self.key = key
         self.trace = trace
         self.metrics = metrics
         self.answered: str | None = None
         self.failed: list[str] = []
+        # The request translated for another upstream's options (a fallback of another kind), and
+        # the stream options of that translation once such a fallback answered (see `open`).
+        self.retranslate: Callable[[UpstreamConfig], ChatRequest] | None = None
+        self.options: StreamOptions | None = None
+        self._last_error: UpstreamError | None = None
         self._release = release
         table.users += 1
         if metrics is not None:
@@ -286,6 +302,19 @@ class RoutedRequest:
     @property
     def upstream_name(self) -> str:
         return self.answered or (self.failed[-1] if self.failed else self.targets[0].upstream.name)
+
+    def translate(self, document: Any) -> ChatRequest:
+        """The request translated for the first target; a fallback of another kind gets its own at its turn."""
+        chat = translate_request(document, self.config)
+        if any(t.upstream.config.translation != self.config.translation for t in self.targets[1:]):
+            self.retranslate = lambda config: translate_request(document, config)
+        return chat
+
+    @property
+    def first_byte_deadline(self) -> float:
+        """How long all attempts together wait for an answer; each one also has its upstream's own limit."""
+        return self.table.routing.first_byte_deadline or max(t.upstream.config.first_byte_timeout
+                                                             for t in self.targets)
 
     def log_fields(self) -> dict[str, Any]:
         return {"upstream": self.upstream_name, "failed_first": self.failed[0] if self.failed else None,
@@ -303,53 +332,117 @@ class RoutedRequest:
 
     async def open(self, body: dict[str, Any], *, request_id: str, client_authorization: str | None = None,
                    tap: Callable[[bytes], None] | None = None) -> UpstreamStream:
+        """Open the first target that answers; `body` is the translation for the first target's options.
+
+        A fallback whose options translate differently (`UpstreamConfig.translation`) gets its own
+        translation, and `options` then holds the stream options the answer must be read with.
+        """
         async def attempt(target: Target, last: bool) -> UpstreamStream:
-            body["model"] = target.model
-            return await target.upstream.client.open(body, request_id=request_id,
-                                                     client_authorization=client_authorization, trace=self.trace,
-                                                     tap=tap)
-        return await self.first_answer(attempt)
+            config = target.upstream.config
+            chat = None
+            if self.retranslate is not None and config.translation != self.config.translation:
+                chat = self.retranslate(config)
+            sent = body if chat is None else chat.body
+            sent["model"] = target.model
+            stream = await target.upstream.client.open(sent, request_id=request_id,
+                                                       client_authorization=client_authorization, trace=self.trace,
+                                                       tap=tap)
+            self.options = chat.options if chat is not None else None
+            return stream
+        try:
+            return await self.first_answer(attempt)
+        finally:
+            self.retranslate = None  # it holds the whole request: not kept for the stream's life
 
     async def first_answer(self, attempt: Callable[[Target, bool], Awaitable[T]]) -> T:
-        """Try the targets in order; a connection error, 5xx or 429 moves on to the next.
+        """Try the targets in order; a connection error, timeout, 5xx or 429 moves on to the next.
 
         Only failures before the upstream answered count: once `attempt` returned, the answer is
-        relayed whatever happens next. Upstreams whose breaker is open are skipped.
+        relayed whatever happens next. Upstreams whose breaker is open, or that a 429 paused, are
+        skipped while another target can take the request; when none can, the request goes to
+        them anyway, in order (panic mode): the breaker never refuses a request by itself.
         """
-        last_error: UpstreamError | None = None
-        for i, target in enumerate(self.targets):
-            breaker = target.upstream.breaker
-            if not breaker.acquire():
+        targets = self.targets
+        tried = False
+        for i, target in enumerate(targets):
+            if not target.upstream.breaker.acquire():
                 continue
-            last = not any(t.upstream.breaker.available() for t in self.targets[i + 1:])
-            if self.failed and self.metrics is not None:
-                self.metrics.failover(self.failed[-1], target.upstream.name)
-            try:
-                result = await attempt(target, last)
-            except UpstreamError as exc:
-                if not fails_over(exc):
-                    breaker.succeeded()  # it answered; the request itself was refused
-                    raise
-                breaker.failed()
-                self.failed.append(target.upstream.name)
+            tried = True
+            last = not any(t.upstream.breaker.available() for t in targets[i + 1:])
+            answer = await self._try(attempt, target, last)
+            if answer is not _NEXT:
+                return answer  # type: ignore[return-value]
+        if not tried:
+            for i, target in enumerate(targets):
                 if self.metrics is not None:
-                    self.metrics.upstream_error(target.upstream.name, exc.code or "upstream_error")
-                last_error = exc
-                if last:
-                    raise
-                continue
-            except BaseException:
-                breaker.abandoned()
+                    self.metrics.panic(target.upstream.name)
+                answer = await self._try(attempt, target, i == len(targets) - 1)
+                if answer is not _NEXT:
+                    return answer  # type: ignore[return-value]
+        assert self._last_error is not None  # every target tried failed over, the last as it became unavailable
+        raise self._last_error
+
+    async def _try(self, attempt: Callable[[Target, bool], Awaitable[T]], target: Target, last: bool) -> Any:
+        """One attempt within its upstream's own first-byte limit: its answer, or `_NEXT` to fail over."""
+        upstream = target.upstream
+        breaker = upstream.breaker
+        if self.failed and self.metrics is not None:
+            self.metrics.failover(self.failed[-1], upstream.name)
+        limit = upstream.config.first_byte_timeout
+        try:
+            try:
+                async with asyncio.timeout(limit) as deadline:
+                    result = await attempt(target, last)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # the request's overall deadline: the caller reports it
+                raise UpstreamTimeout(f"upstream {upstream.name!r} did not answer within {limit:g}s") from None
+        except UpstreamError as exc:
+            if not fails_over(exc):
+                breaker.succeeded()  # it answered; the request itself was refused
                 raise
-            breaker.succeeded()
-            self.answered = target.upstream.name
-            return result
-        if last_error is not None:
-            raise last_error
-        wait = max(1, round(min(t.upstream.breaker.retry_after for t in self.targets)))
-        names = ", ".join(repr(t.upstream.name) for t in self.targets)
-        raise UpstreamUnavailable(f"Upstream {names} failed repeatedly and is paused (circuit open); retry in "
-                                  f"{wait}s.", status=503, headers={"Retry-After": str(wait)})
+            if exc.status == 429:
+                breaker.rate_limited(self._pause(exc))
+            else:
+                breaker.failed()
+            self.failed.append(upstream.name)
+            if self.metrics is not None:
+                self.metrics.upstream_error(upstream.name, exc.code or "upstream_error")
+            if last:
+                raise
+            self._last_error = exc
+            return _NEXT
+        except BaseException:
+            breaker.abandoned()
+            raise
+        breaker.succeeded()
+        self.answered = upstream.name
+        return result
+
+    def _pause(self, exc: UpstreamError) -> float:
+        """How long a 429 keeps its upstream aside: its Retry-After, bounded."""
+        routing = self.table.routing
+        seconds = retry_after_seconds(exc.headers.get("Retry-After"))
+        return min(routing.rate_limit_max_pause, routing.rate_limit_pause if seconds is None else seconds)
+
+_NEXT = object()  # an attempt failed over
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header in seconds (delay-seconds or an HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def fails_over(exc: UpstreamError) -> bool:

@@ -207,12 +207,7 @@ class ResponseStream:
         if options.echo:
             self._base.update(options.echo)
             self._base["model"] = model
-        self._tool_names = options.tool_names
-        self._summary = options.reasoning_summary
-        self._think = ThinkSplitter(options.think_tags) if options.think_tags != "off" else None
-        self._custom_tools = options.custom_tools
-        self._call_id_style = options.call_id_style
-        self._seal = options.seal
+        self.retarget(options)
         self._seq = 0
         self._out: list[Event] = []
         self._done_items: list[tuple[int, dict[str, Any]]] = []  # (output_index, item)
@@ -229,6 +224,16 @@ class ResponseStream:
         self.warnings: list[str] = []
 
     # ------------------------------------------------------------------ public API
+    def retarget(self, options: StreamOptions) -> None:
+        """Read the upstream's chunks as `options` say: before the first chunk, after a failover to an
+        upstream whose translation differs (the head, built from the request alone, stays valid)."""
+        self._tool_names = options.tool_names
+        self._summary = options.reasoning_summary
+        self._think = ThinkSplitter(options.think_tags) if options.think_tags != "off" else None
+        self._custom_tools = options.custom_tools
+        self._call_id_style = options.call_id_style
+        self._seal = options.seal
+
     @property
     def events_emitted(self) -> int:
         return self._seq

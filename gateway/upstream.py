@@ -80,6 +80,7 @@ class UpstreamClient:
         payload = orjson.dumps(body)
         headers = self.headers(request_id, client_authorization, trace)
         attempts = 1 + self.config.retries
+        answered: UpstreamHTTPError | None = None  # the upstream's last word, when a retry then lost the connection
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
@@ -87,13 +88,15 @@ class UpstreamClient:
                                                    data=payload, headers=headers)
             except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
                 if last:
-                    raise self.unreachable(exc, request_id) from None
+                    # An upstream that just answered 503 is reachable: a retry that found the pooled
+                    # connection closed under it must not turn that 503 into a 502 "cannot reach".
+                    raise answered or self.unreachable(exc, request_id) from None
             else:
                 if response.status < 400:
                     return await UpstreamStream.from_response(response, self.config, tap)
+                answered = await http_error(response, self.config.idle_timeout)
                 if response.status not in _RETRY_STATUSES or last:
-                    raise await http_error(response, self.config.idle_timeout)
-                response.release()
+                    raise answered
             await asyncio.sleep(self.config.retry_backoff * (2 ** attempt) * random.uniform(0.5, 1.5))
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -6,12 +6,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config import UpstreamConfig
+from gateway.config import Config, UpstreamConfig
 from gateway.event_stream import encode_events
 from gateway.pipeline import Run, Tee, run_pipeline
+from gateway.routing import RoutedRequest, RoutingTable
 from gateway.stream_processor import TERMINAL_TYPES
-from gateway.translate import translate_request
-from gateway.upstream import UpstreamClient
 
 from .conftest import assert_valid_stream
 from .scripted_upstream import text_reply
@@ -68,14 +67,15 @@ class Client:
 
 
 async def _run(upstream: Any, sink: Any) -> None:
-    config = UpstreamConfig(base_url=upstream.url, retries=0)
-    client = UpstreamClient(config)
-    await client.start()
+    table = RoutingTable(Config(upstream=UpstreamConfig(base_url=upstream.url, retries=0)))
+    await table.start()
+    routed = RoutedRequest(table, table.targets("scripted"), key=None, trace={}, metrics=None)
     try:
-        chat = translate_request({"model": "scripted", "input": "hi", "stream": True}, config)
-        await run_pipeline(Run("req_sinks", chat), client, sink, keepalive_interval=15, client_authorization=None)
+        chat = routed.translate({"model": "scripted", "input": "hi", "stream": True})
+        await run_pipeline(Run("req_sinks", chat), routed, sink, keepalive_interval=15, client_authorization=None)
     finally:
-        await client.close()
+        routed.release()
+        await table.close()
 
 
 async def test_a_sink_ahead_of_the_client_acts_before_the_terminal_event_reaches_it(upstream):
