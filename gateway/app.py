@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .background import BackgroundRuns
 from .capture import CaptureStore
+from .compaction_routes import compaction_routes
 from .config import Config, for_debugging
 from .event_stream import KeepAlive
 from .inspector import Inspector
@@ -44,6 +45,7 @@ def create_app(config: Config) -> web.Application:
     state.background = BackgroundRuns(state)
     app[STATE.key] = state
     app.add_routes(routes)
+    app.add_routes(compaction_routes)  # before stored_routes: `compact` is no response id
     app.add_routes(stored_routes)
     app.add_routes(metrics_routes)
     if state.inspector is not None:

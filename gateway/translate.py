@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .call_ids import upstream_call_id
+from .compaction import SUMMARY_PREFIX, open_window
 from .config import UpstreamConfig
 from .custom_tools import custom_arguments, custom_tool_function
 from .errors import InvalidRequest
@@ -393,12 +394,27 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
             text = reasoning_input_text(item, conversation.reasoning_key, param, conversation.warnings)
             if text:
                 conversation.reasoning.append(text)
+    elif kind == "compaction":
+        _compaction_item(conversation, item, param)
     elif kind == "additional_tools":
         pass  # its tools were added to the request's tools
     elif kind is None:
         raise _fail(f"Missing required parameter: '{param}.type'.", f"{param}.type")
     else:
         raise _fail(f"Input item type {kind!r} is not supported by this gateway.", f"{param}.type")
+
+
+def _compaction_item(conversation: _Conversation, item: dict[str, Any], param: str) -> None:
+    """A compacted window (gateway/compaction.py): its kept user messages, then its summary."""
+    window = open_window(item.get("encrypted_content"), conversation.reasoning_key)
+    if window is None:
+        conversation.warnings.append(f"{param}.encrypted_content was not sealed by this gateway with its current "
+                                     "reasoning_key (or was altered); the compacted turns it stands for were dropped")
+        return
+    kept, summary = window
+    for message in kept:
+        _message_item(conversation, message, f"{param}.encrypted_content")
+    conversation.add({"role": "user", "content": SUMMARY_PREFIX + summary})
 
 
 def _namespace(value: Any, param: str) -> str | None:

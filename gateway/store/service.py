@@ -28,7 +28,7 @@ ANONYMOUS = "anonymous"
 TERMINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled")
 # Item id prefixes for input items the client sent without an id.
 _ID_PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
-              "custom_tool_call": "ctc", "custom_tool_call_output": "ctco"}
+              "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "compaction": "cmp"}
 MAX_ITEMS_PER_CALL = 20  # POST /v1/conversations and …/items (OpenAI's limit)
 
 
