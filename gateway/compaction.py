@@ -130,7 +130,9 @@ def _text_size(content: Any) -> int:
     if isinstance(content, str):
         return len(content)
     if isinstance(content, list):
-        return sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+        # An image's URL counts by its length: a data URL is the image, and it goes into the token.
+        return sum(len(str(part.get("text") or part.get("image_url") or "")) for part in content
+                   if isinstance(part, dict))
     return 0
 
 

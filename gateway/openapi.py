@@ -64,6 +64,19 @@ RESPONSE_REQUEST: dict[str, Any] = {
     },
 }
 
+_COMPACTION = {"type": "object", "required": ["type", "encrypted_content"], "properties": {
+    "type": {"const": "compaction"}, "encrypted_content": {"type": "string"}, "id": {"type": "string"}}}
+COMPACT_REQUEST: dict[str, Any] = {
+    "type": "object",
+    "required": ["model"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "input": {"oneOf": [{"type": "string"}, {"type": "array", "items": {
+            "oneOf": [_MESSAGE, _FUNCTION_CALL, _FUNCTION_OUTPUT, _REASONING, _COMPACTION]}}]},
+        **{name: {"type": ["string", "null"]} for name in ("instructions", "previous_response_id", "prompt_cache_key")},
+    },
+}
+
 ERROR_ENVELOPE: dict[str, Any] = {
     "type": "object", "required": ["error"],
     "properties": {"error": {"type": "object", "required": ["message", "type", "param", "code"], "properties": {
@@ -97,6 +110,13 @@ def openapi_document() -> dict[str, Any]:
                                       "content": {"application/json": {"schema": {"type": "object"}},
                                                   "text/event-stream": {"schema": {"type": "string"}}}},
                               **_ERRORS}}},
+            "/v1/responses/compact": {"post": {
+                "operationId": "compactResponse",
+                "description": "The conversation summarised by the upstream into one sealed compaction item, "
+                               "to send as the base input of the next request (README: Compaction).",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/CompactRequest"}}}},
+                "responses": {"200": _json("a response.compaction object"), **_ERRORS}}},
             "/v1/chat/completions": {"post": {
                 "operationId": "chatCompletions",
                 "description": "Pass-through to the upstream: bytes in both directions unchanged.",
@@ -109,5 +129,6 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {"get": {"operationId": "readyz", "responses": {
                 "200": _json("the upstream answers"), "503": _json("the upstream does not answer")}}},
         },
-        "components": {"schemas": {"ResponseRequest": RESPONSE_REQUEST, "Error": ERROR_ENVELOPE}},
+        "components": {"schemas": {"ResponseRequest": RESPONSE_REQUEST, "CompactRequest": COMPACT_REQUEST,
+                                   "Error": ERROR_ENVELOPE}},
     }

@@ -95,7 +95,8 @@ def response_json(raw: bytes) -> dict[str, Any]:
     return orjson.loads(raw)
 
 
-async def test_previous_response_id_compacts_the_stored_chain(upstream, gateway):
+async def test_previous_response_id_compacts_the_stored_chain(upstream, make_gateway, store_url):
+    gateway = await make_gateway(store={"url": store_url})
     async with sdk(str(gateway.make_url("")).rstrip("/")) as client:
         upstream.enqueue(text_reply("Noted: slate."), text_reply("Blue."))
         first = await client.responses.create(model="scripted", input="Remember the code word: slate.")
@@ -196,3 +197,6 @@ def test_kept_user_messages_are_the_most_recent_that_fit():
              {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
              {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "latest"}]}]
     assert [m["content"] for m in kept_user_messages(items, "")] == [big, [{"type": "input_text", "text": "latest"}]]
+    image = {"type": "message", "role": "user", "content": [
+        {"type": "input_image", "image_url": "data:image/png;base64," + "A" * KEPT_USER_CHARS}]}
+    assert kept_user_messages([*items, image], "") == []  # the image alone is over the budget
