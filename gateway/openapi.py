@@ -57,7 +57,7 @@ RESPONSE_REQUEST: dict[str, Any] = {
         "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
         "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
         "max_tool_calls": {"type": ["integer", "null"], "minimum": 0},
-        "service_tier": {"type": ["string", "null"]},
+        "service_tier": {"enum": ["auto", "default", "flex", "scale", "priority", None]},
         "safety_identifier": {"type": ["string", "null"]},
         "prompt_cache_key": {"type": ["string", "null"]},
         "text": {"type": "object", "properties": {"format": _TEXT_FORMAT}},

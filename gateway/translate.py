@@ -27,6 +27,8 @@ _TOOL_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 _ROLES = ("user", "assistant", "system", "developer")
 _TOOL_CHOICES = ("auto", "none", "required")
+_TRUNCATIONS = ("auto", "disabled")
+_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")  # the openai SDK's; it reads the echo back
 
 
 @dataclass
@@ -63,6 +65,14 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
     value = _expect(body, key, (int, float), "a number")
     if value is not None and not low <= value <= high:
         raise _fail(f"Invalid '{key}': {value} is not between {low} and {high}.", key)
+    return value
+
+
+def _choice(body: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
+    value = _expect(body, key, str, "a string")
+    if value is not None and value not in allowed:
+        raise InvalidRequest(f"Invalid value for '{key}': {value!r}; expected one of {', '.join(allowed)}.",
+                             param=key, code="invalid_value")
     return value
 
 
@@ -123,7 +133,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     metadata = _expect(body, "metadata", dict, "an object")
     store = _expect(body, "store", bool, "a boolean")
     background = _expect(body, "background", bool, "a boolean")
-    truncation = _expect(body, "truncation", str, "a string")
+    truncation = _choice(body, "truncation", _TRUNCATIONS)
     text = _expect(body, "text", dict, "an object")
     reasoning = _expect(body, "reasoning", dict, "an object")
     include = _expect(body, "include", list, "an array of strings")
@@ -168,7 +178,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
         "background": background, "instructions": instructions, "max_output_tokens": max_output_tokens,
         "metadata": metadata, "parallel_tool_calls": parallel, "previous_response_id": previous_response_id,
         "reasoning": reasoning, "store": store, "temperature": temperature, "text": text, "top_p": top_p,
-        "truncation": truncation or None, "user": user,
+        "truncation": truncation, "user": user,
     })
     if conversation is not None:
         echo["conversation"] = {"id": conversation.get("id") if isinstance(conversation, dict) else conversation}
@@ -189,7 +199,7 @@ def _echo(body: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
         frequency_penalty=_number(body, "frequency_penalty", -2, 2),
         top_logprobs=_integer(body, "top_logprobs", 0, 20),
         max_tool_calls=_integer(body, "max_tool_calls", 0),
-        service_tier=_expect(body, "service_tier", str, "a string"),
+        service_tier=_choice(body, "service_tier", _SERVICE_TIERS),
         safety_identifier=_expect(body, "safety_identifier", str, "a string"),
         prompt_cache_key=_expect(body, "prompt_cache_key", str, "a string"),
         tool_choice=body.get("tool_choice"),

@@ -164,10 +164,29 @@ async def test_defaults_that_fill_the_echo_never_go_upstream(coop_gateway, upstr
 
 @pytest.mark.parametrize("field, value", [
     ("presence_penalty", 3), ("frequency_penalty", "high"), ("top_logprobs", 21), ("top_logprobs", 1.5),
-    ("service_tier", 1), ("max_tool_calls", -1), ("safety_identifier", 5), ("prompt_cache_key", []),
+    ("service_tier", 1), ("service_tier", "gold"), ("truncation", "sometimes"), ("max_tool_calls", -1), ("safety_identifier", 5), ("prompt_cache_key", []),
 ])
 async def test_bad_echo_fields_are_clear_errors(coop_gateway, http, field, value):
     response, raw = await post(http, coop_gateway, {"model": "scripted", "input": "hi", field: value})
     assert response.status == 400, raw
     error = json.loads(raw)["error"]
     assert error["param"] == field and error["type"] == "invalid_request_error"
+
+
+async def test_the_strict_openai_sdk_reads_every_echo_back(coop_gateway):
+    openai = pytest.importorskip("openai")
+    async with openai.AsyncOpenAI(base_url=str(coop_gateway.make_url("/v1")), api_key="x", max_retries=0,
+                                  timeout=30, _strict_response_validation=True) as client:
+        formatted = await client.responses.create(
+            model="scripted", input="Invent a person.", text={"format": PERSON}, reasoning={"effort": "low"},
+            service_tier="flex", top_logprobs=2, prompt_cache_key="k", safety_identifier="s", truncation="auto")
+        assert formatted.text.format.type == "json_schema" and formatted.text.format.description is None
+        assert formatted.reasoning.effort == "low" and formatted.service_tier == "flex"
+        assert (formatted.temperature, formatted.top_p, formatted.top_logprobs) == (1, 1, 2)
+        stream = await client.responses.create(model="scripted", input="What's the weather in Paris?",
+                                               tools=[WEATHER], stream=True)
+        events = [event async for event in stream]
+        assert events[0].response.completed_at is None and events[-1].response.completed_at is not None
+        assert events[-1].response.tools[0].strict is None
+        retrieved = await client.responses.retrieve(events[-1].response.id)
+        assert retrieved.model_dump() == events[-1].response.model_dump()
