@@ -17,11 +17,13 @@ import pytest
 
 from .cooperative_upstream import CooperativeModel
 from .helpers import events_of, post
+from .scripted_upstream import Reply, chunk, sse, usage
 
 jsonschema = pytest.importorskip("jsonschema")
 
 SCHEMA_FILE = Path(__file__).with_name("openresponses") / "schema.json"
-# Event types the gateway sends that the specification names otherwise or not at all (OpenAI's names).
+# Event types the gateway sends under OpenAI's names, which the specification names otherwise (reasoning:
+# response.reasoning.delta/.done) or not at all (custom tool input); they are left unchecked.
 NOT_IN_SPEC = {"response.reasoning_text.delta", "response.reasoning_text.done",
                "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done"}
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather for a place.",
@@ -190,3 +192,18 @@ async def test_the_strict_openai_sdk_reads_every_echo_back(coop_gateway):
         assert events[-1].response.tools[0].strict is None
         retrieved = await client.responses.retrieve(events[-1].response.id)
         assert retrieved.model_dump() == events[-1].response.model_dump()
+
+
+async def test_reasoning_stream_matches_the_spec_where_the_spec_names_its_events(schema, coop_gateway, upstream,
+                                                                                 http):
+    upstream.enqueue(Reply([sse(chunk({"role": "assistant", "content": ""}),
+                                chunk({"reasoning_content": "Two and two."}), chunk({"content": "4"}),
+                                chunk({}, finish="stop"), chunk(choices=False, usage=usage()))]))
+    response, raw = await post(http, coop_gateway, {"model": "scripted", "input": "2+2?", "stream": True,
+                                                    "reasoning": {"effort": "low", "summary": "auto"}})
+    assert response.status == 200
+    events = check_stream(schema, raw)
+    assert {e["type"] for e in events} & NOT_IN_SPEC == {"response.reasoning_text.delta",
+                                                         "response.reasoning_text.done"}
+    assert events[-1]["response"]["reasoning"] == {"effort": "low", "summary": "auto"}
+    assert [item["type"] for item in events[-1]["response"]["output"]] == ["reasoning", "message"]
