@@ -53,6 +53,13 @@ RESPONSE_REQUEST: dict[str, Any] = {
         "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
         "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
         "max_output_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+        "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2},
+        "top_logprobs": {"type": ["integer", "null"], "minimum": 0, "maximum": 20},
+        "max_tool_calls": {"type": ["integer", "null"], "minimum": 0},
+        "service_tier": {"enum": ["auto", "default", "flex", "scale", "priority", None]},
+        "safety_identifier": {"type": ["string", "null"]},
+        "prompt_cache_key": {"type": ["string", "null"]},
         "text": {"type": "object", "properties": {"format": _TEXT_FORMAT}},
         "reasoning": {"type": ["object", "null"], "properties": {
             "effort": {"enum": ["none", "minimal", "low", "medium", "high", "xhigh"]},

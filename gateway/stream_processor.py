@@ -63,6 +63,22 @@ class MalformedChunk(Exception):
     processor is a gateway bug and is left to reach the pipeline's crash handler.
     """
 
+
+def response_defaults() -> dict[str, Any]:
+    """The request's part of a Response object, as it is when the request leaves everything out.
+
+    Every field of the Open Responses `ResponseResource` that the request decides, at its documented
+    default or null. translate.py puts the request's own values over these (StreamOptions.echo);
+    none of them goes upstream. A function, not a constant: each Response gets its own nested values.
+    """
+    return {"background": False, "frequency_penalty": 0, "instructions": None, "max_output_tokens": None,
+            "max_tool_calls": None, "metadata": {}, "parallel_tool_calls": True, "presence_penalty": 0,
+            "previous_response_id": None, "prompt_cache_key": None, "reasoning": None, "safety_identifier": None,
+            "service_tier": "default", "store": True, "temperature": 1, "text": {"format": {"type": "text"}},
+            "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1, "truncation": "disabled",
+            "user": None}
+
+
 _TEXT_TYPE, _ARGS_TYPE = "response.output_text.delta", "response.function_call_arguments.delta"
 _DELTA_TYPES = {TEXT: _TEXT_TYPE, ARGS: _ARGS_TYPE}  # per fast-path kind
 
@@ -72,7 +88,7 @@ class StreamOptions:
     """What one request asks of its response stream: everything translation decides for the core."""
 
     model: str
-    echo: Mapping[str, Any] = field(default_factory=dict)      # request fields the Response repeats
+    echo: Mapping[str, Any] = field(default_factory=response_defaults)  # the request's part of the Response
     tool_names: ToolNameMap = field(default_factory=dict)      # upstream name → (client name, namespace)
     reasoning_summary: bool = False                            # reasoning also as summary events
     think_tags: ThinkTagsMode = "off"                          # upstream.think_tags
@@ -194,19 +210,12 @@ class ResponseStream:
         self.response_id = response_id
         self._clock = clock
         self._new_id = new_id
-        model = options.model
+        # Built once per request: every snapshot and the final Response copy it.
         self._base: dict[str, Any] = {
-            "id": response_id, "object": "response", "created_at": int(clock()),
-            "status": "in_progress", "background": False, "error": None, "incomplete_details": None,
-            "instructions": None, "max_output_tokens": None, "metadata": {}, "model": model,
-            "output": [], "parallel_tool_calls": True, "previous_response_id": None, "reasoning": None,
-            "store": False, "temperature": None, "text": {"format": {"type": "text"}},
-            "tool_choice": "auto", "tools": [], "top_p": None, "truncation": "disabled", "usage": None,
-            "user": None,
+            "id": response_id, "object": "response", "created_at": int(clock()), "completed_at": None,
+            "status": "in_progress", "error": None, "incomplete_details": None, "output": [], "usage": None,
+            **options.echo, "model": options.model,
         }
-        if options.echo:
-            self._base.update(options.echo)
-            self._base["model"] = model
         self.retarget(options)
         self._seq = 0
         self._out: list[Event] = []

@@ -21,13 +21,15 @@ from .custom_tools import custom_arguments, custom_tool_function
 from .errors import InvalidRequest
 from .provider_metadata import extra_from_item_id
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_input_text, reasoning_sealer
-from .stream_processor import StreamOptions
+from .stream_processor import StreamOptions, response_defaults
 
 _TOOL_NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOOL_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 _ROLES = ("user", "assistant", "system", "developer")
 _TOOL_CHOICES = ("auto", "none", "required")
+_TRUNCATIONS = ("auto", "disabled")
+_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")  # the openai SDK's; it reads the echo back
 
 
 @dataclass
@@ -64,6 +66,23 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
     value = _expect(body, key, (int, float), "a number")
     if value is not None and not low <= value <= high:
         raise _fail(f"Invalid '{key}': {value} is not between {low} and {high}.", key)
+    return value
+
+
+def _choice(body: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str | None:
+    value = _expect(body, key, str, "a string")
+    if value is not None and value not in allowed:
+        raise InvalidRequest(f"Invalid value for '{key}': {value!r}; expected one of {', '.join(allowed)}.",
+                             param=key, code="invalid_value")
+    return value
+
+
+def _integer(body: dict[str, Any], key: str, low: int, high: int | None = None) -> int | None:
+    value = _expect(body, key, int, "an integer")
+    if value is not None and value < low:
+        raise _fail(f"Invalid '{key}': must be at least {low}.", key)
+    if value is not None and high is not None and value > high:
+        raise _fail(f"Invalid '{key}': must be at most {high}.", key)
     return value
 
 
@@ -109,15 +128,13 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     instructions = _expect(body, "instructions", str, "a string")
     temperature = _number(body, "temperature", 0, 2)
     top_p = _number(body, "top_p", 0, 1)
-    max_output_tokens = _expect(body, "max_output_tokens", int, "an integer")
-    if max_output_tokens is not None and max_output_tokens < 1:
-        raise _fail("Invalid 'max_output_tokens': must be at least 1.", "max_output_tokens")
+    max_output_tokens = _integer(body, "max_output_tokens", 1)
     parallel = _expect(body, "parallel_tool_calls", bool, "a boolean")
     user = _expect(body, "user", str, "a string")
     metadata = _expect(body, "metadata", dict, "an object")
     store = _expect(body, "store", bool, "a boolean")
     background = _expect(body, "background", bool, "a boolean")
-    truncation = _expect(body, "truncation", str, "a string")
+    truncation = _choice(body, "truncation", _TRUNCATIONS)
     text = _expect(body, "text", dict, "an object")
     reasoning = _expect(body, "reasoning", dict, "an object")
     include = _expect(body, "include", list, "an array of strings")
@@ -158,14 +175,12 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
             chat["reasoning_effort"] = effort
         summary = bool(reasoning.get("summary"))
 
-    echo = {
-        "background": bool(background), "instructions": instructions, "max_output_tokens": max_output_tokens,
-        "metadata": metadata or {}, "parallel_tool_calls": True if parallel is None else parallel,
-        "previous_response_id": previous_response_id, "reasoning": reasoning, "store": True if store is None else store,
-        "temperature": temperature, "text": text or {"format": {"type": "text"}},
-        "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
-        "top_p": top_p, "truncation": truncation or "disabled", "user": user,
-    }
+    echo = _echo(body, {
+        "background": background, "instructions": instructions, "max_output_tokens": max_output_tokens,
+        "metadata": metadata, "parallel_tool_calls": parallel, "previous_response_id": previous_response_id,
+        "reasoning": reasoning, "store": store, "temperature": temperature, "text": text, "top_p": top_p,
+        "truncation": truncation, "user": user,
+    })
     if conversation is not None:
         echo["conversation"] = {"id": conversation.get("id") if isinstance(conversation, dict) else conversation}
     seal = reasoning_sealer(config.reasoning_key) if include and ENCRYPTED_INCLUDE in include else None
@@ -173,6 +188,53 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
                             think_tags=config.think_tags, custom_tools=frozenset(custom),
                             call_id_style=config.tool_call_id_style, seal=seal)
     return ChatRequest(body=chat, stream=stream, options=options, warnings=warnings)
+
+
+# ---------------------------------------------------------------------- the echo
+def _echo(body: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The request's part of the Response object: its values (`given`, already checked, and the fields
+    only echoed, checked here) over the defaults, in the shapes a client reads back. Never sent upstream."""
+    values = dict(
+        given,
+        presence_penalty=_number(body, "presence_penalty", -2, 2),
+        frequency_penalty=_number(body, "frequency_penalty", -2, 2),
+        top_logprobs=_integer(body, "top_logprobs", 0, 20),
+        max_tool_calls=_integer(body, "max_tool_calls", 0),
+        service_tier=_choice(body, "service_tier", _SERVICE_TIERS),
+        safety_identifier=_expect(body, "safety_identifier", str, "a string"),
+        prompt_cache_key=_expect(body, "prompt_cache_key", str, "a string"),
+        tool_choice=body.get("tool_choice"),
+    )
+    echo = response_defaults()
+    echo.update((key, value) for key, value in values.items() if value is not None)
+    if body.get("tools"):
+        echo["tools"] = [_echo_tool(tool) for tool in body["tools"]]
+    if given["text"] is not None:
+        echo["text"] = _echo_text(given["text"])
+    if given["reasoning"] is not None:
+        echo["reasoning"] = {"effort": None, "summary": None, **given["reasoning"]}
+    return echo
+
+
+def _echo_tool(tool: Any) -> Any:
+    """A function tool with every field the specification's FunctionTool requires (null when not given);
+    a namespace's function tools likewise; any other tool as sent."""
+    if not isinstance(tool, dict):
+        return tool
+    if tool.get("type") == "function":
+        return {"type": "function", "description": None, "parameters": None, "strict": None, **tool}
+    if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
+        return {**tool, "tools": [_echo_tool(inner) for inner in tool["tools"]]}
+    return tool
+
+
+def _echo_text(text: dict[str, Any]) -> dict[str, Any]:
+    """`text` with a format always, and a json_schema format with the name the upstream got and the
+    specification's other required fields (`strict` is false unless asked, as upstream)."""
+    fmt = text.get("format") or {"type": "text"}
+    if fmt["type"] == "json_schema":
+        fmt = {"type": "json_schema", "name": "response", "description": None, "strict": False, **fmt}
+    return {**text, "format": fmt}
 
 
 # ---------------------------------------------------------------------- tools

@@ -396,7 +396,8 @@ def test_stream_processor_survives_any_json(chunks: list[Any], saw_done: bool) -
 
 KEYS = ["model", "input", "instructions", "tools", "tool_choice", "text", "reasoning", "temperature", "top_p",
         "max_output_tokens", "parallel_tool_calls", "stream", "metadata", "store", "user", "truncation",
-        "previous_response_id", "include"]
+        "previous_response_id", "include", "presence_penalty", "frequency_penalty", "top_logprobs", "service_tier",
+        "max_tool_calls", "safety_identifier", "prompt_cache_key"]
 ITEM_KEYS = ["type", "role", "content", "call_id", "name", "arguments", "output", "id", "status", "namespace",
              "text", "image_url", "summary", "tools", "parameters", "format", "effort", "mode"]
 ITEM_VALUES = st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "user", "assistant",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gateway.sse import encode_events
-from gateway.stream_processor import ResponseStream, map_usage, stream_generator
+from gateway.stream_processor import ResponseStream, map_usage, response_defaults, stream_generator
 
 from .conftest import assert_valid_stream
 from .helpers import RESPONSE_ID as RID
@@ -98,7 +98,8 @@ def test_stream_generator_without_done_is_truncated():
 
 
 def test_echo_fields_in_every_lifecycle_response():
-    echo = {"instructions": "Be brief.", "metadata": {"k": "v"}, "temperature": 0.5, "model": "ignored"}
+    echo = {**response_defaults(), "instructions": "Be brief.", "metadata": {"k": "v"}, "temperature": 0.5,
+            "model": "ignored"}
     stream, events, _ = drive([chunk({"content": "x"}), chunk({}, finish="stop")], echo=echo)
     for event in (events[0], events[1], events[-1]):
         assert event["response"]["instructions"] == "Be brief."

@@ -55,22 +55,45 @@ def test_metadata_is_echoed_only():
 
 
 def test_echo_fields():
-    tools = [{"type": "function", "name": "f"}]
+    tools = [{"type": "function", "name": "f"}, {"type": "web_search"}]
     chat = tr(instructions="Be brief.", temperature=0.3, top_p=0.9, max_output_tokens=50, tools=tools,
               tool_choice="required", parallel_tool_calls=False, store=False, user="u1",
-              reasoning={"effort": "low"}, text={"format": {"type": "json_object"}}, truncation="auto")
+              reasoning={"effort": "low"}, text={"format": {"type": "json_object"}}, truncation="auto",
+              presence_penalty=0.5, frequency_penalty=-1, top_logprobs=2, max_tool_calls=3, service_tier="flex",
+              safety_identifier="s1", prompt_cache_key="k1")
     assert chat.options.echo == {
         "background": False, "instructions": "Be brief.", "max_output_tokens": 50, "metadata": {}, "parallel_tool_calls": False,
-        "previous_response_id": None, "reasoning": {"effort": "low"}, "store": False, "temperature": 0.3,
-        "text": {"format": {"type": "json_object"}}, "tool_choice": "required", "tools": tools, "top_p": 0.9,
-        "truncation": "auto", "user": "u1"}
+        "previous_response_id": None, "reasoning": {"effort": "low", "summary": None}, "store": False, "temperature": 0.3,
+        "text": {"format": {"type": "json_object"}}, "tool_choice": "required", "top_p": 0.9,
+        "tools": [{"type": "function", "name": "f", "description": None, "parameters": None, "strict": None},
+                  {"type": "web_search"}],
+        "truncation": "auto", "user": "u1", "presence_penalty": 0.5, "frequency_penalty": -1, "top_logprobs": 2,
+        "max_tool_calls": 3, "service_tier": "flex", "safety_identifier": "s1", "prompt_cache_key": "k1"}
 
 
 def test_echo_defaults():
-    echo = tr().options.echo
-    assert echo["tool_choice"] == "auto" and echo["tools"] == [] and echo["parallel_tool_calls"] is True
-    assert echo["text"] == {"format": {"type": "text"}} and echo["truncation"] == "disabled"
-    assert echo["store"] is True
+    assert tr().options.echo == {
+        "background": False, "frequency_penalty": 0, "instructions": None, "max_output_tokens": None,
+        "max_tool_calls": None, "metadata": {}, "parallel_tool_calls": True, "presence_penalty": 0,
+        "previous_response_id": None, "prompt_cache_key": None, "reasoning": None, "safety_identifier": None,
+        "service_tier": "default", "store": True, "temperature": 1, "text": {"format": {"type": "text"}},
+        "tool_choice": "auto", "tools": [], "top_logprobs": 0, "top_p": 1, "truncation": "disabled", "user": None}
+
+
+def test_echoed_tools_and_formats_have_every_field_a_client_reads_back():
+    echo = tr(tools=[{"type": "namespace", "name": "mcp", "tools": [{"type": "function", "name": "g"}]},
+                     {"type": "function", "name": "f", "description": "d", "strict": True}],
+              text={"verbosity": "low"}, reasoning={"summary": "auto"}).options.echo
+    assert echo["tools"] == [
+        {"type": "namespace", "name": "mcp", "tools": [
+            {"type": "function", "name": "g", "description": None, "parameters": None, "strict": None}]},
+        {"type": "function", "name": "f", "description": "d", "parameters": None, "strict": True}]
+    assert echo["text"] == {"format": {"type": "text"}, "verbosity": "low"}
+    assert echo["reasoning"] == {"effort": None, "summary": "auto"}
+    schema = {"type": "object"}
+    echo = tr(text={"format": {"type": "json_schema", "schema": schema}}).options.echo
+    assert echo["text"] == {"format": {"type": "json_schema", "name": "response", "description": None,
+                                       "strict": False, "schema": schema}}
 
 
 # ---------------------------------------------------------------------------------------- input
