@@ -29,23 +29,26 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 _TEXT_PART = _object(["type", "text"], type={"enum": ["input_text", "output_text"]}, text=_STRING)
 _IMAGE_PART = _object(["type", "image_url"], type={"const": "input_image"}, image_url=_STRING,
                       detail={"enum": ["auto", "low", "high"]})
-_CONTENT = {"oneOf": [_STRING, {"type": "array", "items": {"oneOf": [_TEXT_PART, _IMAGE_PART]}}]}
-_MESSAGE = _object(["role", "content"], type={"const": "message"},
-                   role={"enum": ["user", "assistant", "system", "developer"]}, content=_CONTENT)
+# Images only in user messages: the other roles become text upstream.
+_USER_MESSAGE = _object(["role", "content"], type={"const": "message"}, role={"const": "user"}, content={
+    "oneOf": [_STRING, {"type": "array", "items": {"oneOf": [_TEXT_PART, _IMAGE_PART]}}]})
+_TEXT_MESSAGE = _object(["role", "content"], type={"const": "message"},
+                        role={"enum": ["assistant", "system", "developer"]},
+                        content={"oneOf": [_STRING, {"type": "array", "items": _TEXT_PART}]})
 _FUNCTION_CALL = _object(["type", "call_id", "name", "arguments"], type={"const": "function_call"},
                          call_id=_STRING, name=_STRING, arguments=_STRING, id=_STRING)
 _FUNCTION_OUTPUT = _object(["type", "call_id", "output"], type={"const": "function_call_output"},
                            call_id=_STRING, output=_STRING)
 _REASONING = _object(["type"], type={"const": "reasoning"}, summary={"type": "array"},
                      encrypted_content={"type": ["string", "null"]})
-_INPUT_ITEM = {"oneOf": [_MESSAGE, _FUNCTION_CALL, _FUNCTION_OUTPUT, _REASONING]}
+_INPUT_ITEM = {"oneOf": [_USER_MESSAGE, _TEXT_MESSAGE, _FUNCTION_CALL, _FUNCTION_OUTPUT, _REASONING]}
 _FUNCTION_TOOL = _object(["type", "name"], type={"const": "function"}, name={"type": "string", "minLength": 1},
                          description=_STRING, parameters={"type": "object"}, strict={"type": "boolean"})
 _TOOL_CHOICE = {"oneOf": [{"enum": ["auto", "none", "required"]},
                           _object(["type", "name"], type={"const": "function"}, name=_STRING)]}
 _TEXT_FORMAT = _object(["type"], type={"enum": ["text", "json_object", "json_schema"]}, name=_STRING,
                        schema={"type": "object"}, strict={"type": "boolean"})
-_METADATA = {"type": "object", "maxProperties": 16, "propertyNames": {"maxLength": 64},
+_METADATA = {"type": ["object", "null"], "maxProperties": 16, "propertyNames": {"maxLength": 64},
              "additionalProperties": {"type": "string", "maxLength": 512}}
 
 RESPONSE_REQUEST: dict[str, Any] = _object(
@@ -68,12 +71,19 @@ RESPONSE_REQUEST: dict[str, Any] = _object(
     metadata=_METADATA,
     store={"type": ["boolean", "null"]},
     previous_response_id={"type": ["string", "null"], "description": "a stored response of the same owner"},
-    conversation={"oneOf": [_STRING, _object(["id"], id=_STRING)],
+    conversation={"oneOf": [{"type": "null"}, {"type": "string", "minLength": 1},
+                            _object(["id"], id={"type": "string", "minLength": 1})],
                   "description": "a conversation of the same owner; not with previous_response_id"},
     truncation={"type": ["string", "null"]},
     user=_STRING,
     include={"type": "array", "items": _STRING},
 )
+RESPONSE_REQUEST["allOf"] = [
+    {"not": {"required": ["previous_response_id", "conversation"],
+             "properties": {"previous_response_id": _STRING, "conversation": {"not": {"type": "null"}}}},
+     "description": "one of the two, not both"},
+    {"if": {"required": ["background"], "properties": {"background": {"const": True}}},
+     "then": {"properties": {"store": {"enum": [True, None]}}}, "description": "background needs store"}]
 _ITEMS_BODY = {"type": "array", "maxItems": 20, "items": _INPUT_ITEM}
 CONVERSATION_CREATE = {"type": "object", "properties": {"items": _ITEMS_BODY, "metadata": _METADATA}}
 CONVERSATION_UPDATE = _object(["metadata"], metadata=_METADATA)
@@ -117,11 +127,22 @@ _INSPECTED = {"type": "object", "required": ["state"], "properties": {"state": {
 INSPECTOR_LIST = _object(["open", "recent"], open={"type": "array", "items": _INSPECTED},
                          recent={"type": "array", "items": _INSPECTED})
 
+
+
+def _event(required: list[str], event: dict[str, Any]) -> dict[str, Any]:
+    """One server-sent event (OpenAPI 3.1: the media type's schema describes each event of the stream)."""
+    return _object(required, event=event, data=_STRING, id=_STRING, retry=_INT)
+
+
+RESPONSE_EVENT = _event(["event", "data"], {"type": "string", "pattern": "^response\\."})
+INSPECTOR_EVENT = _event(["data"], {"enum": ["message", "end", "lagged"]})
+
 SCHEMAS = {"ResponseRequest": RESPONSE_REQUEST, "Error": ERROR_ENVELOPE, "Response": RESPONSE, "Item": ITEM,
            "ItemList": ITEM_LIST, "Conversation": CONVERSATION, "ConversationCreate": CONVERSATION_CREATE,
            "ConversationUpdate": CONVERSATION_UPDATE, "ItemsAdd": ITEMS_ADD,
            "ResponseDeleted": _deleted("response"), "ConversationDeleted": _deleted("conversation.deleted"),
-           "ModelList": MODEL_LIST, "Readiness": READINESS, "InspectorList": INSPECTOR_LIST}
+           "ModelList": MODEL_LIST, "Readiness": READINESS, "InspectorList": INSPECTOR_LIST,
+           "ResponseEvent": RESPONSE_EVENT, "InspectorEvent": INSPECTOR_EVENT}
 
 # ---------------------------------------------------------------------- building blocks of operations
 _ERROR_REASONS = {
@@ -211,7 +232,7 @@ _RESPONSES = {
         "createResponse", "Create a response: translated to a Chat Completions request upstream", {
             "200": {"description": "the Response (`background`: queued), or its event stream with `stream`",
                     "content": {"application/json": {"schema": _ref("Response")},
-                                "text/event-stream": {"schema": _STRING}},
+                                "text/event-stream": {"schema": _ref("ResponseEvent")}},
                     "links": _RESPONSE_LINKS},
             **_errors(*_ALWAYS, 400, 403, 404, 415, 429, 502, 503, 504),
             "default": _error("default", "the upstream's own error status and message")},
@@ -221,7 +242,7 @@ _RESPONSES = {
         "get": _operation("getResponse", "A stored response; with `stream`, a background stream replayed and followed", {
             "200": {"description": "the Response, or with `stream=true` its events after `starting_after`",
                     "content": {"application/json": {"schema": _ref("Response")},
-                                "text/event-stream": {"schema": _STRING}}},
+                                "text/event-stream": {"schema": _ref("ResponseEvent")}}},
             **_errors(*_STORED, 410)},
             parameters=[_query("stream", {"type": "boolean"}, "replay and follow a background stream"),
                         _query("starting_after", {"type": "integer", "minimum": 0},
@@ -273,7 +294,7 @@ _UPSTREAM = {
         "chatCompletions", "Pass-through to the routed upstream: bytes in both directions unchanged", {
             "200": {"description": "the upstream's answer, streamed or not",
                     "content": {"application/json": {"schema": {"type": "object"}},
-                                "text/event-stream": {"schema": _STRING}}},
+                                "text/event-stream": {"schema": _event(["data"], _STRING)}}},
             **_errors(*_ALWAYS, 403, 404, 502, 503, 504),
             "default": _error("default", "the upstream's own error status and message")},
         requestBody=_body({"type": "object"}))},
@@ -304,8 +325,9 @@ _INSPECTOR = {
         "200": _json("the lists", _ref("InspectorList")), **_errors(401, 403)})},
     "/debug/requests/{key}/events": {"get": _operation(
         "inspectorEvents", "One request's events so far, then live, then `end`", {
-            "200": _text("server-sent events: `data:` a JSON list of events; `end` the request's row",
-                         "text/event-stream"), **_errors(401, 403, 404)},
+            "200": {"description": "server-sent events: `data:` a JSON list of events; `end` the request's row",
+                    "content": {"text/event-stream": {"schema": _ref("InspectorEvent")}}},
+            **_errors(401, 403, 404)},
         parameters=[_path("key", "the request's key in the lists")])},
     "/debug/captures/{name}": {"get": _operation("inspectorCapture", "A capture file (`debug.capture`)", {
         "200": _json("the capture", {"type": "object"}), **_errors(401, 403, 404)},

@@ -19,6 +19,7 @@ from .state import STATE
 from .store.base import Order, page
 from .keys import owner_of
 from .store.service import MAX_ITEMS_PER_CALL, StateService, normalize_items
+from .translate import check_items
 
 stored_routes = web.RouteTableDef()
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
@@ -112,6 +113,7 @@ def _items(body: dict[str, Any], service: StateService, required: bool = False) 
         raise InvalidRequest(f"Invalid 'items': at most {MAX_ITEMS_PER_CALL} items per request.", param="items",
                              code="array_above_max_length")
     normalized = normalize_items(items, "items")
+    check_items(normalized, "items")
     if len(orjson.dumps(normalized)) > service.config.max_stored_bytes:
         raise InvalidRequest(f"The items are larger than this gateway stores at once "
                              f"({service.config.max_stored_bytes} bytes, store.max_stored_bytes).",

@@ -66,6 +66,16 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
     return value
 
 
+def _integer(body: dict[str, Any], key: str) -> int | None:
+    """JSON has one number type: 256.0 is the integer 256, as JSON Schema and OpenAI read it."""
+    value = _expect(body, key, (int, float), "an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise _fail(f"Invalid type for '{key}': expected an integer, but got a number.", key)
+        value = int(value)
+    return value
+
+
 class _ToolNames:
     """Maps client tool names to names every upstream accepts, and back."""
 
@@ -108,7 +118,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     instructions = _expect(body, "instructions", str, "a string")
     temperature = _number(body, "temperature", 0, 2)
     top_p = _number(body, "top_p", 0, 1)
-    max_output_tokens = _expect(body, "max_output_tokens", int, "an integer")
+    max_output_tokens = _integer(body, "max_output_tokens")
     if max_output_tokens is not None and max_output_tokens < 1:
         raise _fail("Invalid 'max_output_tokens': must be at least 1.", "max_output_tokens")
     parallel = _expect(body, "parallel_tool_calls", bool, "a boolean")
@@ -352,7 +362,7 @@ class _Conversation:
 
 
 def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config: UpstreamConfig | None = None,
-              warnings: list[str] | None = None) -> list[dict[str, Any]]:
+              warnings: list[str] | None = None, param: str = "input") -> list[dict[str, Any]]:
     conversation = _Conversation(names, config, warnings)
     if instructions:
         conversation.system.append(instructions)
@@ -360,8 +370,14 @@ def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config
         conversation.add({"role": "user", "content": items})
         return conversation.build()
     for i, item in enumerate(items):
-        _item(conversation, item, f"input[{i}]")
+        _item(conversation, item, f"{param}[{i}]")
     return conversation.build()
+
+
+def check_items(items: list[dict[str, Any]], param: str) -> None:
+    """The 400 a request with these input items would get, now: items added to a conversation are only
+    translated on a later turn, whose 400 would name an `input[…]` the client never sent."""
+    _messages(items, None, _ToolNames(), param=param)
 
 
 def _item(conversation: _Conversation, item: Any, param: str) -> None:
@@ -389,6 +405,9 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         conversation.add({"role": "tool", "tool_call_id": conversation.call_id(call_id),
                           "content": _output_text(item.get("output"), f"{param}.output")})
     elif kind == "reasoning":
+        if item.get("encrypted_content") is not None and not isinstance(item["encrypted_content"], str):
+            raise _fail(f"Invalid type for '{param}.encrypted_content': expected a string.",
+                        f"{param}.encrypted_content")
         if conversation.reasoning_field is not None:
             text = reasoning_input_text(item, conversation.reasoning_key, param, conversation.warnings)
             if text:

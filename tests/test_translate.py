@@ -285,6 +285,13 @@ def test_max_output_tokens_to_max_tokens_or_max_completion_tokens():
     assert body["max_completion_tokens"] == 256 and "max_tokens" not in body
 
 
+def test_an_integral_number_is_an_integer():
+    """Found by schemathesis: `max_output_tokens: 256.0` (an integer to JSON Schema, and to OpenAI) was a 400."""
+    chat = tr(max_output_tokens=256.0)
+    assert chat.body["max_tokens"] == 256 and type(chat.body["max_tokens"]) is int
+    assert chat.options.echo["max_output_tokens"] == 256
+
+
 def test_reasoning_effort():
     chat = tr(reasoning={"effort": "high", "summary": "auto"})
     assert chat.body["reasoning_effort"] == "high"

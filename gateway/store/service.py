@@ -149,7 +149,8 @@ class StateService:
         conversation_id = conversation_id_of(conversation)
         if previous is not None and conversation_id is not None:
             raise InvalidRequest("Mutually exclusive parameters: Ensure you are only providing one of: "
-                                 "'previous_response_id' or 'conversation'.", code="mutually_exclusive_parameters")
+                                 "'previous_response_id' or 'conversation'.", param="conversation",
+                                 code="mutually_exclusive_parameters")
         if not store and previous is None and conversation_id is None:
             return None
         if body.get("input") is None:
