@@ -28,7 +28,8 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------- request bodies
 _TEXT_PART = _object(["type", "text"], type={"enum": ["input_text", "output_text"]}, text=_STRING)
 _IMAGE_PART = _object(["type", "image_url"], type={"const": "input_image"}, image_url=_STRING,
-                      detail={"enum": ["auto", "low", "high"]})
+                      detail={"type": "string", "examples": ["auto", "low", "high"],
+                              "description": "passed to the upstream, which knows its values"})
 # Images only in user messages: the other roles become text upstream.
 _USER_MESSAGE = _object(["role", "content"], type={"const": "message"}, role={"const": "user"}, content={
     "oneOf": [_STRING, {"type": "array", "items": {"oneOf": [_TEXT_PART, _IMAGE_PART]}}]})

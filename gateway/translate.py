@@ -27,6 +27,7 @@ _TOOL_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
 _ROLES = ("user", "assistant", "system", "developer")
 _TOOL_CHOICES = ("auto", "none", "required")
+_METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
 
 
 @dataclass
@@ -64,6 +65,23 @@ def _number(body: dict[str, Any], key: str, low: float, high: float) -> float | 
     if value is not None and not low <= value <= high:
         raise _fail(f"Invalid '{key}': {value} is not between {low} and {high}.", key)
     return value
+
+
+def checked_metadata(metadata: Any) -> dict[str, str] | None:
+    """`metadata` as OpenAI takes it (on responses and conversations): up to 16 string values, keys up to 64
+    and values up to 512 characters. It is echoed and stored, so anything else would break clients later."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise InvalidRequest("Invalid 'metadata': expected an object of string values.", param="metadata",
+                             code="invalid_type")
+    if len(metadata) > _METADATA_PAIRS or any(len(k) > _METADATA_KEY or len(v) > _METADATA_VALUE
+                                              for k, v in metadata.items()):
+        raise InvalidRequest(f"Invalid 'metadata': at most {_METADATA_PAIRS} pairs, keys up to {_METADATA_KEY} "
+                             f"and values up to {_METADATA_VALUE} characters.", param="metadata",
+                             code="object_above_max_properties")
+    return metadata
 
 
 def _integer(body: dict[str, Any], key: str) -> int | None:
@@ -123,7 +141,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
         raise _fail("Invalid 'max_output_tokens': must be at least 1.", "max_output_tokens")
     parallel = _expect(body, "parallel_tool_calls", bool, "a boolean")
     user = _expect(body, "user", str, "a string")
-    metadata = _expect(body, "metadata", dict, "an object")
+    metadata = checked_metadata(body.get("metadata"))
     store = _expect(body, "store", bool, "a boolean")
     background = _expect(body, "background", bool, "a boolean")
     truncation = _expect(body, "truncation", str, "a string")
@@ -405,9 +423,9 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         conversation.add({"role": "tool", "tool_call_id": conversation.call_id(call_id),
                           "content": _output_text(item.get("output"), f"{param}.output")})
     elif kind == "reasoning":
-        if item.get("encrypted_content") is not None and not isinstance(item["encrypted_content"], str):
-            raise _fail(f"Invalid type for '{param}.encrypted_content': expected a string.",
-                        f"{param}.encrypted_content")
+        for key, kind, what in (("encrypted_content", str, "a string"), ("summary", list, "an array")):
+            if item.get(key) is not None and not isinstance(item[key], kind):
+                raise _fail(f"Invalid type for '{param}.{key}': expected {what}.", f"{param}.{key}")
         if conversation.reasoning_field is not None:
             text = reasoning_input_text(item, conversation.reasoning_key, param, conversation.warnings)
             if text:
@@ -503,8 +521,11 @@ def _user_content(content: Any, param: str) -> Any:
                 raise _fail(f"Invalid '{where}.image_url': expected a URL or data URL string "
                             "(file_id images are not supported).", f"{where}.image_url")
             image: dict[str, Any] = {"url": url}
-            if isinstance(part.get("detail"), str):
-                image["detail"] = part["detail"]
+            detail = part.get("detail")
+            if detail is not None and not isinstance(detail, str):
+                raise _fail(f"Invalid type for '{where}.detail': expected a string.", f"{where}.detail")
+            if detail is not None:
+                image["detail"] = detail  # the upstream knows which values it takes
             parts.append({"type": "image_url", "image_url": image})
         else:
             raise _fail(f"Content part type {kind!r} is not supported by this gateway.", f"{where}.type")

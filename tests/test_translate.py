@@ -292,6 +292,26 @@ def test_an_integral_number_is_an_integer():
     assert chat.options.echo["max_output_tokens"] == 256
 
 
+@pytest.mark.parametrize("metadata", [{"k": False}, {"k": {"a": 1}}, ["k"], {f"k{i}": "v" for i in range(17)},
+                                      {"k" * 65: "v"}, {"k": "v" * 513}])
+def test_metadata_is_string_values_within_openais_limits(metadata):
+    """Found by schemathesis: any object was echoed and stored as `metadata`, so the Response broke its
+    schema (and the openai SDK's strict validation) on every read."""
+    assert invalid({"model": "m", "input": "hi", "metadata": metadata}).param == "metadata"
+    assert tr(metadata={"k" * 64: "v" * 512}).options.echo["metadata"] == {"k" * 64: "v" * 512}
+
+
+@pytest.mark.parametrize("item, param", [
+    ({"type": "reasoning", "summary": {}}, "input[0].summary"),
+    ({"type": "reasoning", "summary": [], "encrypted_content": {}}, "input[0].encrypted_content"),
+    ({"role": "user", "content": [{"type": "input_image", "image_url": "data:,", "detail": 1}]},
+     "input[0].content[0].detail"),
+])
+def test_wrong_types_inside_items_are_400s(item, param):
+    """Found by schemathesis: these were silently dropped instead of named."""
+    assert invalid({"model": "m", "input": [item]}).param == param
+
+
 def test_reasoning_effort():
     chat = tr(reasoning={"effort": "high", "summary": "auto"})
     assert chat.body["reasoning_effort"] == "high"
@@ -343,7 +363,6 @@ def test_missing_or_wrong_model_and_input(body, param):
     ({"max_output_tokens": 1.5}, "max_output_tokens"),
     ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ({"user": 42}, "user"),
-    ({"metadata": ["a"]}, "metadata"),
     ({"store": "no"}, "store"),
     ({"text": "json"}, "text"),
     ({"text": {"format": "json"}}, "text.format"),
