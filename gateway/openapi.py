@@ -40,7 +40,7 @@ _FUNCTION_CALL = _object(["type", "call_id", "name", "arguments"], type={"const"
                          call_id=_STRING, name=_STRING, arguments=_STRING, id=_STRING)
 _FUNCTION_OUTPUT = _object(["type", "call_id", "output"], type={"const": "function_call_output"},
                            call_id=_STRING, output=_STRING)
-_REASONING = _object(["type"], type={"const": "reasoning"}, summary={"type": "array"},
+_REASONING = _object(["type"], type={"const": "reasoning"}, summary={"type": ["array", "null"]},
                      encrypted_content={"type": ["string", "null"]})
 _INPUT_ITEM = {"oneOf": [_USER_MESSAGE, _TEXT_MESSAGE, _FUNCTION_CALL, _FUNCTION_OUTPUT, _REASONING]}
 _FUNCTION_TOOL = _object(["type", "name"], type={"const": "function"}, name={"type": "string", "minLength": 1},

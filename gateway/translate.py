@@ -311,6 +311,10 @@ def _tool_choice(choice: Any, names: _ToolNames) -> Any:
     return "auto"  # a hosted tool was forced; the upstream cannot run it
 
 
+_JSON_SCHEMA_FIELDS = (("name", str, "a string"), ("schema", dict, "an object"), ("strict", bool, "a boolean"),
+                       ("description", str, "a string"))
+
+
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     if not text:
         return None
@@ -325,6 +329,9 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
+        for key, types, what in _JSON_SCHEMA_FIELDS:
+            if fmt.get(key) is not None and not isinstance(fmt[key], types):
+                raise _fail(f"Invalid type for 'text.format.{key}': expected {what}.", f"text.format.{key}")
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         schema.setdefault("name", "response")
         return {"type": "json_schema", "json_schema": schema}

@@ -367,6 +367,10 @@ def test_missing_or_wrong_model_and_input(body, param):
     ({"text": "json"}, "text"),
     ({"text": {"format": "json"}}, "text.format"),
     ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
+    # Found by schemathesis: these were sent upstream as they came.
+    ({"text": {"format": {"type": "json_schema", "schema": {}, "strict": 1}}}, "text.format.strict"),
+    ({"text": {"format": {"type": "json_schema", "schema": "{}"}}}, "text.format.schema"),
+    ({"text": {"format": {"type": "json_schema", "name": 5, "schema": {}}}}, "text.format.name"),
     ({"reasoning": "high"}, "reasoning"),
     ({"reasoning": {"effort": 3}}, "reasoning.effort"),
     ({"tools": {"type": "function"}}, "tools"),
