@@ -38,8 +38,8 @@ _TEXT_MESSAGE = _object(["role", "content"], type={"const": "message"},
                         content={"oneOf": [_STRING, {"type": "array", "items": _TEXT_PART}]})
 _FUNCTION_CALL = _object(["type", "call_id", "name", "arguments"], type={"const": "function_call"},
                          call_id=_STRING, name=_STRING, arguments=_STRING, id=_STRING)
-_FUNCTION_OUTPUT = _object(["type", "call_id", "output"], type={"const": "function_call_output"},
-                           call_id=_STRING, output=_STRING)
+_FUNCTION_OUTPUT = _object(["type", "call_id", "output"], type={"const": "function_call_output"}, call_id=_STRING,
+                           output={"oneOf": [_STRING, {"type": "array", "items": {"oneOf": [_TEXT_PART, _IMAGE_PART]}}]})
 _REASONING = _object(["type"], type={"const": "reasoning"}, summary={"type": ["array", "null"]},
                      encrypted_content={"type": ["string", "null"]})
 _INPUT_ITEM = {"oneOf": [_USER_MESSAGE, _TEXT_MESSAGE, _FUNCTION_CALL, _FUNCTION_OUTPUT, _REASONING]}

@@ -546,5 +546,8 @@ def _output_text(output: Any, param: str) -> str:
     if isinstance(output, str):
         return output
     if isinstance(output, list):
-        return _plain_text([p for p in output if isinstance(p, dict) and p.get("type") != "input_image"], param)
+        for j, part in enumerate(output):
+            if not isinstance(part, dict):
+                raise _fail(f"Invalid '{param}[{j}]': expected an object.", f"{param}[{j}]")
+        return _plain_text([p for p in output if p.get("type") != "input_image"], param)
     raise _fail(f"Invalid type for '{param}': expected a string or an array of content parts.", param)

@@ -306,6 +306,7 @@ def test_metadata_is_string_values_within_openais_limits(metadata):
     ({"type": "reasoning", "summary": [], "encrypted_content": {}}, "input[0].encrypted_content"),
     ({"role": "user", "content": [{"type": "input_image", "image_url": "data:,", "detail": 1}]},
      "input[0].content[0].detail"),
+    ({"type": "function_call_output", "call_id": "c", "output": [None]}, "input[0].output[0]"),
 ])
 def test_wrong_types_inside_items_are_400s(item, param):
     """Found by schemathesis: these were silently dropped instead of named."""
