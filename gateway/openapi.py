@@ -38,8 +38,10 @@ _TEXT_MESSAGE = _object(["role", "content"], type={"const": "message"},
                         content={"oneOf": [_STRING, {"type": "array", "items": _TEXT_PART}]})
 _FUNCTION_CALL = _object(["type", "call_id", "name", "arguments"], type={"const": "function_call"},
                          call_id=_STRING, name=_STRING, arguments=_STRING, id=_STRING)
+# A chat tool message carries text: images in a tool's output are left out.
+_OUTPUT_IMAGE = _object(["type"], type={"const": "input_image"})
 _FUNCTION_OUTPUT = _object(["type", "call_id", "output"], type={"const": "function_call_output"}, call_id=_STRING,
-                           output={"oneOf": [_STRING, {"type": "array", "items": {"oneOf": [_TEXT_PART, _IMAGE_PART]}}]})
+                           output={"oneOf": [_STRING, {"type": "array", "items": {"oneOf": [_TEXT_PART, _OUTPUT_IMAGE]}}]})
 _REASONING = _object(["type"], type={"const": "reasoning"}, summary={"type": ["array", "null"]},
                      encrypted_content={"type": ["string", "null"]})
 _INPUT_ITEM = {"oneOf": [_USER_MESSAGE, _TEXT_MESSAGE, _FUNCTION_CALL, _FUNCTION_OUTPUT, _REASONING]}
@@ -67,8 +69,10 @@ RESPONSE_REQUEST: dict[str, Any] = _object(
     max_output_tokens={"type": ["integer", "null"], "minimum": 1},
     text={"type": "object", "properties": {"format": _TEXT_FORMAT}},
     reasoning={"type": ["object", "null"], "properties": {
-        "effort": {"enum": ["none", "minimal", "low", "medium", "high", "xhigh"]},
-        "summary": {"enum": ["auto", "concise", "detailed"]}}},
+        "effort": {"type": ["string", "null"], "examples": ["none", "minimal", "low", "medium", "high", "xhigh"],
+                   "description": "sent upstream as reasoning_effort; the upstream knows its values"},
+        "summary": {"type": ["string", "null"], "examples": ["auto", "concise", "detailed"],
+                    "description": "any value asks for reasoning summary events"}}},
     metadata=_METADATA,
     store={"type": ["boolean", "null"]},
     previous_response_id={"type": ["string", "null"], "description": "a stored response of the same owner"},

@@ -241,7 +241,8 @@ async def test_conversation_items_are_checked_when_added(stored_gateway, upstrea
     bad_items = ([{"type": "function_call", "name": "f", "arguments": "{}"}],   # no call_id
                  [{"type": "reasoning", "summary": [], "encrypted_content": {}}],
                  [{"type": "message", "role": "user", "content": 5}],
-                 [{"type": "computer_call", "id": "cu_1"}])
+                 [{"type": "computer_call", "id": "cu_1"}],
+                 [{"type": "message", "role": "user", "content": "x", "id": {}}])  # was replaced by a new id
     async with sdk(stored_gateway) as client:
         for items in bad_items:
             with pytest.raises(openai.BadRequestError) as info:
