@@ -37,7 +37,7 @@ _TEXT_MESSAGE = _object(["role", "content"], type={"const": "message"},
                         role={"enum": ["assistant", "system", "developer"]},
                         content={"oneOf": [_STRING, {"type": "array", "items": _TEXT_PART}]})
 _FUNCTION_CALL = _object(["type", "call_id", "name", "arguments"], type={"const": "function_call"},
-                         call_id=_STRING, name=_STRING, arguments=_STRING, id=_STRING)
+                         call_id=_STRING, name=_STRING, arguments=_STRING, id={"type": ["string", "null"]})
 # A chat tool message carries text: images in a tool's output are left out.
 _OUTPUT_IMAGE = _object(["type"], type={"const": "input_image"})
 _FUNCTION_OUTPUT = _object(["type", "call_id", "output"], type={"const": "function_call_output"}, call_id=_STRING,

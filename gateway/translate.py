@@ -28,6 +28,7 @@ _TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_t
 _ROLES = ("user", "assistant", "system", "developer")
 _TOOL_CHOICES = ("auto", "none", "required")
 _METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
+_MAX_INTEGER = 2**53  # past it a float has no exact integer
 
 
 @dataclass
@@ -85,10 +86,11 @@ def checked_metadata(metadata: Any) -> dict[str, str] | None:
 
 
 def _integer(body: dict[str, Any], key: str) -> int | None:
-    """JSON has one number type: 256.0 is the integer 256, as JSON Schema and OpenAI read it."""
+    """JSON has one number type: 256.0 is the integer 256, as JSON Schema and OpenAI read it. (orjson reads
+    an integer past 64 bits as a float, and could not write it back as an integer.)"""
     value = _expect(body, key, (int, float), "an integer")
     if isinstance(value, float):
-        if not value.is_integer():
+        if not value.is_integer() or abs(value) > _MAX_INTEGER:
             raise _fail(f"Invalid type for '{key}': expected an integer, but got a number.", key)
         value = int(value)
     return value
