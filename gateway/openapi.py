@@ -28,7 +28,7 @@ def _object(required: list[str], **properties: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------- request bodies
 _TEXT_PART = _object(["type", "text"], type={"enum": ["input_text", "output_text"]}, text=_STRING)
 _IMAGE_PART = _object(["type", "image_url"], type={"const": "input_image"}, image_url=_STRING,
-                      detail={"type": "string", "examples": ["auto", "low", "high"],
+                      detail={"type": ["string", "null"], "examples": ["auto", "low", "high"],
                               "description": "passed to the upstream, which knows its values"})
 # Images only in user messages: the other roles become text upstream.
 _USER_MESSAGE = _object(["role", "content"], type={"const": "message"}, role={"const": "user"}, content={
@@ -90,7 +90,8 @@ RESPONSE_REQUEST["allOf"] = [
     {"if": {"required": ["background"], "properties": {"background": {"const": True}}},
      "then": {"properties": {"store": {"enum": [True, None]}}}, "description": "background needs store"}]
 _ITEMS_BODY = {"type": "array", "maxItems": 20, "items": _INPUT_ITEM}
-CONVERSATION_CREATE = {"type": "object", "properties": {"items": _ITEMS_BODY, "metadata": _METADATA}}
+CONVERSATION_CREATE = {"type": "object", "properties": {"items": {**_ITEMS_BODY, "type": ["array", "null"]},
+                                                        "metadata": _METADATA}}
 CONVERSATION_UPDATE = _object(["metadata"], metadata=_METADATA)
 ITEMS_ADD = _object(["items"], items=_ITEMS_BODY)
 

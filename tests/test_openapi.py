@@ -29,7 +29,7 @@ schema = schemathesis.openapi.from_dict(openapi_document())
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 schema.config.checks.update(excluded_check_names=["positive_data_acceptance"])  # valid_requests_accepted instead
 # Per operation (about 50 of them, the unversioned aliases included): the whole file runs in well under a minute.
-_EXAMPLES = 15
+_EXAMPLES = 10
 _SETTINGS = settings(deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
@@ -105,4 +105,4 @@ def test_api_workflows_conform_to_its_document(live: LiveGateway) -> None:
             # One bearer token for the whole chain: without gateway keys it is what owns the stored objects.
             return {"base_url": live.url, "timeout": 10, "headers": {"Authorization": "Bearer sk-workflow"}}
 
-    Workflow.run(settings=settings(_SETTINGS, max_examples=20, stateful_step_count=6))
+    Workflow.run(settings=settings(_SETTINGS, max_examples=15, stateful_step_count=6))
