@@ -19,9 +19,9 @@ from .state import STATE
 from .store.base import Order, page
 from .keys import owner_of
 from .store.service import MAX_ITEMS_PER_CALL, StateService, normalize_items
+from .translate import check_items, checked_metadata
 
 stored_routes = web.RouteTableDef()
-_METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
 
 
 def _service(request: web.Request) -> StateService:
@@ -80,22 +80,10 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _metadata(body: dict[str, Any], required: bool = False) -> dict[str, str]:
-    metadata = body.get("metadata")
-    if metadata is None:
-        if required and "metadata" not in body:
-            raise InvalidRequest("Missing required parameter: 'metadata'.", param="metadata",
-                                 code="missing_required_parameter")
-        return {}
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in metadata.items()):
-        raise InvalidRequest("Invalid 'metadata': expected an object of string values.", param="metadata",
-                             code="invalid_type")
-    if len(metadata) > _METADATA_PAIRS or any(len(k) > _METADATA_KEY or len(v) > _METADATA_VALUE
-                                              for k, v in metadata.items()):
-        raise InvalidRequest(f"Invalid 'metadata': at most {_METADATA_PAIRS} pairs, keys up to {_METADATA_KEY} "
-                             f"and values up to {_METADATA_VALUE} characters.", param="metadata",
-                             code="object_above_max_properties")
-    return metadata
+    if required and "metadata" not in body:
+        raise InvalidRequest("Missing required parameter: 'metadata'.", param="metadata",
+                             code="missing_required_parameter")
+    return checked_metadata(body.get("metadata")) or {}
 
 
 def _items(body: dict[str, Any], service: StateService, required: bool = False) -> list[dict[str, Any]]:
@@ -112,6 +100,7 @@ def _items(body: dict[str, Any], service: StateService, required: bool = False) 
         raise InvalidRequest(f"Invalid 'items': at most {MAX_ITEMS_PER_CALL} items per request.", param="items",
                              code="array_above_max_length")
     normalized = normalize_items(items, "items")
+    check_items(normalized, "items")
     if len(orjson.dumps(normalized)) > service.config.max_stored_bytes:
         raise InvalidRequest(f"The items are larger than this gateway stores at once "
                              f"({service.config.max_stored_bytes} bytes, store.max_stored_bytes).",

@@ -30,6 +30,8 @@ _ROLES = ("user", "assistant", "system", "developer")
 _TOOL_CHOICES = ("auto", "none", "required")
 _TRUNCATIONS = ("auto", "disabled")
 _SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")  # the openai SDK's; it reads the echo back
+_METADATA_PAIRS, _METADATA_KEY, _METADATA_VALUE = 16, 64, 512
+_MAX_INTEGER = 2**53  # past it a float has no exact integer
 
 
 @dataclass
@@ -77,8 +79,31 @@ def _choice(body: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str | N
     return value
 
 
+def checked_metadata(metadata: Any) -> dict[str, str] | None:
+    """`metadata` as OpenAI takes it (on responses and conversations): up to 16 string values, keys up to 64
+    and values up to 512 characters. It is echoed and stored, so anything else would break clients later."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
+        raise InvalidRequest("Invalid 'metadata': expected an object of string values.", param="metadata",
+                             code="invalid_type")
+    if len(metadata) > _METADATA_PAIRS or any(len(k) > _METADATA_KEY or len(v) > _METADATA_VALUE
+                                              for k, v in metadata.items()):
+        raise InvalidRequest(f"Invalid 'metadata': at most {_METADATA_PAIRS} pairs, keys up to {_METADATA_KEY} "
+                             f"and values up to {_METADATA_VALUE} characters.", param="metadata",
+                             code="object_above_max_properties")
+    return metadata
+
+
 def _integer(body: dict[str, Any], key: str, low: int, high: int | None = None) -> int | None:
-    value = _expect(body, key, int, "an integer")
+    """JSON has one number type: 256.0 is the integer 256, as JSON Schema and OpenAI read it. (orjson reads
+    an integer past 64 bits as a float, and could not write it back as an integer.)"""
+    value = _expect(body, key, (int, float), "an integer")
+    if isinstance(value, float):
+        if not value.is_integer() or abs(value) > _MAX_INTEGER:
+            raise _fail(f"Invalid type for '{key}': expected an integer, but got a number.", key)
+        value = int(value)
     if value is not None and value < low:
         raise _fail(f"Invalid '{key}': must be at least {low}.", key)
     if value is not None and high is not None and value > high:
@@ -131,7 +156,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     max_output_tokens = _integer(body, "max_output_tokens", 1)
     parallel = _expect(body, "parallel_tool_calls", bool, "a boolean")
     user = _expect(body, "user", str, "a string")
-    metadata = _expect(body, "metadata", dict, "an object")
+    metadata = checked_metadata(body.get("metadata"))
     store = _expect(body, "store", bool, "a boolean")
     background = _expect(body, "background", bool, "a boolean")
     truncation = _choice(body, "truncation", _TRUNCATIONS)
@@ -346,6 +371,10 @@ def _tool_choice(choice: Any, names: _ToolNames) -> Any:
     return "auto"  # a hosted tool was forced; the upstream cannot run it
 
 
+_JSON_SCHEMA_FIELDS = (("name", str, "a string"), ("schema", dict, "an object"), ("strict", bool, "a boolean"),
+                       ("description", str, "a string"))
+
+
 def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     if not text:
         return None
@@ -360,6 +389,9 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
+        for key, types, what in _JSON_SCHEMA_FIELDS:
+            if fmt.get(key) is not None and not isinstance(fmt[key], types):
+                raise _fail(f"Invalid type for 'text.format.{key}': expected {what}.", f"text.format.{key}")
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
         schema.setdefault("name", "response")
         return {"type": "json_schema", "json_schema": schema}
@@ -415,7 +447,7 @@ class _Conversation:
 
 
 def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config: UpstreamConfig | None = None,
-              warnings: list[str] | None = None) -> list[dict[str, Any]]:
+              warnings: list[str] | None = None, param: str = "input") -> list[dict[str, Any]]:
     conversation = _Conversation(names, config, warnings)
     if instructions:
         conversation.system.append(instructions)
@@ -423,8 +455,14 @@ def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config
         conversation.add({"role": "user", "content": items})
         return conversation.build()
     for i, item in enumerate(items):
-        _item(conversation, item, f"input[{i}]")
+        _item(conversation, item, f"{param}[{i}]")
     return conversation.build()
+
+
+def check_items(items: list[dict[str, Any]], param: str) -> None:
+    """The 400 a request with these input items would get, now: items added to a conversation are only
+    translated on a later turn, whose 400 would name an `input[…]` the client never sent."""
+    _messages(items, None, _ToolNames(), param=param)
 
 
 def _item(conversation: _Conversation, item: Any, param: str) -> None:
@@ -452,6 +490,9 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         conversation.add({"role": "tool", "tool_call_id": conversation.call_id(call_id),
                           "content": _output_text(item.get("output"), f"{param}.output")})
     elif kind == "reasoning":
+        for key, kind, what in (("encrypted_content", str, "a string"), ("summary", list, "an array")):
+            if item.get(key) is not None and not isinstance(item[key], kind):
+                raise _fail(f"Invalid type for '{param}.{key}': expected {what}.", f"{param}.{key}")
         if conversation.reasoning_field is not None:
             text = reasoning_input_text(item, conversation.reasoning_key, param, conversation.warnings)
             if text:
@@ -562,8 +603,11 @@ def _user_content(content: Any, param: str) -> Any:
                 raise _fail(f"Invalid '{where}.image_url': expected a URL or data URL string "
                             "(file_id images are not supported).", f"{where}.image_url")
             image: dict[str, Any] = {"url": url}
-            if isinstance(part.get("detail"), str):
-                image["detail"] = part["detail"]
+            detail = part.get("detail")
+            if detail is not None and not isinstance(detail, str):
+                raise _fail(f"Invalid type for '{where}.detail': expected a string.", f"{where}.detail")
+            if detail is not None:
+                image["detail"] = detail  # the upstream knows which values it takes
             parts.append({"type": "image_url", "image_url": image})
         else:
             raise _fail(f"Content part type {kind!r} is not supported by this gateway.", f"{where}.type")
@@ -577,5 +621,8 @@ def _output_text(output: Any, param: str) -> str:
     if isinstance(output, str):
         return output
     if isinstance(output, list):
-        return _plain_text([p for p in output if isinstance(p, dict) and p.get("type") != "input_image"], param)
+        for j, part in enumerate(output):
+            if not isinstance(part, dict):
+                raise _fail(f"Invalid '{param}[{j}]': expected an object.", f"{param}[{j}]")
+        return _plain_text([p for p in output if p.get("type") != "input_image"], param)
     raise _fail(f"Invalid type for '{param}': expected a string or an array of content parts.", param)

@@ -16,7 +16,7 @@ import structlog
 
 from gateway.app import create_app
 from gateway.check import check_bytes
-from gateway.config import Config, ServerConfig, StoreConfig, UpstreamConfig, parse_config
+from gateway.config import Config, DebugConfig, ServerConfig, StoreConfig, UpstreamConfig, parse_config
 from gateway.log import configure_logging
 
 from .scripted_upstream import ScriptedUpstream
@@ -32,14 +32,16 @@ def assert_valid_stream(raw: bytes) -> dict[str, Any]:
 
 
 def gateway_config(upstream_url: str, **server: Any) -> Config:
-    """A gateway's Config over `upstream_url`, quiet and quick to give up; keywords override server/upstream keys."""
+    """A gateway's Config over `upstream_url`, quiet and quick to give up; keywords override server keys, and
+    `upstream`, `store` and `debug` (dicts) those sections' keys."""
     upstream_opts = server.pop("upstream", {})
     store_opts = server.pop("store", {})
+    debug_opts = server.pop("debug", {})
     return Config(server=ServerConfig(**{"log_level": "warning", "keepalive_interval": 15.0,
                                                 "shutdown_grace": 0.5, **server}),
                   upstream=UpstreamConfig(**{"base_url": upstream_url, "retries": 0, "retry_backoff": 0.01,
                                              "first_byte_timeout": 5.0, "idle_timeout": 5.0, **upstream_opts}),
-                  store=StoreConfig(**store_opts))
+                  store=StoreConfig(**store_opts), debug=DebugConfig(**debug_opts))
 
 
 @pytest.fixture

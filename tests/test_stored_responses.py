@@ -161,7 +161,8 @@ async def test_previous_response_errors(stored_gateway, http):
         with pytest.raises(openai.BadRequestError) as info:
             await client.responses.create(model="scripted", input="x", previous_response_id=mine.id,
                                           conversation=conversation.id)
-        assert info.value.code == "mutually_exclusive_parameters"
+        # Found by schemathesis: `param` was null, unlike every other refused create request.
+        assert info.value.code == "mutually_exclusive_parameters" and info.value.param == "conversation"
         assert (await client.responses.retrieve(mine.id)).output_text == "echo: secret"
 
 
@@ -232,6 +233,28 @@ async def test_conversations_api(stored_gateway, upstream):
         assert deleted.deleted and deleted.id == conversation.id
         with pytest.raises(openai.NotFoundError):
             await client.conversations.retrieve(conversation.id)
+
+
+async def test_conversation_items_are_checked_when_added(stored_gateway, upstream):
+    """Found by schemathesis: items were stored unchecked, so a bad one failed every later turn of the
+    conversation with a 400 naming an `input[…]` the client never sent. Now adding it is the 400."""
+    bad_items = ([{"type": "function_call", "name": "f", "arguments": "{}"}],   # no call_id
+                 [{"type": "reasoning", "summary": [], "encrypted_content": {}}],
+                 [{"type": "message", "role": "user", "content": 5}],
+                 [{"type": "computer_call", "id": "cu_1"}],
+                 [{"type": "message", "role": "user", "content": "x", "id": {}}])  # was replaced by a new id
+    async with sdk(stored_gateway) as client:
+        for items in bad_items:
+            with pytest.raises(openai.BadRequestError) as info:
+                await client.conversations.create(items=items)
+            assert info.value.param is not None and info.value.param.startswith("items[0]"), info.value.body
+        conversation = await client.conversations.create()
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.conversations.items.create(conversation.id, items=[
+                {"type": "message", "role": "user", "content": "fine"}, *bad_items[0]])
+        assert info.value.param == "items[1].call_id"
+        assert (await client.conversations.items.list(conversation.id)).data == []
+        await client.responses.create(model="scripted", input="still works", conversation=conversation.id)
 
 
 async def test_twenty_concurrent_two_turn_chains(stored_gateway, upstream):

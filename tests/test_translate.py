@@ -308,6 +308,36 @@ def test_max_output_tokens_to_max_tokens_or_max_completion_tokens():
     assert body["max_completion_tokens"] == 256 and "max_tokens" not in body
 
 
+def test_an_integral_number_is_an_integer():
+    """Found by schemathesis: `max_output_tokens: 256.0` (an integer to JSON Schema, and to OpenAI) was a 400."""
+    chat = tr(max_output_tokens=256.0)
+    assert chat.body["max_tokens"] == 256 and type(chat.body["max_tokens"]) is int
+    assert chat.options.echo["max_output_tokens"] == 256
+    # Found by schemathesis too (after the above): 1e300 became an integer orjson cannot write (a 500).
+    assert invalid({"model": "m", "input": "hi", "max_output_tokens": 1e300}).param == "max_output_tokens"
+
+
+@pytest.mark.parametrize("metadata", [{"k": False}, {"k": {"a": 1}}, ["k"], {f"k{i}": "v" for i in range(17)},
+                                      {"k" * 65: "v"}, {"k": "v" * 513}])
+def test_metadata_is_string_values_within_openais_limits(metadata):
+    """Found by schemathesis: any object was echoed and stored as `metadata`, so the Response broke its
+    schema (and the openai SDK's strict validation) on every read."""
+    assert invalid({"model": "m", "input": "hi", "metadata": metadata}).param == "metadata"
+    assert tr(metadata={"k" * 64: "v" * 512}).options.echo["metadata"] == {"k" * 64: "v" * 512}
+
+
+@pytest.mark.parametrize("item, param", [
+    ({"type": "reasoning", "summary": {}}, "input[0].summary"),
+    ({"type": "reasoning", "summary": [], "encrypted_content": {}}, "input[0].encrypted_content"),
+    ({"role": "user", "content": [{"type": "input_image", "image_url": "data:,", "detail": 1}]},
+     "input[0].content[0].detail"),
+    ({"type": "function_call_output", "call_id": "c", "output": [None]}, "input[0].output[0]"),
+])
+def test_wrong_types_inside_items_are_400s(item, param):
+    """Found by schemathesis: these were silently dropped instead of named."""
+    assert invalid({"model": "m", "input": [item]}).param == param
+
+
 def test_reasoning_effort():
     chat = tr(reasoning={"effort": "high", "summary": "auto"})
     assert chat.body["reasoning_effort"] == "high"
@@ -359,11 +389,14 @@ def test_missing_or_wrong_model_and_input(body, param):
     ({"max_output_tokens": 1.5}, "max_output_tokens"),
     ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ({"user": 42}, "user"),
-    ({"metadata": ["a"]}, "metadata"),
     ({"store": "no"}, "store"),
     ({"text": "json"}, "text"),
     ({"text": {"format": "json"}}, "text.format"),
     ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
+    # Found by schemathesis: these were sent upstream as they came.
+    ({"text": {"format": {"type": "json_schema", "schema": {}, "strict": 1}}}, "text.format.strict"),
+    ({"text": {"format": {"type": "json_schema", "schema": "{}"}}}, "text.format.schema"),
+    ({"text": {"format": {"type": "json_schema", "name": 5, "schema": {}}}}, "text.format.name"),
     ({"reasoning": "high"}, "reasoning"),
     ({"reasoning": {"effort": 3}}, "reasoning.effort"),
     ({"tools": {"type": "function"}}, "tools"),

@@ -76,7 +76,9 @@ def normalize_items(items: Any, param: str = "input") -> list[dict[str, Any]]:
                 item["content"] = [{"type": part, "text": content, **({"annotations": []}
                                                                       if part == "output_text" else {})}]
             item.setdefault("status", "completed")
-        if not isinstance(item.get("id"), str) or not item["id"]:
+        if item.get("id") is not None and not isinstance(item["id"], str):
+            raise InvalidRequest(f"Invalid type for '{param}[{i}].id': expected a string.", param=f"{param}[{i}].id")
+        if not item.get("id"):
             item["id"] = unguessable_id(_ID_PREFIX.get(kind, "item") if isinstance(kind, str) else "item")
         out.append(item)
     return out
@@ -149,7 +151,8 @@ class StateService:
         conversation_id = conversation_id_of(conversation)
         if previous is not None and conversation_id is not None:
             raise InvalidRequest("Mutually exclusive parameters: Ensure you are only providing one of: "
-                                 "'previous_response_id' or 'conversation'.", code="mutually_exclusive_parameters")
+                                 "'previous_response_id' or 'conversation'.", param="conversation",
+                                 code="mutually_exclusive_parameters")
         if not store and previous is None and conversation_id is None:
             return None
         if body.get("input") is None:
