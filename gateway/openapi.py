@@ -102,6 +102,10 @@ COMPACT_REQUEST = _object(
     ["model"], model={"type": "string", "minLength": 1},
     input={"oneOf": [_STRING, {"type": "array", "items": {"oneOf": [*_INPUT_ITEM["oneOf"], _COMPACTION]}}]},
     **{name: {"type": ["string", "null"]} for name in ("instructions", "previous_response_id", "prompt_cache_key")})
+COMPACT_REQUEST["anyOf"] = [  # something to compact
+    {"required": ["input"], "properties": {"input": {"oneOf": [{"type": "string", "minLength": 1},
+                                                              {"type": "array", "minItems": 1}]}}},
+    {"required": ["previous_response_id"], "properties": {"previous_response_id": _STRING}}]
 COMPACTED = _object(["id", "object", "created_at", "output", "usage"], id=_STRING,
                     object={"const": "response.compaction"}, created_at={"type": "integer"},
                     output={"type": "array", "items": {"type": "object"}}, usage={"type": "object"})

@@ -21,6 +21,8 @@ from .keys import owner_of
 from .store.service import MAX_ITEMS_PER_CALL, StateService, normalize_items
 from .translate import check_items, checked_metadata
 
+# `compact` is the compaction endpoint (POST only), never a response id: its GET and DELETE are 405s.
+_RESPONSE_ID = "{response_id:(?!compact$)[^{}/]+}"
 stored_routes = web.RouteTableDef()
 
 
@@ -109,8 +111,8 @@ def _items(body: dict[str, Any], service: StateService, required: bool = False) 
 
 
 # ---------------------------------------------------------------------- responses
-@stored_routes.get("/v1/responses/{response_id}")
-@stored_routes.get("/responses/{response_id}")
+@stored_routes.get(f"/v1/responses/{_RESPONSE_ID}")
+@stored_routes.get(f"/responses/{_RESPONSE_ID}")
 async def get_response(request: web.Request) -> web.StreamResponse:
     if wants_stream(request):  # a background stream, replayed and followed (gateway/background.py)
         return await STATE.get(request.app).background.resume(request, request.match_info["response_id"],
@@ -127,8 +129,8 @@ async def cancel_response(request: web.Request) -> web.Response:
                                                                         owner_of(request)))
 
 
-@stored_routes.delete("/v1/responses/{response_id}")
-@stored_routes.delete("/responses/{response_id}")
+@stored_routes.delete(f"/v1/responses/{_RESPONSE_ID}")
+@stored_routes.delete(f"/responses/{_RESPONSE_ID}")
 async def delete_response(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
     await _service(request).delete_response(response_id, owner_of(request))
