@@ -222,7 +222,7 @@ class Connection:
                 message = await self.socket.receive()
                 received = time.monotonic()
                 if message.type in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    self._enqueue(received, message)
+                    await self._enqueue(received, message)
                     continue
                 if message.type is WSMsgType.ERROR and isinstance(message.data, WebSocketError):
                     # Too large (its envelope went out with the close) or a protocol violation.
@@ -238,14 +238,13 @@ class Connection:
                 await worker
             await self.socket.close()
 
-    def _enqueue(self, received: float, message: Any) -> None:
+    async def _enqueue(self, received: float, message: Any) -> None:
         try:
             self.queue.put_nowait((received, message))
         except asyncio.QueueFull:
-            refusal = GatewayError(f"Too many response.create messages waiting on this connection (at most "
-                                   f"{MAX_QUEUED} behind the running one); wait for a response to end.",
-                                   status=429, code="rate_limit_exceeded")
-            asyncio.get_running_loop().create_task(self._refused(received, refusal))
+            await self._refused(received, GatewayError(
+                f"Too many response.create messages waiting on this connection (at most {MAX_QUEUED} behind "
+                "the running one); wait for a response to end.", status=429, code="rate_limit_exceeded"))
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

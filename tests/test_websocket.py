@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from gateway.check import check_events
+from gateway.websocket import MAX_QUEUED
 
 from .conftest import gateway_config
 from .helpers import sdk
@@ -183,6 +184,26 @@ async def test_turn_sent_while_another_runs_waits_its_turn(upstream, gateway, ht
     assert assert_valid_turn(first)["text"] == "onetwo"
     assert assert_valid_turn(second)["text"] == "three"
     assert first[-1]["response"]["id"] != second[-1]["response"]["id"]
+
+
+async def test_waiting_turns_are_bounded(upstream, gateway, http):
+    """Past MAX_QUEUED waiting turns a message is refused (429) at once; the waiting ones still run."""
+    upstream.enqueue(paced_reply("slow", gap=0.3))
+    async with http.ws_connect(ws_url(gateway)) as ws:
+        await ws.send_str(orjson.dumps(create()).decode())
+        assert (await receive_json(ws))["type"] == "response.created"  # running: off the queue
+        for _ in range(MAX_QUEUED + 1):  # MAX_QUEUED wait, one too many
+            await ws.send_str(orjson.dumps(create()).decode())
+        errors, completed = [], 0
+        while completed < MAX_QUEUED + 1:
+            message = await receive_json(ws)
+            if message["type"] == "error":
+                assert completed == 0  # refused at once, not when its turn would have come
+                errors.append(message)
+            completed += message["type"] == "response.completed"
+    assert len(errors) == 1
+    assert_envelope(errors[0], 429, "rate_limit_exceeded")
+    assert len(upstream.requests) == MAX_QUEUED + 1
 
 
 async def test_client_vanishing_mid_turn_closes_the_upstream(upstream, gateway, http, log_capture):
