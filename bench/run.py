@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench.common import LOOPBACK, cpu_seconds, free_port, raise_fd_limit, use_fast_loop, wait_ready
 from bench.driver import FORMATS, Endpoint, run_fast, run_paced
+from bench.ws_driver import run_ws_fast, run_ws_paced
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -39,7 +40,7 @@ RAMP_MAX = 5.0  # seconds
 GAP_LIMIT_MS = 250.0  # capacity: the largest load with no error and gap p99 within this
 Result = dict[str, object]
 Load = Callable[[Endpoint, int | None], Awaitable[Result]]
-SCENARIOS = frozenset({"fast-text", "fast-tool", "ttft", "paced", "capacity", "store", "background"})
+SCENARIOS = frozenset({"fast-text", "fast-tool", "ttft", "paced", "capacity", "store", "background", "websocket"})
 SHOWN = ("errors", "tokens_per_s", "cpu_s_per_mtok", "ttft_p50_ms", "gap_p99_ms", "capacity_streams")
 
 
@@ -350,6 +351,32 @@ class Bench:
                     self.record("background-paced", target.name, rep, result)
         await remove_bench_keys()
 
+    async def websocket(self) -> None:
+        """WebSocket turns against SSE requests on the same gateway process: CPU per token (fast load)
+        and added TTFT (the `ttft` load, a new connection per turn), SSE and WebSocket alternating."""
+        p = self.profile
+        paced = self.paced_load(p.ttft_tokens, p.ttft_concurrency, p.ttft_rounds)
+        ramp = min(p.ttft_concurrency / RAMP_RATE, RAMP_MAX)
+
+        async def both(where: Endpoint, pid: int | None) -> Result:
+            await run_ws_fast(where, 50, 4, 0.3, None)  # warm-up, as `started` does for SSE
+            return {"sse-cpu": await run_fast(where, "text", p.fast_tokens, p.fast_concurrency, p.fast_duration, pid),
+                    "ws-cpu": await run_ws_fast(where, p.fast_tokens, p.fast_concurrency, p.fast_duration, pid),
+                    "sse-ttft": await paced(where, pid),
+                    "ws-ttft": await run_ws_paced(where, p.ttft_tokens, p.rate, p.ttft_concurrency, p.ttft_rounds,
+                                                  ramp)}  # fmt: skip
+
+        for rep in range(p.reps):
+            direct = await paced(self.direct, None)
+            results = await self.on_target(TARGETS["gateway"], both)
+            if results is None:
+                return
+            for name, result in results.items():
+                transport, measure = name.split("-")
+                if measure == "ttft":
+                    result["added_ttft_p50_ms"] = subtract(result["ttft_p50_ms"], direct["ttft_p50_ms"])
+                self.record(f"websocket-{measure}", f"gateway-{transport}", rep, result)  # type: ignore[arg-type]
+
     async def run_all(self, scenarios: frozenset[str] = SCENARIOS) -> None:
         p = self.profile
         if "fast-text" in scenarios:
@@ -373,6 +400,9 @@ class Bench:
         if "background" in scenarios:
             print("background: true (the event log) against stored streams", flush=True)
             await self.background()
+        if "websocket" in scenarios:
+            print("WebSocket turns against SSE requests on one gateway", flush=True)
+            await self.websocket()
 
 
 async def remove_bench_keys() -> None:
@@ -414,6 +444,18 @@ def background_table(runs: list[Result], profile: Profile) -> str:
             rss = median_of(runs, "background-paced", target, "rss_per_stream_kb")
             errors = median_of(runs, "background-paced", target, "errors")
             lines.append(f"| {label} | {fmt(cpu)} | {fmt(added)} | {fmt(rss)} | {fmt(errors)} |")
+    return "\n".join(lines)
+
+
+def websocket_table(runs: list[Result]) -> str:
+    lines = ["| transport (median) | CPU µs / token | tokens/s | added TTFT p50 ms (20 paced streams) | errors |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for target, label in (("gateway-sse", "SSE"), ("gateway-ws", "WebSocket")):
+        cpu = median_of(runs, "websocket-cpu", target, "cpu_s_per_mtok")
+        rate = median_of(runs, "websocket-cpu", target, "tokens_per_s")
+        ttft = median_of(runs, "websocket-ttft", target, "added_ttft_p50_ms")
+        errors = sum(number(r.get("errors")) or 0 for r in runs if r["target"] == target)
+        lines.append(f"| {label} | {fmt(cpu)} | {fmt(rate)} | {fmt(ttft)} | {fmt(errors)} |")
     return "\n".join(lines)
 
 
@@ -579,7 +621,8 @@ async def main_async(args: argparse.Namespace) -> int:
              f"{info['cores']} cores, Python {info['python']}, targets pinned to one core: "
              f"{'yes' if info['pinned'] else 'no'}")  # fmt: skip
     markdown = (f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}{metrics_cost(bench.runs)}"
-                f"\n\n{store_table(bench.runs)}\n\n{background_table(bench.runs, profile)}")
+                f"\n\n{store_table(bench.runs)}\n\n{background_table(bench.runs, profile)}"
+                f"\n\n{websocket_table(bench.runs)}")
     report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),
               "targets": [t.name for t in targets], "failed_to_start": bench.failed, "runs": bench.runs}  # fmt: skip
     if args.scenarios == SCENARIOS:  # a partial run is printed only: the files keep the last full one

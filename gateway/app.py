@@ -23,6 +23,8 @@ from .state import STATE, AppState
 from .store import StoreUnavailable, display_url, open_store_url
 from .store.service import StateService
 from .stored_routes import stored_routes
+from .websocket import close_sockets
+from .websocket import routes as websocket_routes
 
 _DRAIN_POLL = 0.05
 # After the grace period, stopped streams get this long to write their response.failed.
@@ -45,7 +47,8 @@ def create_app(config: Config) -> web.Application:
     state.background = BackgroundRuns(state)
     app[STATE.key] = state
     app.add_routes(routes)
-    app.add_routes(compaction_routes)  # before stored_routes: `compact` is no response id
+    app.add_routes(compaction_routes)
+    app.add_routes(websocket_routes)
     app.add_routes(stored_routes)
     app.add_routes(metrics_routes)
     if state.inspector is not None:
@@ -54,6 +57,7 @@ def create_app(config: Config) -> web.Application:
     app.on_startup.append(_open_store)
     app.on_startup.append(_start_background)
     app.on_shutdown.append(_drain)
+    app.on_shutdown.append(close_sockets)
     app.on_shutdown.append(_stop_background)
     app.on_cleanup.append(_close_upstream)
     app.on_cleanup.append(_close_store)

@@ -38,6 +38,9 @@ class ServerConfig:
     uvloop: bool = False
     # GET /metrics and the per-request recording behind it.
     metrics: bool = True
+    # Seconds a WebSocket connection (GET /v1/responses upgraded) may stay open; then the client gets
+    # `websocket_connection_limit_reached` and reconnects (the Responses API's 60 minutes).
+    websocket_max_age: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,8 @@ def _check(config: Config) -> Config:
         raise ConfigError(f"server.port: must be between 0 and 65535, got {config.server.port}")
     if config.server.keepalive_interval <= 0:
         raise ConfigError("server.keepalive_interval: must be positive")
+    if config.server.websocket_max_age <= 0:
+        raise ConfigError("server.websocket_max_age: must be positive")
     _check_store(config.store)
     if config.debug.capture_sample > 1:
         raise ConfigError(f"debug.capture_sample: must be between 0 and 1, got {config.debug.capture_sample}")

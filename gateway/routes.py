@@ -133,7 +133,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         await log_finished(state, request, received, exc.status, error=exc)
         raise
     run = Run(request_id, chat)
-    capture = _start_capture(state, request, run, body, chat)
+    capture = start_capture(state, request, run, body, chat)
     watch = state.inspector.watch(run, routed.upstream_name) if state.inspector is not None else None
     sink = _sink(request, state, request_id, streaming=chat.stream,
                  recorder=StoreRecorder(state.stored, turn) if turn is not None and turn.records else None,
@@ -163,7 +163,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                             capture=capture, watch=watch)
 
 
-def _start_capture(state: AppState, request: web.Request, run: Run, document: Any,
+def start_capture(state: AppState, request: web.Request, run: Run, document: Any,
                    chat: ChatRequest) -> Recorder | None:
     """Debug capture (`debug.capture`): a recorder tapping the upstream's bytes, or None."""
     if state.capture is None:
@@ -181,6 +181,12 @@ def _sink(request: web.Request, state: AppState, request_id: str, *, streaming: 
     observers of what the client was sent (the capture, the live inspector)."""
     client: Sink = (EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if streaming
                     else FinalResponse(request_id))
+    return consumers(state, client, recorder, observers)
+
+
+def consumers(state: AppState, client: Sink, recorder: StoreRecorder | None,
+              observers: tuple[Sink | None, ...]) -> Sink:
+    """`client` with the other consumers of a run, in the order `_sink` describes (also the WebSocket turns')."""
     sinks = [sink for sink in (DebugLog() if state.debug else None, recorder, client, *observers) if sink is not None]
     return Tee(*sinks) if len(sinks) > 1 else client
 
@@ -188,11 +194,13 @@ def _sink(request: web.Request, state: AppState, request_id: str, *, streaming: 
 async def log_finished(state: AppState, request: web.Request, received: float, http_status: int, *,
                         error: GatewayError | None = None, run: Run | None = None,
                         routed: RoutedRequest | None = None, capture: Recorder | None = None,
-                        watch: Watch | None = None) -> None:
-    """The one `response.finished` line of every request, refused before the upstream or run (same
-    fields), and its metrics; a kept capture is named on the line, and the inspector keeps the outcome."""
+                        watch: Watch | None = None, transport: str = "http") -> None:
+    """The one `response.finished` line of every request (of every WebSocket turn: `transport`),
+    refused before the upstream or run (same fields), and its metrics; a kept capture is named on
+    the line, and the inspector keeps the outcome."""
     key = request_key(request)
     fields: dict[str, Any] = {
+        "transport": transport,
         "response_id": None, "model": None, "upstream": None, "failed_first": None, "key": key.name if key else None,
         "stream": None, "status": None, "finish_reason": None, "error_code": error.code if error else None,
         "error_message": error.message if error else None, "param": error.param if error else None,

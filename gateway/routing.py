@@ -450,8 +450,10 @@ def fails_over(exc: UpstreamError) -> bool:
     return isinstance(exc, UpstreamUnavailable) or exc.status >= 500 or exc.status == 429
 
 
-def route_request(state: AppState, request: web.Request, model: Any) -> RoutedRequest:
+def route_request(state: AppState, request: web.Request, model: Any, *, hold: bool = True) -> RoutedRequest:
     """Route a request for `model` on the current table, checking the caller's key (403) and its stream limit.
+
+    `hold=False`: the caller already holds the key's stream slot (a WebSocket connection, for its turns).
 
     A missing or mistyped model routes to the default (or first) upstream so that translation
     reports it with its usual 400.
@@ -463,7 +465,7 @@ def route_request(state: AppState, request: web.Request, model: Any) -> RoutedRe
         targets = table.targets(model)
     else:
         targets = [Target(table.default or next(iter(table.upstreams.values())), "")]
-    release = state.stream_limits.acquire(key) if key is not None else None
+    release = state.stream_limits.acquire(key) if key is not None and hold else None
     trace = {name: request.headers[name] for name in _TRACE_HEADERS if name in request.headers}
     metrics = state.metrics if state.metrics.enabled else None
     return RoutedRequest(table, targets, key=key, trace=trace, metrics=metrics, release=release)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -34,13 +34,17 @@ class AppState:
     debug: bool = False
     shutting_down: bool = False
     runs: set[Run] = field(default_factory=set)
+    # Open WebSocket connections (gateway/websocket.py). Each holds one stream slot for its life; while
+    # it runs a turn, that turn's run is in `runs` and counts instead (`socket_turns` of them).
+    sockets: set[Any] = field(default_factory=set)
+    socket_turns: int = 0
     capture: CaptureStore | None = None   # debug.capture on
     inspector: Inspector | None = None    # debug.inspector on
     background: BackgroundRuns = field(init=False)  # set by create_app
 
     @property
     def active(self) -> int:
-        return len(self.runs)
+        return len(self.runs) + len(self.sockets) - self.socket_turns
 
 
 class _StateKey:
