@@ -175,7 +175,8 @@ _ERROR_REASONS = {
     400: "invalid request: the message names the `param`", 401: "missing or wrong gateway key (with `auth.keys`)",
     403: "the key may not use this model, or the inspector", 404: "no such object (or another owner's), or model",
     410: "the background response's event log outgrew `store.max_event_log_bytes`", 413: "body too large",
-    415: "not JSON", 429: "too many concurrent streams, or the upstream's rate limit",
+    415: "not JSON", 426: "a plain GET where a WebSocket upgrade belongs",
+    429: "too many concurrent streams, or the upstream's rate limit",
     502: "the upstream failed or is unreachable", 503: "shutting down, no upstream left, or the store is down",
     504: "the upstream did not answer in time"}
 # What any route may answer before its handler runs (auth, body size).
@@ -262,7 +263,11 @@ _RESPONSES = {
                     "links": _RESPONSE_LINKS},
             **_errors(*_ALWAYS, 400, 403, 404, 415, 429, 502, 503, 504),
             "default": _error("default", "the upstream's own error status and message")},
-        requestBody=_body(_ref("ResponseRequest")))},
+        requestBody=_body(_ref("ResponseRequest"))),
+        "get": _operation(
+            "responsesWebSocket", "WebSocket mode (README): `response.create` messages in, the same events out", {
+                "101": {"description": "switched to the WebSocket protocol"},
+                **_errors(*_ALWAYS, 403, 426, 429, 503)})},
     "/v1/responses/{response_id}": {
         "parameters": [_RESPONSE_ID],
         "get": _operation("getResponse", "A stored response; with `stream`, a background stream replayed and followed", {

@@ -386,12 +386,13 @@ class Connection:
 @routes.get("/v1/responses", allow_head=False)
 @routes.get("/responses", allow_head=False)
 async def responses_socket(request: web.Request) -> web.StreamResponse:
-    """The WebSocket upgrade of the Responses resource; a plain GET stays 405 (POST creates)."""
+    """The WebSocket upgrade of the Responses resource; a plain GET is 426 Upgrade Required (POST creates)."""
     state = STATE.get(request.app)
     config = state.config.server
     socket = _Socket(limit=config.max_body_bytes, heartbeat=config.keepalive_interval)
     if not socket.can_prepare(request).ok:
-        raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+        raise InvalidRequest("GET /v1/responses is the WebSocket mode: send Upgrade: websocket, or POST to create "
+                             "a response.", status=426, code="upgrade_required", headers={"Upgrade": "websocket"})
     received = time.monotonic()
     key = request_key(request)
     try:

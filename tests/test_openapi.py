@@ -25,7 +25,8 @@ from gateway.openapi import openapi_document
 from .conftest import gateway_config
 from .live import LiveGateway
 
-schema = schemathesis.openapi.from_dict(openapi_document())
+# The WebSocket upgrade (GET /v1/responses) speaks another protocol: tests/test_websocket.py drives it.
+schema = schemathesis.openapi.from_dict(openapi_document()).exclude(method="GET", path_regex="^/(v1/)?responses$")
 schema.config.generation.update(modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 schema.config.checks.update(excluded_check_names=["positive_data_acceptance"])  # valid_requests_accepted instead
 # Per operation (about 50 of them, the unversioned aliases included): the whole file runs in well under a minute.
@@ -101,8 +102,12 @@ def test_api_conforms_to_its_document(case: Any, live: LiveGateway) -> None:
 def test_api_workflows_conform_to_its_document(live: LiveGateway) -> None:
     """Chains of calls along the document's links, so stored objects are read, paged and deleted for real."""
     class Workflow(schema.as_state_machine()):  # type: ignore[misc]
+        def before_call(self, case: Any) -> None:
+            # One bearer token for the whole chain: without gateway keys it is what owns the stored objects
+            # (a token generated for the document's optional bearer scheme would make another owner).
+            case.headers = {**(case.headers or {}), "Authorization": "Bearer sk-workflow"}
+
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
-            # One bearer token for the whole chain: without gateway keys it is what owns the stored objects.
-            return {"base_url": live.url, "timeout": 10, "headers": {"Authorization": "Bearer sk-workflow"}}
+            return {"base_url": live.url, "timeout": 10}
 
     Workflow.run(settings=settings(_SETTINGS, max_examples=15, stateful_step_count=6))

@@ -284,10 +284,11 @@ async def test_connection_age_limit(upstream, make_gateway, http):
         assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
 
 
-async def test_plain_get_is_still_405(gateway, http):
+async def test_plain_get_is_426_upgrade_required(gateway, http):
     async with http.get(gateway.make_url("/v1/responses")) as response:
-        assert response.status == 405
-        assert (await response.json())["error"]["code"] == "method_not_allowed"
+        assert response.status == 426 and response.headers["Upgrade"] == "websocket"
+        error = (await response.json())["error"]
+        assert error["code"] == "upgrade_required" and error["type"] == "invalid_request_error"
 
 
 async def test_log_line_per_turn(upstream, gateway, http, log_capture):
