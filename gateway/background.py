@@ -30,7 +30,7 @@ from .event_stream import EventStream, json_response
 from .keys import forwarded_authorization
 from .log import get_logger
 from .pipeline import Observer, Run, Tee, run_pipeline
-from .routes import current_request_id, log_finished
+from .request_context import current_request_id, log_finished
 from .sse import encode_events
 from .stream_processor import TERMINAL_TYPES
 from .store.base import StoreUnavailable
@@ -241,6 +241,7 @@ class BackgroundRuns:
 
     async def _execute(self, job: Job) -> None:
         state, run = self.state, job.run
+        current_request_id.set(run.request_id)  # this task may have been started from another request's
         try:
             sinks = job.sinks()
             await sinks.start(run.stream.start())
@@ -265,6 +266,7 @@ class BackgroundRuns:
 
     def _end_queued(self, job: Job, code: str, message: str) -> asyncio.Task[None]:
         async def end() -> None:
+            current_request_id.set(job.run.request_id)
             with contextlib.suppress(StoreUnavailable):
                 await job.sinks().send(job.run.stream.fail(code, message))
             await self._finished(job)
