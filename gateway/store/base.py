@@ -13,6 +13,8 @@ Background responses (gateway/background.py) add three small families on the sam
   instance takes the runs whose deadline passed (exactly one taker each) and ends them;
 - a cancel signal: a flag the running instance polls every few hundred ms.
 The record written by `put_response` carries the response's status, so polling is `get_response`.
+`write_run` writes a background response's record with its next log entries (and at the create its
+lease) in one round trip, so a create answers after one; concurrent calls share it (`Batcher`).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ sorted set `co:{id}` and a counter `cn:{id}`. Background responses: the event lo
 `lease:{id}` (the instance) plus its deadline in the sorted set `runs`, a cancel request the key
 `x:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
 removes expired state by itself. A response and the conversation items it adds are written in one
-MULTI/EXEC transaction.
+MULTI/EXEC transaction; so are a burst of background creates and run starts (`write_run`).
 """
 from __future__ import annotations
 
