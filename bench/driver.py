@@ -76,15 +76,15 @@ class Endpoint:
         parts = urlsplit(url)
         return cls(parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/", FORMATS[fmt])
 
-    def request(self, model: str, tools: bool) -> bytes:
+    def request(self, model: str, tools: bool, stream: bool = True) -> bytes:
         """The POST for `model`: a chat body for /chat/completions, a Responses body otherwise."""
         body: dict[str, object]
         if self.path.endswith("/chat/completions"):
-            body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}
             if tools:
                 body["tools"] = CHAT_TOOLS
         else:
-            body = {"model": model, "input": "hi", "stream": True}
+            body = {"model": model, "input": "hi", "stream": stream}
             if tools:
                 body["tools"] = TOOLS
             if self.store is not None:
@@ -369,6 +369,60 @@ async def run_paced(
         "target_cpu_util": round((cpu_seconds(pid) - cpu_before) / wall, 3) if pid else None,
         "driver_cpu_util": round((cpu_seconds(os.getpid(), tree=False) - self_before) / wall, 3),
     }
+
+
+async def run_creates(
+    endpoint: Endpoint, model: str, count: int, spread: float, pid: int | None = None
+) -> dict[str, object]:
+    """`count` non-streaming background creates, started evenly over `spread` s, each on a new connection.
+
+    Each must be answered 200 with the queued Response; the time to the whole answer (connect included)
+    is its TTFT."""
+    request = endpoint.request(model, False, stream=False)
+    answered: list[float] = []
+    errors: Counter[str] = Counter()
+
+    async def create(delay: float) -> None:
+        await asyncio.sleep(delay)
+        started = time.perf_counter()
+        try:
+            error = await asyncio.wait_for(answer(endpoint, request), 60)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            error = type(exc).__name__
+        if error:
+            errors[error] += 1
+        else:
+            answered.append(time.perf_counter() - started)
+
+    cpu_before, started = cpu_seconds(pid) if pid else 0.0, time.perf_counter()
+    await asyncio.gather(*(create(i * spread / count) for i in range(count)))
+    wall = time.perf_counter() - started
+    return {
+        "creates": count,
+        "spread_s": spread,
+        "errors": sum(errors.values()),
+        "error_kinds": dict(errors),
+        "ttft_p50_ms": ms(percentile(answered, 50)),
+        "ttft_p99_ms": ms(percentile(answered, 99)),
+        "wall_s": round(wall, 3),
+        "target_cpu_util": round((cpu_seconds(pid) - cpu_before) / wall, 3) if pid else None,
+    }
+
+
+async def answer(endpoint: Endpoint, request: bytes) -> str | None:
+    """Send one request with a Content-Length answer on a new connection; what was wrong with it, or None."""
+    reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+    try:
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        body = await reader.readexactly(int(length.group(1))) if length else b""
+    finally:
+        writer.close()
+    status = head.split(b" ", 2)[1].decode()
+    if status != "200":
+        return f"http {status}"
+    return None if re.search(rb'"status": ?"queued"', body) else "not queued"
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from .event_stream import EventStream, json_response
 from .keys import forwarded_authorization
 from .log import get_logger
 from .pipeline import Observer, Run, Tee, run_pipeline
-from .routes import current_request_id, log_finished
+from .request_context import current_request_id, log_finished
 from .sse import encode_events
 from .stream_processor import TERMINAL_TYPES
 from .store.base import StoreUnavailable
@@ -99,21 +99,38 @@ class EventLog(Observer):
     def unlisten(self, queue: asyncio.Queue[list[tuple[int, bytes]]]) -> None:
         self.listeners.remove(queue)
 
-    async def queue(self, events: list[dict[str, Any]], instance: str, lease: float) -> None:
-        """Store the queued response, its lease and its first events (created, queued)."""
-        store = self.service.store
-        await self.service.call(store.claim_run(self.response_id, instance, lease))
-        await self._put(events[-1]["response"])
-        await self.send(events)
+    async def queue(self, events: list[dict[str, Any]], instance: str, lease: float) -> list[tuple[int, bytes]]:
+        """Store the queued response, its lease and its first events (created, queued) in one round trip
+        (the create answers after it); the log entries written. Nobody listens yet: the run is not known."""
+        return await self._write(events, (instance, lease))
 
     async def start(self, events: list[dict[str, Any]]) -> None:
+        """The run starts: the stored status and its events (in_progress) in one round trip."""
         self.started = True
-        await self._put(events[-1]["response"])
-        await self.send(events)
+        self._tell(await self._write(events, None))
+
+    async def _write(self, events: list[dict[str, Any]], claim: tuple[str, float] | None) -> list[tuple[int, bytes]]:
+        service, kept = self.service, self._entries(events)
+        record = service.encode_response(self.turn, events[-1]["response"])
+        await service.call(service.store.write_run(self.response_id, record, service.config.ttl, kept, claim))
+        return kept
 
     async def send(self, events: Sequence[Any]) -> None:
-        if not events or not self.turn.resumable:
-            return
+        kept = self._entries(events)
+        if kept:
+            await self.service.call(self.service.store.append_events(self.response_id, kept, self.service.config.ttl))
+            self._tell(kept)
+
+    def _tell(self, kept: list[tuple[int, bytes]]) -> None:
+        """Hand written entries to this instance's followers."""
+        if kept:
+            for listener in self.listeners:
+                listener.put_nowait(kept)
+
+    def _entries(self, events: Sequence[Any]) -> list[tuple[int, bytes]]:
+        """The log entries of `events`: none unless the stream is resumable, `TRUNCATED` past the limit."""
+        if not self.turn.resumable:
+            return []
         kept = []
         for event in events:
             entry = frame(event)
@@ -123,15 +140,7 @@ class EventLog(Observer):
                 self.size += len(entry)
                 self.truncated = self.size > self.max_bytes
                 kept.append((event["sequence_number"], TRUNCATED if self.truncated else entry))
-        if kept:
-            await self.service.call(self.service.store.append_events(self.response_id, kept, self.service.config.ttl))
-            for listener in self.listeners:
-                listener.put_nowait(kept)
-
-    async def _put(self, response: dict[str, Any]) -> None:
-        store = self.service.store
-        await self.service.call(store.put_response(self.response_id, self.service.encode_response(self.turn, response),
-                                                   self.service.config.ttl))
+        return kept
 
 
 class Job:
@@ -213,13 +222,15 @@ class BackgroundRuns:
         job = Job(run, turn, request, received, routed,
                   EventLog(self.service, turn, run.stream.response_id, self.service.config.max_event_log_bytes))
         queued = run.stream.queued()
-        await job.log.queue(queued, self.instance, self.lease)
+        logged = await job.log.queue(queued, self.instance, self.lease)
         self.jobs[job.response_id] = job
         self.queue.append(job)
         self._dispatch()
         if not chat.stream:
             return json_response(queued[-1]["response"])
-        return await self.follow(request, job.response_id, -1)
+        # The run's task starts at the next await; `follow` subscribes before its first one, so the
+        # stream is the entries just written, then the live ones: no second read of the store.
+        return await self.follow(request, job.response_id, -1, logged)
 
     def _dispatch(self) -> None:
         state = self.state
@@ -230,6 +241,7 @@ class BackgroundRuns:
 
     async def _execute(self, job: Job) -> None:
         state, run = self.state, job.run
+        current_request_id.set(run.request_id)  # this task may have been started from another request's
         try:
             sinks = job.sinks()
             await sinks.start(run.stream.start())
@@ -254,6 +266,7 @@ class BackgroundRuns:
 
     def _end_queued(self, job: Job, code: str, message: str) -> asyncio.Task[None]:
         async def end() -> None:
+            current_request_id.set(job.run.request_id)
             with contextlib.suppress(StoreUnavailable):
                 await job.sinks().send(job.run.stream.fail(code, message))
             await self._finished(job)
@@ -359,8 +372,10 @@ class BackgroundRuns:
         _flag(request, "include_obfuscation")  # accepted; this gateway adds no obfuscation padding
         return await self.follow(request, response_id, after)
 
-    async def follow(self, request: web.Request, response_id: str, after: int) -> web.StreamResponse:
-        """Write the log after `after`, then the live events to the terminal one.
+    async def follow(self, request: web.Request, response_id: str, after: int,
+                     logged: list[tuple[int, bytes]] | None = None) -> web.StreamResponse:
+        """Write the log after `after` (`logged`, when the caller has it, else read), then the live events
+        to the terminal one.
 
         A run of this instance hands its appended entries to local followers directly (`EventLog.listen`):
         they read the store once, for the backlog. Subscribing before that read leaves no gap; the
@@ -370,7 +385,8 @@ class BackgroundRuns:
         job = self.jobs.get(response_id)
         live = job.log.listen() if job is not None else None
         try:
-            logged = await call(store.read_events(response_id, after))
+            if logged is None:
+                logged = await call(store.read_events(response_id, after))
             if any(entry == TRUNCATED for _, entry in logged):
                 raise EventLogGone(f"The event log of response {response_id} grew past this gateway's limit "
                                    f"(store.max_event_log_bytes = {self.service.config.max_event_log_bytes} bytes), "

@@ -18,7 +18,8 @@ from .errors import GatewayError, UpstreamError
 from .keys import forwarded_authorization, owner_of
 from .log import get_logger
 from .pipeline import Events, Run, SyncObserver, run_pipeline
-from .routes import current_request_id, json_response, read_json
+from .request_context import current_request_id
+from .routes import json_response, read_json
 from .routing import RoutedRequest, route_request
 from .state import STATE, AppState
 from .store.service import normalize_items

@@ -45,8 +45,9 @@ def _render_json(_: Any, __: str, event: dict[str, Any]) -> bytes:
 
 
 def configure_logging(fmt: str = "json", level: str = "info", secrets: Iterable[str] = ()) -> None:
+    from .request_context import add_request_id  # that module logs through this one: imported when used
     processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
+        add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,

@@ -2,26 +2,22 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
-from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
 import orjson
-import structlog
 from aiohttp import web
 
 from .bounds import depth_exceeds
 from .capture import Recorder
 from .errors import GatewayError, InvalidRequest, UpstreamTimeout, error_envelope, internal_error_message
 from .event_stream import EventStream, FinalResponse, json_response
-from .ids import new_request_id
-from .inspector import Watch
 from .keys import forwarded_authorization, owner_of, request_key
 from .log import get_logger
 from .openapi import openapi_document
 from .pipeline import DebugLog, Run, Sink, Tee, run_pipeline
+from .request_context import current_request_id, log_finished, request_id_of
 from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
@@ -29,23 +25,15 @@ from .store.service import with_context
 from .translate import ChatRequest
 from .upstream import http_error
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _JSON_TYPES = ("application/json", "")
 _PASSTHROUGH = "/v1/chat/completions"
 
 routes = web.RouteTableDef()
 OPENAPI = openapi_document()
-# Each request runs in its own task, so a ContextVar carries its id to handlers and logs.
-current_request_id: ContextVar[str] = ContextVar("request_id", default="")
 
 
 def error_response(exc: GatewayError) -> web.Response:
     return json_response(exc.envelope(), status=exc.status, headers=exc.headers)
-
-
-def request_id_of(request: web.Request) -> str:
-    given = request.headers.get("X-Request-ID", "")
-    return given if _REQUEST_ID.match(given) else new_request_id()
 
 
 @web.middleware
@@ -53,8 +41,7 @@ async def envelope_middleware(request: web.Request, handler: Any) -> web.StreamR
     """Request ids on every answer; every error, even aiohttp's own 404/405/413, in OpenAI's shape."""
     request_id = request_id_of(request)
     current_request_id.set(request_id)
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
-        response = await _answer(request, handler, request_id)
+    response = await _answer(request, handler, request_id)
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
     return response
@@ -189,53 +176,6 @@ def consumers(state: AppState, client: Sink, recorder: StoreRecorder | None,
     """`client` with the other consumers of a run, in the order `_sink` describes (also the WebSocket turns')."""
     sinks = [sink for sink in (DebugLog() if state.debug else None, recorder, client, *observers) if sink is not None]
     return Tee(*sinks) if len(sinks) > 1 else client
-
-
-async def log_finished(state: AppState, request: web.Request, received: float, http_status: int, *,
-                        error: GatewayError | None = None, run: Run | None = None,
-                        routed: RoutedRequest | None = None, capture: Recorder | None = None,
-                        watch: Watch | None = None, transport: str = "http") -> None:
-    """The one `response.finished` line of every request (of every WebSocket turn: `transport`),
-    refused before the upstream or run (same fields), and its metrics; a kept capture is named on
-    the line, and the inspector keeps the outcome."""
-    key = request_key(request)
-    fields: dict[str, Any] = {
-        "transport": transport,
-        "response_id": None, "model": None, "upstream": None, "failed_first": None, "key": key.name if key else None,
-        "stream": None, "status": None, "finish_reason": None, "error_code": error.code if error else None,
-        "error_message": error.message if error else None, "param": error.param if error else None,
-        "ttft_ms": None, "events": 0, "input_tokens": None, "output_tokens": None, "client_disconnected": False}
-    log = get_logger()
-    if run is not None:
-        stream = run.stream
-        response = stream.terminal["response"] if stream.terminal else None
-        usage = (response or {}).get("usage") or {}
-        failure = (response or {}).get("error") or {}
-        for warning in run.warnings + stream.warnings:
-            log.warning("response.warning", warning=warning)
-        fields.update(
-            response_id=stream.response_id, model=run.model, stream=run.streaming,
-            status=response["status"] if response else None, finish_reason=stream.finish_reason,
-            error_code=failure.get("code") or fields["error_code"],
-            error_message=(failure.get("message") or fields["error_message"] or "")[:500] or None,
-            ttft_ms=run.ttft_ms, events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
-            output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected)
-    if routed is not None:
-        fields.update(routed.log_fields())
-    if run is not None and routed is not None:
-        state.metrics.finished("/v1/responses", run, routed, http_status, fields["error_code"])
-    else:
-        state.metrics.rejected("/v1/responses", http_status, fields["key"])
-    outcome = {"response_id": fields["response_id"], "http_status": http_status, "status": fields["status"],
-               "error_code": fields["error_code"], "error_message": fields["error_message"],
-               "client_disconnected": fields["client_disconnected"]}
-    kept = await capture.save(outcome) if capture is not None else None
-    if kept:
-        fields["capture"] = kept
-    if watch is not None and state.inspector is not None:
-        state.inspector.end(watch, {**outcome, "upstream": fields["upstream"]}, kept)
-    log.info("response.finished", http_status=http_status,
-             duration_ms=round((time.monotonic() - received) * 1000, 1), **fields)
 
 
 @routes.post("/v1/chat/completions")

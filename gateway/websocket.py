@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.http_websocket import WebSocketError
 
@@ -41,7 +40,8 @@ from .ids import new_request_id
 from .keys import forwarded_authorization, owner_of, request_key
 from .log import get_logger
 from .pipeline import Run, Sink, run_pipeline
-from .routes import consumers, current_request_id, log_finished, start_capture
+from .request_context import current_request_id, log_finished
+from .routes import consumers, start_capture
 from .routing import RoutedRequest, route_request
 from .sse import Joined
 from .state import STATE, AppState
@@ -267,16 +267,15 @@ class Connection:
     async def _answer(self, received: float, message: Any) -> None:
         request_id = new_request_id()
         current_request_id.set(request_id)
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                if message.type is not WSMsgType.TEXT:
-                    raise InvalidRequest("Binary messages are not accepted: send each response.create as a "
-                                         "JSON text message.", code="unsupported_message_type")
-                body, generate = create_body(message.data, self.state.config.server.max_json_depth)
-            except GatewayError as exc:
-                await self._refused(received, exc)
-                return
-            await self._turn(request_id, received, body, generate)
+        try:
+            if message.type is not WSMsgType.TEXT:
+                raise InvalidRequest("Binary messages are not accepted: send each response.create as a "
+                                     "JSON text message.", code="unsupported_message_type")
+            body, generate = create_body(message.data, self.state.config.server.max_json_depth)
+        except GatewayError as exc:
+            await self._refused(received, exc)
+            return
+        await self._turn(request_id, received, body, generate)
 
     async def _refused(self, received: float, exc: GatewayError, *, send: bool = True) -> None:
         """A message answered with an error envelope before any turn: logged like a refused request."""

@@ -155,6 +155,21 @@ async def test_cancel_of_a_queued_response(make_gateway, upstream):
     assert len(upstream.requests) == 1
 
 
+async def test_a_queued_run_logs_under_its_own_request_id(make_gateway, upstream, log_capture):
+    # The second run starts when the first ends, from the first one's task: its log lines still name its request.
+    lines = log_capture("info")
+    upstream.responder = lambda body: paced_reply(*WORDS[:3], gap=0.05)
+    gateway = await make_gateway(max_concurrent_streams=1, log_level="info")
+    async with sdk(url_of(gateway)) as client:
+        created = [await client.responses.create(model="scripted", input=name, background=True,
+                                                 extra_headers={"X-Request-ID": name}) for name in ("bg-a", "bg-b")]
+        for response in created:
+            while (response := await client.responses.retrieve(response.id)).status != "completed":
+                await asyncio.sleep(0.05)
+    finished = {line["response_id"]: line["request_id"] for line in lines() if line["event"] == "response.finished"}
+    assert [finished[response.id] for response in created] == ["bg-a", "bg-b"]
+
+
 async def test_queue_limit_answers_429_and_queued_runs_start_when_a_slot_frees(make_gateway, upstream):
     upstream.responder = lambda body: paced_reply(*WORDS[:5], gap=0.1)
     gateway = await make_gateway(max_concurrent_streams=2, max_queued_background=1)

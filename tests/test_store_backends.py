@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.background import EventLog
 from gateway.config import StoreConfig, load_config
 from gateway.errors import ConfigError
 from gateway.store import StoreUnavailable, open_store_url
 from gateway.store.redis import RedisStore, split_prefix
-from gateway.store.service import normalize_items, token_owner
+from gateway.store.service import StateService, Turn, normalize_items, token_owner
 
 from .conftest import ROOT
 
@@ -226,3 +227,82 @@ async def test_cancel_requests(store):
     assert await store.cancel_requested([]) == set()
     await store.release_run("resp_x")
     assert await store.cancel_requested(["resp_x"]) == set()
+
+
+async def test_write_run_stores_record_entries_and_lease_together(store):
+    """A background create (with the lease) and a run start (without), concurrent calls sharing a write."""
+    await asyncio.gather(store.write_run("resp_q1", b'{"q":1}', 60, [(0, b"a"), (1, b"b")], claim=("gw_a", 60)),
+                         store.write_run("resp_q2", b'{"q":2}', 60, [], claim=("gw_b", 60)))
+    assert await store.get_responses(["resp_q1", "resp_q2"]) == {"resp_q1": b'{"q":1}', "resp_q2": b'{"q":2}'}
+    assert await store.read_events("resp_q1", -1) == [(0, b"a"), (1, b"b")]
+    assert await store.read_events("resp_q2", -1) == []
+    assert (await store.run_owner("resp_q1"), await store.run_owner("resp_q2")) == ("gw_a", "gw_b")
+    waiting = asyncio.ensure_future(store.follow_events("resp_q1", 1, timeout=3))
+    await asyncio.sleep(0.1)
+    await store.write_run("resp_q1", b'{"q":3}', 60, [(2, b"c")])  # the run starts: the lease stays
+    assert await asyncio.wait_for(waiting, 2) == [(2, b"c")]
+    assert await store.get_responses(["resp_q1"]) == {"resp_q1": b'{"q":3}'}
+    assert await store.run_owner("resp_q1") == "gw_a"
+    assert await store.take_lapsed_runs() == []
+
+
+class RoundTrips:
+    """A loopback TCP proxy in front of Redis counting round trips: client sends after a server reply."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._replied = True
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        await asyncio.gather(self._pipe(client_reader, redis_writer, True),
+                             self._pipe(redis_reader, client_writer, False), return_exceptions=True)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_redis: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if to_redis and self._replied:
+                    self.count += 1
+                self._replied = not to_redis
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def test_a_background_create_is_one_redis_round_trip(redis_url):
+    """The queued record, the run's lease and the first events: one round trip (they were three), and a
+    burst of creates shares it."""
+    proxy = RoundTrips()
+    port = await proxy.start()
+    store = open_store_url(redis_url.replace("127.0.0.1:6379", f"127.0.0.1:{port}"))
+    await store.open()
+    service = StateService(store, StoreConfig())
+    turn = Turn("owner", True, [], resumable=True)
+
+    def queued(rid: str) -> list[dict[str, Any]]:
+        response = {"id": rid, "object": "response", "status": "queued", "background": True, "output": []}
+        return [{"type": "response.created", "sequence_number": 0, "response": response},
+                {"type": "response.queued", "sequence_number": 1, "response": response}]
+
+    logs = [EventLog(service, turn, f"resp_burst{i}", 1 << 20) for i in range(51)]
+    try:
+        before = proxy.count
+        await logs[0].queue(queued("resp_burst0"), "gw_a", 60)
+        assert proxy.count - before == 1
+        before = proxy.count
+        await asyncio.gather(*(log.queue(queued(log.response_id), "gw_a", 60) for log in logs[1:]))
+        assert proxy.count - before == 1
+        for log in logs:
+            assert [seq for seq, _ in await store.read_events(log.response_id, -1)] == [0, 1]
+            assert await store.run_owner(log.response_id) == "gw_a"
+        assert len(await store.get_responses([log.response_id for log in logs])) == 51
+    finally:
+        await store.close()
+        assert proxy.server is not None
+        proxy.server.close()

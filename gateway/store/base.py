@@ -13,16 +13,19 @@ Background responses (gateway/background.py) add three small families on the sam
   instance takes the runs whose deadline passed (exactly one taker each) and ends them;
 - a cancel signal: a flag the running instance polls every few hundred ms.
 The record written by `put_response` carries the response's status, so polling is `get_response`.
+`write_run` writes a background response's record with its next log entries (and at the create its
+lease) in one round trip, so a create answers after one; concurrent calls share it (`Batcher`).
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Literal, Protocol
+from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from ..errors import GatewayError
 
 Order = Literal["asc", "desc"]
+T = TypeVar("T")
 
 
 class StoreUnavailable(GatewayError):
@@ -73,26 +76,38 @@ class Notifier:
             pass
 
 
-Appends = list[tuple[str, list[tuple[int, bytes]]]]
+Entries = list[tuple[int, bytes]]          # an event log's (sequence number, frame) pairs
+Appends = list[tuple[str, Entries]]        # (response id, entries) of several runs
 
 
-class AppendBatcher:
-    """Coalesces event-log appends of all runs into one backend write per round trip.
+class RunWrite(NamedTuple):
+    """One `write_run` call: a background response's record, its next log entries, maybe its lease."""
 
-    Every `append` waits for the write that carries it; appends made while a write is under way
-    go together in the next one, so hundreds of streams cost a few writes per tick, not one each.
+    response_id: str
+    record: bytes
+    ttl: float
+    events: Entries
+    claim: tuple[str, float] | None   # (instance, lease seconds)
+
+
+class Batcher(Generic[T]):
+    """Coalesces writes of all requests and runs into one backend write per round trip.
+
+    Every `add` waits for the write that carries it; writes added while one is under way go
+    together in the next, so hundreds of streams (event-log appends) or a burst of background
+    creates cost a few backend writes per tick, not one each.
     """
 
     __slots__ = ("_write", "_pending", "_flushing")
 
-    def __init__(self, write: Callable[[Appends], Awaitable[None]]) -> None:
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]]) -> None:
         self._write = write
-        self._pending: list[tuple[str, list[tuple[int, bytes]], asyncio.Future[None]]] = []
+        self._pending: list[tuple[T, asyncio.Future[None]]] = []
         self._flushing = False
 
-    async def append(self, response_id: str, events: list[tuple[int, bytes]]) -> None:
+    async def add(self, item: T) -> None:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((response_id, events, future))
+        self._pending.append((item, future))
         if not self._flushing:
             self._flushing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -103,13 +118,13 @@ class AppendBatcher:
             while self._pending:
                 batch, self._pending = self._pending, []
                 try:
-                    await self._write([(rid, events) for rid, events, _ in batch])
-                except Exception as exc:  # noqa: BLE001 - handed to every waiting append
-                    for _, _, future in batch:
+                    await self._write([item for item, _ in batch])
+                except Exception as exc:  # noqa: BLE001 - handed to every waiting writer
+                    for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                 else:
-                    for _, _, future in batch:
+                    for _, future in batch:
                         if not future.done():
                             future.set_result(None)
         finally:
@@ -167,6 +182,12 @@ class Store(Protocol):
 
     async def follow_events(self, response_id: str, after: int, timeout: float) -> list[tuple[int, bytes]]:
         """Like `read_events`, waiting up to `timeout` seconds for at least one; [] when none came."""
+
+    async def write_run(self, response_id: str, record: bytes, ttl: float, events: Entries,
+                        claim: tuple[str, float] | None = None) -> None:
+        """A background response's record and next log entries in one round trip, all or nothing:
+        `put_response` and (when `events`) `append_events` together, and with `claim` (instance,
+        lease) `claim_run` too. Concurrent calls share round trips."""
 
     async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
         """Record that `instance` runs the response, until `lease` seconds from now."""

@@ -6,7 +6,7 @@ import bisect
 import contextlib
 import time
 
-from .base import Notifier, Order, page
+from .base import Entries, Notifier, Order, page
 
 SWEEP_INTERVAL = 60.0
 
@@ -139,6 +139,14 @@ class MemoryStore:
             await self._notifier.wait(response_id, timeout)
             found = await self.read_events(response_id, after)
         return found
+
+    async def write_run(self, response_id: str, record: bytes, ttl: float, events: Entries,
+                        claim: tuple[str, float] | None = None) -> None:
+        await self.put_response(response_id, record, ttl)
+        if claim is not None:
+            await self.claim_run(response_id, *claim)
+        if events:
+            await self.append_events(response_id, events, ttl)
 
     async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
         self._leases[response_id] = (instance, time.monotonic() + lease)

@@ -7,7 +7,7 @@ sorted set `co:{id}` and a counter `cn:{id}`. Background responses: the event lo
 `lease:{id}` (the instance) plus its deadline in the sorted set `runs`, a cancel request the key
 `x:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
 removes expired state by itself. A response and the conversation items it adds are written in one
-MULTI/EXEC transaction.
+MULTI/EXEC transaction; so are a burst of background creates and run starts (`write_run`).
 """
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import redis
 import redis.asyncio as aioredis
+from redis.driver_info import DriverInfo
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import AppendBatcher, Appends, Order, StoreUnavailable
+from .base import Appends, Batcher, Entries, Order, RunWrite, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -53,6 +55,9 @@ for i = 2, #ARGV, 2 do redis.pcall('XADD', KEYS[1], ARGV[i], 'f', ARGV[i + 1]) e
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+# What a connection tells Redis (CLIENT SETINFO), made once: by default redis-py reads its package
+# metadata from disk for every new connection, about 1.5 ms each while a burst grows the pool.
+_DRIVER = DriverInfo(name="redis-py", lib_version=redis.__version__)
 # XREAD BLOCK holds its connection; it must return before the socket timeout (5 s).
 _MAX_BLOCK = 4.0
 # Connections per pool. Past it a command waits (up to the socket timeout) for a free connection:
@@ -77,7 +82,8 @@ class RedisStore:
         self._redis = _client(redis_url, COMMAND_CONNECTIONS)
         # XREAD BLOCK holds its connection while it waits: followers get a pool of their own.
         self._followers = _client(redis_url, FOLLOWER_CONNECTIONS)
-        self._appends = AppendBatcher(self._append_batch)
+        self._appends: Batcher[tuple[str, Entries]] = Batcher(self._append_batch)
+        self._runs: Batcher[RunWrite] = Batcher(self._write_runs)
         self._event_ttl = 0.0
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
@@ -191,19 +197,21 @@ class RedisStore:
     # ------------------------------------------------------------------ background responses
     async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
         self._event_ttl = ttl  # the store's ttl: the same for every response
-        await self._appends.append(response_id, events)
+        await self._appends.add((response_id, events))
 
     async def _append_batch(self, batch: Appends) -> None:
         # One script call per response (redis-py's cost is per command, not per argument); one
         # MULTI/EXEC for the batch, so a follower wakes to whole batches.
         pipe = self._redis.pipeline(transaction=True)
-        ttl = _ms(self._event_ttl)
         for response_id, events in batch:
-            args: list[Any] = [ttl]
-            for seq, frame in events:
-                args += [f"{seq + 1}-0", frame]
-            pipe.eval(_XADD_ALL, 1, f"{self.prefix}e:{response_id}", *args)
+            self._xadd(pipe, response_id, events, self._event_ttl)
         await self._call(pipe.execute())
+
+    def _xadd(self, client: Any, response_id: str, events: Entries, ttl: float) -> None:
+        args: list[Any] = [_ms(ttl)]
+        for seq, frame in events:
+            args += [f"{seq + 1}-0", frame]
+        client.eval(_XADD_ALL, 1, f"{self.prefix}e:{response_id}", *args)
 
     async def read_events(self, response_id: str, after: int) -> list[tuple[int, bytes]]:
         entries = await self._call(self._redis.xrange(f"{self.prefix}e:{response_id}", min=f"{after + 2}-0"))
@@ -215,18 +223,36 @@ class RedisStore:
                                                    block=_ms(min(timeout, _MAX_BLOCK))))
         return _events(found[0][1]) if found else []
 
+    async def write_run(self, response_id: str, record: bytes, ttl: float, events: Entries,
+                        claim: tuple[str, float] | None = None) -> None:
+        await self._runs.add(RunWrite(response_id, record, ttl, events, claim))
+
+    async def _write_runs(self, batch: list[RunWrite]) -> None:
+        # One MULTI/EXEC for a burst of creates and run starts: each one's record, entries and lease together.
+        pipe = self._redis.pipeline(transaction=True)
+        for run in batch:
+            pipe.set(f"{self.prefix}r:{run.response_id}", run.record, px=_ms(run.ttl))
+            if run.claim is not None:
+                self._lease(pipe, [run.response_id], *run.claim)
+            if run.events:
+                self._xadd(pipe, run.response_id, run.events, run.ttl)
+        await self._call(pipe.execute())
+
     async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
         await self.renew_runs([response_id], instance, lease)
 
     async def renew_runs(self, response_ids: list[str], instance: str, lease: float) -> None:
         if not response_ids:
             return
-        deadline = int((time.time() + lease) * 1000)
         pipe = self._redis.pipeline(transaction=False)
-        for response_id in response_ids:
-            pipe.set(f"{self.prefix}lease:{response_id}", instance, px=_ms(lease))
-        pipe.zadd(f"{self.prefix}runs", {response_id: deadline for response_id in response_ids})
+        self._lease(pipe, response_ids, instance, lease)
         await self._call(pipe.execute())
+
+    def _lease(self, client: Any, response_ids: list[str], instance: str, lease: float) -> None:
+        deadline = int((time.time() + lease) * 1000)
+        for response_id in response_ids:
+            client.set(f"{self.prefix}lease:{response_id}", instance, px=_ms(lease))
+        client.zadd(f"{self.prefix}runs", {response_id: deadline for response_id in response_ids})
 
     async def release_run(self, response_id: str) -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -259,7 +285,7 @@ def _client(url: str, connections: int) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=connections, timeout=5, socket_connect_timeout=2, socket_timeout=5,
         health_check_interval=30, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        retry_on_error=[RedisConnectionError, RedisTimeoutError], driver_info=_DRIVER)
     return aioredis.Redis(connection_pool=pool)
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import AppendBatcher, Appends, Notifier, Order, StoreUnavailable
+from .base import Appends, Batcher, Entries, Notifier, Order, RunWrite, StoreUnavailable
 
 SWEEP_INTERVAL = 300.0
 T = TypeVar("T")
@@ -51,7 +51,8 @@ class SQLiteStore:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._sweeper: asyncio.Task[None] | None = None
         self._notifier = Notifier()
-        self._appends = AppendBatcher(self._append_batch)
+        self._appends: Batcher[tuple[str, Entries]] = Batcher(self._append_batch)
+        self._runs: Batcher[RunWrite] = Batcher(self._write_runs)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         try:
@@ -235,7 +236,7 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ background responses
     async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:
-        await self._appends.append(response_id, events)
+        await self._appends.add((response_id, events))
 
     async def _append_batch(self, batch: Appends) -> None:
         await self._run(self._append_events, batch)
@@ -260,6 +261,27 @@ class SQLiteStore:
                 break
             await self._notifier.wait(response_id, min(left, FOLLOW_POLL))
         return found
+
+    async def write_run(self, response_id: str, record: bytes, ttl: float, events: Entries,
+                        claim: tuple[str, float] | None = None) -> None:
+        await self._runs.add(RunWrite(response_id, record, ttl, events, claim))
+
+    async def _write_runs(self, batch: list[RunWrite]) -> None:
+        await self._run(self._write_run_rows, batch)
+        for run in batch:
+            if run.events:
+                self._notifier.notify(run.response_id)
+
+    def _write_run_rows(self, batch: list[RunWrite]) -> None:
+        """One transaction for a burst of creates and run starts: each one's record, entries and lease."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO responses (id, record, expires_at) VALUES (?, ?, ?)",
+                           [(run.response_id, run.record, now + run.ttl) for run in batch])
+            db.executemany("INSERT OR REPLACE INTO runs (id, instance, deadline) VALUES (?, ?, ?)",
+                           [(run.response_id, run.claim[0], now + run.claim[1]) for run in batch if run.claim])
+            db.executemany("INSERT OR REPLACE INTO response_events (response_id, seq, frame) VALUES (?, ?, ?)",
+                           [(run.response_id, seq, frame) for run in batch for seq, frame in run.events])
 
     async def claim_run(self, response_id: str, instance: str, lease: float) -> None:
         await self._run(self._change, "INSERT OR REPLACE INTO runs (id, instance, deadline) VALUES (?, ?, ?)",
