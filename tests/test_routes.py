@@ -142,7 +142,7 @@ async def test_body_not_an_object(gateway, http):
 async def test_unknown_path_and_method_in_envelope(gateway, http):
     async with http.get(gateway.make_url("/v1/nope")) as response:
         assert_error(response, await response.read(), 404, "invalid_request_error")
-    async with http.get(gateway.make_url("/v1/responses")) as response:
+    async with http.put(gateway.make_url("/v1/responses")) as response:
         error = assert_error(response, await response.read(), 405, "invalid_request_error")
         assert "POST" in error["message"]
 

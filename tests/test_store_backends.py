@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from gateway.background import EventLog
 from gateway.config import StoreConfig, load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, InvalidRequest
 from gateway.store import StoreUnavailable, open_store_url
 from gateway.store.redis import RedisStore, split_prefix
 from gateway.store.service import StateService, Turn, normalize_items, token_owner
@@ -165,7 +165,9 @@ def test_input_items_get_ids_and_typed_content():
     assert items[1]["content"] == [{"type": "output_text", "text": "yo", "annotations": []}]
     assert items[2]["id"] == "fco_given"
     assert normalize_items("hello")[0]["content"] == [{"type": "input_text", "text": "hello"}]
-    assert normalize_items([{"type": [], "id": 5}])[0]["id"].startswith("item_")  # translate.py rejects it later
+    assert normalize_items([{"type": []}])[0]["id"].startswith("item_")  # translate.py rejects the type later
+    with pytest.raises(InvalidRequest, match=r"input\[0\]\.id"):  # an id that is no string is never swapped
+        normalize_items([{"role": "user", "content": "hi", "id": 5}])
 
 
 # ---------------------------------------------------------------------------------------- background responses
