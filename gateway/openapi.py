@@ -40,6 +40,7 @@ _FUNCTION_CALL = _object(["type", "call_id", "name", "arguments"], type={"const"
                          call_id=_STRING, name=_STRING, arguments=_STRING, id={"type": ["string", "null"]})
 # A chat tool message carries text: images in a tool's output are left out.
 _OUTPUT_IMAGE = _object(["type"], type={"const": "input_image"})
+# Its call must come earlier in the context (input, previous response or conversation): else a 400, as at OpenAI.
 _FUNCTION_OUTPUT = _object(["type", "call_id", "output"], type={"const": "function_call_output"}, call_id=_STRING,
                            output={"oneOf": [_STRING, {"type": "array", "items": {"oneOf": [_TEXT_PART, _OUTPUT_IMAGE]}}]})
 _REASONING = _object(["type"], type={"const": "reasoning"}, summary={"type": ["array", "null"]},

@@ -413,6 +413,7 @@ class _Conversation:
         self.call_id_style = config.tool_call_id_style
         self.warnings = warnings if warnings is not None else []
         self.reasoning: list[str] = []   # reasoning items waiting for the next assistant message
+        self.calls: set[str] | None = set()  # the client's call ids so far; None: outputs are not checked
 
     def add(self, message: dict[str, Any]) -> None:
         if message["role"] == "assistant":
@@ -447,8 +448,12 @@ class _Conversation:
 
 
 def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config: UpstreamConfig | None = None,
-              warnings: list[str] | None = None, param: str = "input") -> list[dict[str, Any]]:
+              warnings: list[str] | None = None, param: str = "input", whole: bool = True) -> list[dict[str, Any]]:
+    """The chat messages for `items`; `whole` when they are a whole context, so that every tool
+    output must follow its call (as OpenAI checks: upstreams refuse an orphan tool message)."""
     conversation = _Conversation(names, config, warnings)
+    if not whole:
+        conversation.calls = None
     if instructions:
         conversation.system.append(instructions)
     if isinstance(items, str):
@@ -462,7 +467,7 @@ def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config
 def check_items(items: list[dict[str, Any]], param: str) -> None:
     """The 400 a request with these input items would get, now: items added to a conversation are only
     translated on a later turn, whose 400 would name an `input[…]` the client never sent."""
-    _messages(items, None, _ToolNames(), param=param)
+    _messages(items, None, _ToolNames(), param=param, whole=False)  # their calls may be in earlier items
 
 
 def _item(conversation: _Conversation, item: Any, param: str) -> None:
@@ -487,6 +492,8 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         call_id = item.get("call_id")
         if not isinstance(call_id, str):
             raise _fail(f"Invalid '{param}.call_id': expected a string.", f"{param}.call_id")
+        if conversation.calls is not None and call_id not in conversation.calls:
+            raise _fail(f"No tool call found for function call output with call_id {call_id}.", f"{param}.call_id")
         conversation.add({"role": "tool", "tool_call_id": conversation.call_id(call_id),
                           "content": _output_text(item.get("output"), f"{param}.output")})
     elif kind == "reasoning":
@@ -530,6 +537,8 @@ def _history_call(conversation: _Conversation, item: dict[str, Any], param: str,
                   arguments: str) -> None:
     """An earlier call as an assistant tool call, with the upstream's metadata and id form restored."""
     namespace = _namespace(item.get("namespace"), f"{param}.namespace")
+    if conversation.calls is not None:
+        conversation.calls.add(call_id)
     call: dict[str, Any] = {"id": conversation.call_id(call_id), "type": "function",
                             "function": {"name": conversation.names.upstream(name, namespace),
                                          "arguments": arguments}}

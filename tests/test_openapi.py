@@ -77,9 +77,10 @@ def errors_are_enveloped(ctx: Any, response: Any, case: Any) -> None:
 def _refused_for_state(case: Any, error: dict[str, Any]) -> bool:
     """400s about what is stored, not about the request (as at OpenAI); a document cannot say which ids exist
     or how they were created: a missing previous response, cancelling a response that was not background,
-    streaming one that was not created with `stream`."""
+    streaming one that was not created with `stream`. Nor can it pair a tool output with its call."""
     path = case.operation.path.removeprefix("/v1")
     return (error["code"] == "previous_response_not_found"
+            or error["message"].startswith("No tool call found for function call output")
             or (path == "/responses/{response_id}/cancel" and "background=true" in error["message"])
             or (path == "/responses/{response_id}" and error["param"] == "stream"
                 and "created it with stream=true" in error["message"]))

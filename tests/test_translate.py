@@ -192,6 +192,23 @@ def test_calls_separated_by_output_are_separate_turns():
     assert [len(m.get("tool_calls", [])) for m in msgs] == [1, 0, 1, 0]
 
 
+def test_a_tool_output_without_its_call_is_a_400_as_at_openai():
+    """Upstreams refuse a tool message with no assistant tool call before it; OpenAI answers 400."""
+    error = invalid({"model": "m", "input": [
+        {"role": "user", "content": "hi"},
+        {"type": "function_call_output", "call_id": "call_missing", "output": "x"}]})
+    assert error.param == "input[1].call_id" and "call_missing" in error.message
+    error = invalid({"model": "m", "input": [  # the call must come before its output
+        {"type": "custom_tool_call_output", "call_id": "c1", "output": "x"},
+        {"type": "custom_tool_call", "call_id": "c1", "name": "f", "input": "x"}]})
+    assert error.param == "input[0].call_id"
+
+
+def test_items_added_to_a_conversation_may_answer_calls_added_before():
+    from gateway.translate import check_items
+    check_items([{"type": "function_call_output", "call_id": "call_earlier", "output": "x"}], "items")
+
+
 def test_reasoning_items_accepted():
     assert messages(input=[{"type": "reasoning", "id": "rs_1", "summary": []}, {"role": "user", "content": "x"}]) == [
         {"role": "user", "content": "x"}]
