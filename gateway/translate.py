@@ -492,10 +492,10 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         call_id = item.get("call_id")
         if not isinstance(call_id, str):
             raise _fail(f"Invalid '{param}.call_id': expected a string.", f"{param}.call_id")
+        content = _output_text(item.get("output"), f"{param}.output")
         if conversation.calls is not None and call_id not in conversation.calls:
             raise _fail(f"No tool call found for function call output with call_id {call_id}.", f"{param}.call_id")
-        conversation.add({"role": "tool", "tool_call_id": conversation.call_id(call_id),
-                          "content": _output_text(item.get("output"), f"{param}.output")})
+        conversation.add({"role": "tool", "tool_call_id": conversation.call_id(call_id), "content": content})
     elif kind == "reasoning":
         for key, kind, what in (("encrypted_content", str, "a string"), ("summary", list, "an array")):
             if item.get(key) is not None and not isinstance(item[key], kind):
