@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .config import Config
+from .config import Config, parse_config
 from .fast_path import plain
 from .log import SECRET_KEYS, get_logger
 from .pipeline import SyncObserver
@@ -165,7 +165,12 @@ class Recorder(SyncObserver):
 
 
 def replay_config(document: dict[str, Any], base: Config | None = None) -> Config:
-    """The config a capture's run used, as far as translation goes (for `gateway replay`)."""
+    """The config a capture's run used, as far as translation goes (for `gateway replay`).
+
+    The settings are checked like a config file's (`ConfigError`): a capture may have been edited.
+    """
     base = base or Config()
-    settings = {k: v for k, v in (document.get("upstream_settings") or {}).items() if k in _REPLAY_SETTINGS}
+    given = {k: v for k, v in (document.get("upstream_settings") or {}).items() if k in _REPLAY_SETTINGS}
+    checked = parse_config({"upstream": given}).upstream
+    settings = {k: getattr(checked, k) for k in given}
     return dataclasses.replace(base, upstream=dataclasses.replace(base.upstream, **settings))
