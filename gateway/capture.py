@@ -18,15 +18,18 @@ import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .config import Config
+from .config import Config, UpstreamConfig, parse_config
 from .fast_path import plain
 from .log import SECRET_KEYS, get_logger
 from .pipeline import SyncObserver
 from .sse import encode_events
+
+if TYPE_CHECKING:
+    from .routing import RoutedRequest
 
 FORMAT = "gateway-capture/1"
 # Client headers never written (credentials); everything else is kept for reproduction.
@@ -58,12 +61,9 @@ class CaptureStore:
 
     def __init__(self, config: Config) -> None:
         self.config = config.debug
-        self.upstream = config.upstream
+        self.upstream = config.upstream  # for a capture saved without its routing (`save`, routed=None)
+        self.secrets = config.secrets    # every upstream's keys
         self.directory = Path(config.debug.capture_dir)
-
-    @property
-    def secrets(self) -> list[str]:
-        return [self.upstream.api_key, self.upstream.reasoning_key]
 
     def recorder(self, request_id: str, headers: Mapping[str, str], body: Any,
                  upstream_body: dict[str, Any]) -> Recorder | None:
@@ -137,21 +137,26 @@ class Recorder(SyncObserver):
         if events and self._room(len(encode_events(events))):
             self.events.extend(plain(events))
 
-    async def save(self, outcome: dict[str, Any]) -> str | None:
-        """Write the file if the policy keeps this request; its name, for the log line."""
+    async def save(self, outcome: dict[str, Any], routed: RoutedRequest | None = None) -> str | None:
+        """Write the file if the policy keeps this request; its name, for the log line.
+
+        `routed` says where the request went: the upstream that answered (after a failover, the
+        fallback; when none did, the last one tried) and the one whose options translated it.
+        """
         failed = bool(outcome.get("error_code")) or outcome.get("status") == "failed" or \
             (outcome.get("http_status") or 200) >= 400
         if self.store.config.capture == "failed" and not failed:
             return None
+        answered, translated = _upstreams(routed, self.store.upstream)
         stamp = self.wall.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
         name = f"{stamp}_{_UNSAFE_NAME.sub('_', self.request_id)[:80]}.json"
         document = {
             "format": FORMAT, "request_id": self.request_id, "captured_at": self.wall.isoformat(),
             "outcome": outcome, "truncated": self.truncated,
             "client_request": self.client,
-            "upstream_request": {"url": f"{self.store.upstream.base_url.rstrip('/')}/chat/completions",
+            "upstream_request": {"upstream": answered.name, "url": f"{answered.base_url.rstrip('/')}/chat/completions",
                                  "body": self.upstream_body},
-            "upstream_settings": {k: getattr(self.store.upstream, k) for k in _REPLAY_SETTINGS},
+            "upstream_settings": {k: getattr(translated, k) for k in _REPLAY_SETTINGS},
             "upstream_reads": self.reads,
             "client_events": self.events,
         }
@@ -164,8 +169,22 @@ class Recorder(SyncObserver):
         return name
 
 
+def _upstreams(routed: RoutedRequest | None, default: UpstreamConfig) -> tuple[UpstreamConfig, UpstreamConfig]:
+    """(the upstream that answered or was tried last, the one that translated the request)."""
+    if routed is None:
+        return default, default
+    answered = next((t.upstream.config for t in routed.targets if t.upstream.name == routed.upstream_name),
+                    routed.config)
+    return answered, answered if routed.options is not None else routed.config  # a fallback of another kind
+
+
 def replay_config(document: dict[str, Any], base: Config | None = None) -> Config:
-    """The config a capture's run used, as far as translation goes (for `gateway replay`)."""
+    """The config a capture's run used, as far as translation goes (for `gateway replay`).
+
+    The settings are checked like a config file's (`ConfigError`): a capture may have been edited.
+    """
     base = base or Config()
-    settings = {k: v for k, v in (document.get("upstream_settings") or {}).items() if k in _REPLAY_SETTINGS}
+    given = {k: v for k, v in (document.get("upstream_settings") or {}).items() if k in _REPLAY_SETTINGS}
+    checked = parse_config({"upstream": given}).upstream
+    settings = {k: getattr(checked, k) for k in given}
     return dataclasses.replace(base, upstream=dataclasses.replace(base.upstream, **settings))

@@ -26,6 +26,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import aiohttp
+from yarl import URL
+
+from .cli_io import CliError, read_bytes
 
 TERMINAL_STATUS = {"response.completed": "completed", "response.incomplete": "incomplete",
                    "response.failed": "failed"}
@@ -778,7 +781,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "unused"),
                         help="bearer token (default: $OPENAI_API_KEY)")
     parser.add_argument("--disconnect", action="store_true", help="also hang up mid-stream, then expect service")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument("--timeout", type=_seconds, default=60.0, help="seconds per request")
     parser.add_argument("--file", help="validate the SSE bytes in FILE ('-' for stdin) instead of a battery")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=run_check)
@@ -786,8 +789,7 @@ def register(commands: Any) -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     if args.file:
-        raw = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
-        violations, warnings, result = check_bytes(raw)
+        violations, warnings, result = check_bytes(read_bytes(args.file))
         if args.json:
             print(json.dumps({"violations": violations, "warnings": warnings, "result": result}, indent=1))
         else:
@@ -796,8 +798,9 @@ def run_check(args: argparse.Namespace) -> int:
                                f"{len(warnings)} warnings; status={result['status']} events={result['events']}"]))
         return 1 if violations else 0
     if not args.url or not args.model:
-        print("gateway check: give URL and --model (or --file FILE)", file=sys.stderr)
-        return 2
+        raise CliError("give URL and --model (or --file FILE)")
+    if not _http_url(args.url):
+        raise CliError(f"URL must be http(s)://HOST[:PORT]/…, got {args.url!r}")
     results = asyncio.run(run_battery(args.url, args.model, api_key=args.api_key, disconnect=args.disconnect,
                                       timeout=args.timeout))
     if args.json:
@@ -806,3 +809,22 @@ def run_check(args: argparse.Namespace) -> int:
     else:
         print(render_table(results, colour=sys.stdout.isatty()))
     return 1 if any(r.verdict == "FAIL" for r in results) else 0
+
+
+def _http_url(text: str) -> bool:
+    try:
+        url = URL(text)
+    except ValueError:
+        return False
+    return url.scheme in ("http", "https") and bool(url.host)
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value

@@ -1,18 +1,24 @@
 """`gateway serve [--config FILE] [--host H] [--port P] [--upstream-url URL] [--log-format json|console]`,
-`gateway hash-key` (a gateway key on stdin, its SHA-256 for `auth.keys` on stdout)."""
+`gateway hash-key` (a gateway key on stdin, its SHA-256 for `auth.keys` on stdout), and the
+debugging tools' subcommands. Every error is one line on stderr and exit status 2 (gateway/cli_io.py)."""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import web
 
 from . import check, replay, tail
 from .app import create_app
+from .cli_io import CliError, report_error
 from .config import Config, load_config
 from .errors import ConfigError
 from .keys import hash_key
@@ -20,9 +26,15 @@ from .log import configure_logging, get_logger
 from .reload import reload_config
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line on stderr and exit status 2, like every other CLI error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="OpenAI Responses API over any "
-                                     "Chat Completions upstream.")
+    parser = Parser(prog="gateway", description="OpenAI Responses API over any Chat Completions upstream.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", help="YAML config file (default: built-in defaults)")
@@ -33,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "(overrides store.url)")
     serve.add_argument("--log-format", choices=("json", "console"), help="log line format")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    commands.add_parser("hash-key", help="read a gateway key on stdin, print its sha256 for auth.keys")
+    serve.set_defaults(run=run_serve)
+    hash_key_parser = commands.add_parser("hash-key", help="read a gateway key on stdin, print its sha256 for "
+                                          "auth.keys")
+    hash_key_parser.set_defaults(run=run_hash_key)
     # Debugging tools: each module adds its subcommand and sets `run`.
     for tool in (check, tail, replay):
         tool.register(commands)
@@ -41,17 +56,45 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Whatever goes wrong ends as one line on stderr, never as a traceback:
+    a `CliError` (the command line or what it names) and a usage mistake exit 2."""
     args = build_parser().parse_args(argv)
-    if args.command not in ("serve", "hash-key"):
+    try:
         return int(args.run(args))
-    if args.command == "hash-key":
-        key = sys.stdin.readline().strip()
-        if not key:
-            print("gateway: hash-key: no key on stdin", file=sys.stderr)
-            return 2
-        print(hash_key(key))
+    except CliError as exc:
+        report_error(args.command, exc)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`gateway tail log | head`): stop quietly, and keep Python's own
+        # flush of stdout at exit from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug: still one line, with where it happened
+        report_error(args.command, CliError(f"internal error: {type(exc).__name__}: {exc} ({_where(exc)})"))
+        return 2
 
+
+def _where(exc: BaseException) -> str:
+    """The innermost line of this package the exception passed through."""
+    root = Path(__file__).parent.parent
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if Path(f.filename).is_relative_to(root / "gateway")]
+    return f"{Path(frames[-1].filename).relative_to(root)}:{frames[-1].lineno}" if frames else "?"
+
+
+def run_hash_key(args: argparse.Namespace) -> int:
+    try:
+        key = (sys.stdin.buffer.readline() if sys.stdin is not None else b"").decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CliError("the key on stdin is not UTF-8 text") from None
+    if not key:
+        raise CliError("no key on stdin")
+    print(hash_key(key))
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
     def load() -> Config:
         return load_config(args.config, {
             "server": {"host": args.host, "port": args.port, "log_format": args.log_format,
@@ -60,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load()
     except ConfigError as exc:
-        print(f"gateway: bad config: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"bad config: {exc}") from None
     secrets = set(config.secrets)
 
     def learn_secrets(new: Config) -> None:
@@ -72,16 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             import uvloop
         except ImportError:
-            print("gateway: bad config: server.uvloop: uvloop is not installed "
-                  "(pip install 'responses-gateway[uvloop]')", file=sys.stderr)
-            return 2
+            raise CliError("bad config: server.uvloop: uvloop is not installed "
+                           "(pip install 'responses-gateway[uvloop]')") from None
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
-        asyncio.run(serve(config, load, learn_secrets))
-    except OSError as exc:
-        print(f"gateway: cannot listen on {config.server.host}:{config.server.port}: {exc.strerror}",
-              file=sys.stderr)
-        return 1
+    asyncio.run(serve(config, load, learn_secrets))
     return 0
 
 
@@ -105,7 +141,12 @@ async def serve(config: Config, load: Callable[[], Config] | None = None,
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a port in use, an address not ours, a host name that does not resolve
+            # asyncio words errno's text into a sentence naming the address again; name resolution has no errno.
+            reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+            raise CliError(f"cannot listen on {config.server.host}:{config.server.port}: {reason}") from None
         addresses = runner.addresses
         port = addresses[0][1] if addresses else config.server.port
         get_logger().info("gateway.started", host=config.server.host, port=port,

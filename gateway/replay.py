@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import difflib
 import sys
 from pathlib import Path
@@ -18,7 +19,8 @@ import orjson
 
 from .capture import FORMAT, replay_config
 from .check import check_events
-from .errors import GatewayError
+from .cli_io import CliError, read_bytes, report_error
+from .errors import ConfigError, GatewayError
 from .pipeline import response_stream
 from .sse import ChunkDecoder
 from .stream_processor import ResponseStream
@@ -32,15 +34,42 @@ _PROCESSOR_FAILURES = frozenset({"upstream_truncated"})
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    document = orjson.loads(Path(path).read_bytes())
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a gateway capture ({FORMAT})")
+    """A capture file, checked enough that replaying it cannot trip over its shape (`CliError` otherwise)."""
+    try:
+        document = orjson.loads(read_bytes(str(path)))
+    except orjson.JSONDecodeError as exc:
+        raise CliError(f"{path}: not JSON: {exc}") from None
+    problem = _shape_problem(document)
+    if problem is not None:
+        raise CliError(f"{path}: {problem}")
     return document
 
 
+def _shape_problem(document: Any) -> str | None:
+    """What keeps `document` from being replayed, or None (the fields replay reads, as replay reads them)."""
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        return f"not a gateway capture ({FORMAT})"
+    request, events, reads = (document.get(key) for key in ("client_request", "client_events", "upstream_reads"))
+    if not isinstance(request, dict) or "body" not in request:
+        return "client_request.body is missing"
+    if not isinstance(events, list) or not all(isinstance(e, dict) and isinstance(e.get("response", {}), dict)
+                                               for e in events):
+        return "client_events is not a list of events"
+    if not isinstance(reads, list) or not all(isinstance(r, dict) and isinstance(r.get("text", r.get("base64")), str)
+                                              for r in reads):
+        return "upstream_reads is not a list of {text} or {base64} reads"
+    for key in ("outcome", "upstream_settings"):
+        if not isinstance(document.get(key) or {}, dict):
+            return f"{key} is not a mapping"
+    return None
+
+
 def raw_reads(document: dict[str, Any]) -> list[bytes]:
-    return [read["text"].encode() if "text" in read else base64.b64decode(read["base64"])
-            for read in document["upstream_reads"]]
+    try:
+        return [read["text"].encode() if "text" in read else base64.b64decode(read["base64"], validate=True)
+                for read in document["upstream_reads"]]
+    except binascii.Error as exc:
+        raise CliError(f"an upstream read is not base64: {exc}") from None
 
 
 def _stream_for(document: dict[str, Any]) -> ResponseStream:
@@ -88,7 +117,9 @@ def _edge_failure(document: dict[str, Any]) -> tuple[str, str] | None:
     received = document["client_events"]
     if not received or received[-1].get("type") != "response.failed":
         return None
-    error = received[-1]["response"].get("error") or {}
+    error = received[-1].get("response", {}).get("error")
+    if not isinstance(error, dict):
+        error = {}
     if error.get("code") in _PROCESSOR_FAILURES:
         return None
     return error.get("code") or "upstream_error", error.get("message") or ""
@@ -130,6 +161,10 @@ def replay(path: str | Path, *, check: bool, out: Any, quiet: bool = False) -> i
     except GatewayError as exc:
         out.write(f"{path}: today's gateway rejects the captured request: {exc.message}\n")
         return 1
+    except ConfigError as exc:
+        raise CliError(f"{path}: bad upstream_settings: {exc}") from None
+    except CliError as exc:
+        raise CliError(f"{path}: {exc}") from None
     if not quiet:
         for event in events:
             out.write(f"{event['sequence_number']:>4} {event['type']} "
@@ -167,11 +202,13 @@ def register(commands: Any) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    """Every file is replayed; status 2 when one could not be (it is named on stderr), else 1 on a difference."""
     status = 0
     for path in args.files:
         try:
-            status |= replay(path, check=args.check, out=sys.stdout, quiet=args.quiet)
-        except (OSError, ValueError, KeyError) as exc:
-            print(f"{path}: cannot replay: {exc}", file=sys.stderr)
-            status = 1
+            status = max(status, replay(path, check=args.check, out=sys.stdout, quiet=args.quiet))
+        except CliError as exc:
+            sys.stdout.flush()  # this file's line after what the previous files printed
+            report_error("replay", exc)
+            status = 2
     return status

@@ -82,7 +82,7 @@ async def log_finished(state: AppState, request: web.Request, received: float, h
     outcome = {"response_id": fields["response_id"], "http_status": http_status, "status": fields["status"],
                "error_code": fields["error_code"], "error_message": fields["error_message"],
                "client_disconnected": fields["client_disconnected"]}
-    kept = await capture.save(outcome) if capture is not None else None
+    kept = await capture.save(outcome, routed) if capture is not None else None
     if kept:
         fields["capture"] = kept
     if watch is not None and state.inspector is not None:

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from .cli_io import open_text
+
 RED, YELLOW, DIM, BOLD, RESET = "\033[31m", "\033[33m", "\033[2m", "\033[1m", "\033[0m"
 # Lines of one request that --request-id shows besides its summary.
 DETAIL_EVENTS = frozenset({"upstream.chunk", "response.event", "response.warning", "pipeline.crashed",
@@ -127,7 +129,7 @@ def register(commands: Any) -> None:
     parser = commands.add_parser("tail", help="print the gateway's JSON log as one readable line per request",
                                  description="Read JSON log lines from FILE or stdin (e.g. `journalctl -u gateway "
                                  "-o cat -f | gateway tail`) and print one line per request.")
-    parser.add_argument("file", nargs="?", help="a log file (default: stdin)")
+    parser.add_argument("file", nargs="?", help="a log file (default, or -: stdin)")
     parser.add_argument("--failed", action="store_true", help="only failed requests")
     parser.add_argument("--model", help="only requests for this model")
     parser.add_argument("--request-id", help="only this request, with its debug-level event lines")
@@ -136,13 +138,13 @@ def register(commands: Any) -> None:
 
 def run_tail(args: argparse.Namespace) -> int:
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    source = open(args.file, encoding="utf-8", errors="replace") if args.file else sys.stdin  # noqa: SIM115
+    source = open_text(args.file)
     try:
         tail(iter(source.readline, ""), sys.stdout, only_failed=args.failed, model=args.model,
              request_id=args.request_id, colour=colour)
     except KeyboardInterrupt:
         pass
     finally:
-        if args.file:
+        if source is not sys.stdin:
             source.close()
     return 0

@@ -1,9 +1,12 @@
 """HTTP-level fuzzing: a Chat Completions upstream that mutates realistic streams, and its driver.
 
-The upstream is a real aiohttp app on 127.0.0.1; the gateway is a real `gateway serve` process.
-Stream `i` of a run with seed `S` is planned by `random.Random(f"{S}:{i}")` alone (request,
-chunks, mutations, HTTP behaviour), and the upstream finds the plan through the request id the
-gateway forwards, so any failure replays by itself: `make fuzz SEED=S ONLY=i`.
+The upstream is a real aiohttp app on 127.0.0.1; the gateway is a real `gateway serve` process
+running the repository's own config.yaml as shipped (timeouts, retries, circuit breaker), with
+only the upstream URL (`--upstream-url`) and the store (`GATEWAY_STORE_URL`, a SQLite file in a
+temporary folder) pointed at the fuzz's. Stream `i` of a run with seed `S` is planned by
+`random.Random(f"{S}:{i}")` alone (request, chunks, mutations, HTTP behaviour), and the upstream
+finds the plan through the request id the gateway forwards, so any failure replays by itself:
+`make fuzz SEED=S ONLY=i`.
 
 Mutations, a few per stream: JSON (a field set to another type, a huge or negative number,
 nesting past 300 levels, a key dropped, chunks dropped, doubled or swapped, [DONE] missing),
@@ -17,6 +20,11 @@ numbers go up by one, every item added is done, and the project's stream validat
 otherwise it is an OpenAI error envelope with an explained status (never a 5xx the upstream did
 not cause). The passthrough never hangs and relays a clean body unchanged. The gateway's log
 holds no traceback and no error-level line, and one `response.finished` line per request.
+Every request must reach the upstream: the upstream records the request ids it receives, and
+the streams it never saw (refused by the gateway, e.g. by an open circuit) are counted; more
+than `--max-unreached` (default: one per thousand streams) fails the run. A stalled upstream is
+left by the client after a few seconds (with the shipped `idle_timeout` the gateway would wait
+minutes, which is right): that the gateway then ends the request and logs it is checked.
 
     python -m tests.fuzz --streams 5000 --seed 7        # what `make fuzz` runs
 """
@@ -41,9 +49,11 @@ from aiohttp import web
 
 from gateway.check import check_bytes
 
-from .conftest import gateway_process
+from .conftest import ROOT, gateway_process
 
 TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+# Seconds a client waits on a stalled upstream before it hangs up (the shipped idle_timeout is 300).
+STALL_WAIT = 3.0
 # How a gateway bug shows to the client (errors.internal_error_message); upstreams may say server_error too.
 BUG_MESSAGE = "The gateway hit an internal error"
 WORDS = ["Hello", " world", "!", " é", " 日本", " 🙂", "\n", " \"quoted\"", " back\\slash", " <b>", " data: x",
@@ -330,7 +340,7 @@ def make_plan(seed: str, index: int) -> tuple[str, dict[str, Any], Plan]:
         plan.segments = plan.segments[: rng.randint(0, len(plan.segments))]
     elif roll < 0.08:
         plan.mutations.append("http:slow_headers")
-        plan.delay_headers = 4.0  # past the fuzz config's first_byte_timeout
+        plan.delay_headers = 4.0
     elif roll < 0.10:
         plan.mutations.append("http:bad_gzip")
         plan.headers["Content-Encoding"] = "gzip"
@@ -339,10 +349,16 @@ def make_plan(seed: str, index: int) -> tuple[str, dict[str, Any], Plan]:
 
 # ---------------------------------------------------------------------------------------- the upstream
 class FuzzUpstream:
-    """Answers each request with the plan named by its forwarded request id (`fuzz-<seed>-<index>`)."""
+    """Answers each request with the plan named by its forwarded request id (`fuzz-<seed>-<index>`).
+
+    `received` holds the index of every stream that reached it (once, whatever the gateway's
+    retries); `strangers` counts completions requests without such an id (answered 400).
+    """
 
     def __init__(self, seed: str) -> None:
         self.seed = seed
+        self.received: set[int] = set()
+        self.strangers = 0
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self._completions)
         self.app.router.add_get("/v1/models", self._models)
@@ -351,8 +367,13 @@ class FuzzUpstream:
         return web.json_response({"object": "list", "data": [{"id": "fuzz", "object": "model"}]})
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        prefix, _, index_text = request.headers.get("X-Request-ID", "").rpartition("-")
+        if prefix != f"fuzz-{self.seed}" or not index_text.isdigit():
+            self.strangers += 1
+            return web.json_response({"error": {"message": "no fuzz request id"}}, status=400)
+        index = int(index_text)
+        self.received.add(index)
         await request.read()
-        index = int(request.headers.get("X-Request-ID", "fuzz-0-0").rsplit("-", 1)[1])
         _, _, plan = make_plan(self.seed, index)
         if plan.delay_headers:
             await asyncio.sleep(plan.delay_headers)
@@ -433,6 +454,15 @@ class Outcome:
     kind: str
     problems: list[str]
     plan: Plan
+    code: str | None = None  # the error envelope's code, if the answer was one
+
+
+def _error_code(raw: bytes) -> str | None:
+    try:
+        error = json.loads(raw)["error"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return str(error.get("code")) if isinstance(error, dict) else None
 
 
 async def drive_one(http: aiohttp.ClientSession, url: str, seed: str, index: int) -> Outcome:
@@ -440,7 +470,7 @@ async def drive_one(http: aiohttp.ClientSession, url: str, seed: str, index: int
     headers = {"X-Request-ID": f"fuzz-{seed}-{index}"}
     kind, problems = "?", []
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(STALL_WAIT if plan.end == "hang" else 30):
             async with http.post(url + path, json=request, headers=headers) as response:
                 raw = await response.read()
     except aiohttp.ClientPayloadError:
@@ -449,6 +479,8 @@ async def drive_one(http: aiohttp.ClientSession, url: str, seed: str, index: int
         return Outcome(index, "passthrough_cut", [] if path.endswith("completions") and cut
                        else ["body cut short"], plan)
     except TimeoutError:
+        if plan.end == "hang":
+            return Outcome(index, "client_left_a_stall", [], plan)  # the log check sees the gateway end it
         return Outcome(index, "hang", ["no answer within 30 s"], plan)
     except aiohttp.ClientError as exc:
         return Outcome(index, "broken_http", [f"{type(exc).__name__}: {exc}"[:300]], plan)
@@ -469,7 +501,7 @@ async def drive_one(http: aiohttp.ClientSession, url: str, seed: str, index: int
     else:
         kind = f"error_{status}"
         problems = check_envelope(status, raw, plan)
-    return Outcome(index, kind, problems, plan)
+    return Outcome(index, kind, problems, plan, _error_code(raw) if status >= 400 else None)
 
 
 def check_log(output: str, indexes: list[int], seed: str) -> list[str]:
@@ -479,7 +511,7 @@ def check_log(output: str, indexes: list[int], seed: str) -> list[str]:
         start = output.index("Traceback")
         problems.append("traceback in the gateway's log:\n" + output[max(0, start - 300):start + 2000])
     finished: Counter[str] = Counter()
-    for line in output.splitlines():
+    for line in output.split("\n"):  # not splitlines: a log line may hold a raw U+2028 (orjson leaves it)
         try:
             entry = json.loads(line)
         except ValueError:
@@ -515,15 +547,31 @@ class Summary:
     rss_warm_kb: int
     rss_half_kb: int
     rss_end_kb: int
+    unreached: list[Outcome]   # streams the upstream never received
+    max_unreached: int
+    strangers: int             # completions requests the upstream got without a fuzz request id
+
+    @property
+    def passed(self) -> bool:
+        return not (self.failures or self.log_problems or self.strangers) and len(self.unreached) <= self.max_unreached
 
     def lines(self, seed: str) -> list[str]:
         out = [f"fuzz: {self.streams} streams, seed {seed}, {self.seconds:.1f} s, "
-               f"{len(self.failures)} failing, {len(self.log_problems)} log problems",
+               f"{len(self.failures)} failing, {len(self.log_problems)} log problems, "
+               f"{len(self.unreached)} never reached the upstream (tolerance {self.max_unreached})",
                f"gateway RSS: {self.rss_start_kb} kB at start, {self.rss_warm_kb} kB after the first "
                f"{min(200, self.streams)} streams, {self.rss_half_kb} kB after half, {self.rss_end_kb} kB after all "
                f"({self.rss_end_kb - self.rss_warm_kb:+d} kB since warm-up)",
                "answers: " + ", ".join(f"{k} {v}" for k, v in sorted(self.kinds.items())),
                "mutations: " + ", ".join(f"{k} {v}" for k, v in sorted(self.mutations.items()))]
+        if self.unreached:
+            answers = Counter(f"{o.kind} {o.code}" if o.code else o.kind for o in self.unreached)
+            out.append(f"{'UNREACHED' if len(self.unreached) > self.max_unreached else 'unreached'}: "
+                       f"{len(self.unreached)} streams never reached the upstream, answered "
+                       + ", ".join(f"{k} {v}" for k, v in answers.most_common())
+                       + f"; first: {', '.join(str(o.index) for o in self.unreached[:10])}")
+        if self.strangers:
+            out.append(f"FAIL the upstream got {self.strangers} requests without a fuzz request id")
         for failure in self.failures[:20]:
             out.append(f"FAIL stream {failure.index} ({failure.kind}; {', '.join(failure.plan.mutations) or 'clean'})"
                        f" -- replay: make fuzz SEED={seed} ONLY={failure.index}")
@@ -532,26 +580,18 @@ class Summary:
         return out
 
 
-def _config(upstream_url: str, directory: str) -> str:
-    path = Path(directory) / "fuzz.yaml"
-    path.write_text(f"""server:
-  log_level: info
-  keepalive_interval: 0.5
-  shutdown_grace: 1
-  max_concurrent_streams: 1000
-upstream:
-  base_url: {upstream_url}
-  connect_timeout: 2
-  first_byte_timeout: 2
-  idle_timeout: 1
-  retries: 1
-  retry_backoff: 0.01
-""")
-    return str(path)
+def gateway_args(upstream_url: str, directory: str) -> tuple[list[str], dict[str, str]]:
+    """`gateway serve` with the shipped config.yaml: only the upstream URL and the store are the fuzz's."""
+    return (["--config", str(ROOT / "config.yaml"), "--upstream-url", upstream_url],
+            {"GATEWAY_STORE_URL": f"sqlite:{Path(directory) / 'gateway.db'}"})
 
 
-async def run_fuzz(streams: int, seed: str, *, concurrency: int = 8, only: int | None = None) -> Summary:
-    """Start the fuzzing upstream and a `gateway serve` process, drive `streams` streams, check everything."""
+async def run_fuzz(streams: int, seed: str, *, concurrency: int = 8, only: int | None = None,
+                   max_unreached: int | None = None, upstream_url: str | None = None) -> Summary:
+    """Start the fuzzing upstream and a `gateway serve` process, drive `streams` streams, check everything.
+
+    `upstream_url` sends the gateway elsewhere than the fuzzing upstream (a test of the unreached count).
+    """
     upstream = FuzzUpstream(seed)
     runner = web.AppRunner(upstream.app, access_log=None, shutdown_timeout=0.5)  # stalled replies end at once
     await runner.setup()
@@ -562,8 +602,8 @@ async def run_fuzz(streams: int, seed: str, *, concurrency: int = 8, only: int |
     outcomes: list[Outcome] = []
     try:
         with tempfile.TemporaryDirectory() as directory:
-            config = _config(f"http://127.0.0.1:{port}/v1", directory)
-            async with gateway_process("--config", config) as gw:
+            args, env = gateway_args(upstream_url or f"http://127.0.0.1:{port}/v1", directory)
+            async with gateway_process(*args, env=env) as gw:
                 pid = gw.proc.pid
                 rss_start = rss_warm = rss_half = rss_kb(pid)
                 started = time.monotonic()
@@ -585,10 +625,13 @@ async def run_fuzz(streams: int, seed: str, *, concurrency: int = 8, only: int |
     finally:
         await runner.cleanup()
     mutations: Counter[str] = Counter(m for outcome in outcomes for m in outcome.plan.mutations)
+    by_index = sorted(outcomes, key=lambda o: o.index)
     return Summary(streams=len(indexes), seconds=seconds, kinds=Counter(o.kind for o in outcomes),
-                   mutations=mutations, failures=sorted((o for o in outcomes if o.problems), key=lambda o: o.index),
+                   mutations=mutations, failures=[o for o in by_index if o.problems],
                    log_problems=log_problems, rss_start_kb=rss_start, rss_warm_kb=rss_warm, rss_half_kb=rss_half,
-                   rss_end_kb=rss_end)
+                   rss_end_kb=rss_end, unreached=[o for o in by_index if o.index not in upstream.received],
+                   max_unreached=len(indexes) // 1000 if max_unreached is None else max_unreached,
+                   strangers=upstream.strangers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -597,10 +640,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", default=str(random.randrange(10 ** 6)))
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--only", type=int, default=None, help="replay one stream of the seed")
+    parser.add_argument("--max-unreached", type=int, default=None,
+                        help="streams that may never reach the upstream (default: one per thousand)")
     args = parser.parse_args(argv)
-    summary = asyncio.run(run_fuzz(args.streams, args.seed, concurrency=args.concurrency, only=args.only))
+    summary = asyncio.run(run_fuzz(args.streams, args.seed, concurrency=args.concurrency, only=args.only,
+                                   max_unreached=args.max_unreached))
     print("\n".join(summary.lines(args.seed)))
-    return 1 if summary.failures or summary.log_problems else 0
+    return 0 if summary.passed else 1
 
 
 if __name__ == "__main__":

@@ -151,6 +151,39 @@ async def test_sampling_and_caps(start_gateway, upstream, http, tmp_path):
     assert sum(p.stat().st_size for p in captures(tmp_path)) <= 25_000
 
 
+async def test_capture_records_the_upstream_that_answered(three_upstreams, aiohttp_server, http, tmp_path):
+    """With several upstreams a capture names the upstream the request went to (after a failover: the one
+    that answered) with its URL, keeps the translating upstream's settings, and masks every upstream's key."""
+    first, second, _ = three_upstreams
+    config = conftest.routed_config([
+        conftest.upstream_entry("first", first.url, api_key="sk-first-key-1111"),
+        conftest.upstream_entry("second", second.url, models=["second-model"], think_tags="on",
+                                api_key="sk-second-key-2222"),
+        conftest.upstream_entry("refusing", f"http://127.0.0.1:{conftest.free_port()}/v1", models=["failover"],
+                                fallbacks=["second"]),
+    ], routing={"default": "first"}, debug={"capture": "all", "capture_dir": str(tmp_path / "captures")})
+    gateway = await aiohttp_server(create_app(config), host="127.0.0.1")
+    for request_id, model in (("req-1-second", "second-model"), ("req-2-failover", "failover"),
+                              ("req-3-first", "anything")):
+        status, raw = await post(http, gateway, {"model": model, "input": "keys sk-second-key-2222 sk-first-key-1111",
+                                                 "stream": True}, request_id)
+        assert status == 200 and assert_valid_stream(raw)["status"] == "completed"
+    assert (len(first.requests), len(second.requests)) == (1, 2)
+    routed, failed_over, default = (load(path) for path in await written(tmp_path, 3))
+    assert routed["upstream_request"]["url"] == f"{second.url}/chat/completions"
+    assert routed["upstream_request"]["upstream"] == "second"
+    assert routed["upstream_settings"]["think_tags"] == "on"
+    assert failed_over["upstream_request"]["upstream"] == "second"
+    assert failed_over["upstream_request"]["url"] == f"{second.url}/chat/completions"
+    assert failed_over["upstream_settings"]["think_tags"] == "auto"  # translated for `refusing`, the first choice
+    assert default["upstream_request"] == {"upstream": "first", "url": f"{first.url}/chat/completions",
+                                           "body": default["upstream_request"]["body"]}
+    everything = b"".join(path.read_bytes() for path in captures(tmp_path))
+    assert b"sk-second-key-2222" not in everything and b"sk-first-key-1111" not in everything
+    for path in captures(tmp_path):
+        assert replay(path, check=True, out=io.StringIO()) == 0
+
+
 @pytest.mark.parametrize("path", sorted(CAPTURES.glob("*.json")), ids=lambda p: p.stem)
 def test_committed_captures_replay_identically(path: Path):
     out = io.StringIO()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.config import ServerConfig, UpstreamConfig, expand_env, load_config, parse_config
@@ -15,10 +16,21 @@ from .conftest import free_port, gateway_process
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, stdin: bytes = b"", **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway ARGS` with `stdin`; stdout and stderr decoded."""
     import os
-    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=30, env={**os.environ, **env})
+    result = subprocess.run([sys.executable, "-m", "gateway", *args], cwd=ROOT, capture_output=True, input=stdin,
+                            timeout=30, env={**os.environ, **env})
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(errors="replace"),
+                                       result.stderr.decode(errors="replace"))
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    """A CLI error: exit status 2, one line on stderr that starts with `expected`, no traceback."""
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(expected), result.stderr
 
 
 def test_serve_help():
@@ -32,7 +44,7 @@ def test_serve_help():
 def test_no_command_is_a_usage_error():
     result = cli()
     assert result.returncode == 2
-    assert "usage:" in result.stderr
+    assert result.stderr == "gateway: the following arguments are required: command (see gateway --help)\n"
 
 
 @pytest.mark.parametrize("yaml_text, key", [
@@ -85,7 +97,7 @@ def test_bad_config_one_line_naming_the_key_exit_2(tmp_path, capsys, yaml_text, 
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
-    assert lines[0].startswith("gateway: bad config: ")
+    assert lines[0].startswith("gateway serve: bad config: ")
     assert key in lines[0]
     assert out == ""
 
@@ -95,7 +107,7 @@ def test_bad_config_subprocess(tmp_path):
     config.write_text("server:\n  port: abc\n")
     result = cli("serve", "--config", str(config))
     assert result.returncode == 2
-    assert result.stderr == "gateway: bad config: server.port: must be a number, got 'abc'\n"
+    assert result.stderr == "gateway serve: bad config: server.port: must be a number, got 'abc'\n"
     assert result.stdout == ""
 
 
@@ -217,15 +229,14 @@ async def test_subprocess_serves_healthz_with_flags_over_file(tmp_path, http):
     assert '"upstreams":{"default":"http://127.0.0.1:2/v1"}' in gw.output
 
 
-async def test_subprocess_port_in_use_exits_1(tmp_path):
+async def test_subprocess_port_in_use_is_one_line_exit_2(tmp_path):
     import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
         result = cli("serve", "--port", str(port))
-    assert result.returncode == 1
-    assert f"127.0.0.1:{port}" in result.stderr
+    assert_one_line_error(result, f"gateway serve: cannot listen on 127.0.0.1:{port}: Address already in use")
 
 
 # ---------------------------------------------------------------------------------------- log formats
@@ -262,3 +273,105 @@ def test_upstream_url_flag_with_an_upstreams_list(tmp_path):
     assert load_config(config, {"upstream": {"base_url": None}}).upstreams[0].name == "a"
     with pytest.raises(ConfigError, match="^--upstream-url: "):
         load_config(config, {"upstream": {"base_url": "http://127.0.0.1:2/v1"}})
+
+
+# ---------------------------------------------------------------------------------------- every subcommand's errors
+@pytest.fixture
+def paths(tmp_path: Path) -> dict[str, str]:
+    """Files the error cases name: {missing}, {dir}, {loop} (a symlink to itself: unreadable even as
+    root), {under_file} (a path through a file), {latin1} (not UTF-8), {not_json}, {not_capture}, …"""
+    capture = orjson.loads((ROOT / "tests" / "captures" / "text.json").read_bytes())
+    files = {"latin1": "server:\n  host: caf\xe9\n".encode("latin-1"), "bad_yaml": b"server: {port: [1\n",
+             "not_json": b"{not json", "not_capture": b'{"format": "something else"}',
+             "bad_events": orjson.dumps({**capture, "client_events": [1, 2]}),
+             "bad_reads": orjson.dumps({**capture, "upstream_reads": [{"base64": "!!"}]}),
+             "bad_settings": orjson.dumps({**capture, "upstream_settings": {"think_tags": 5}})}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    return {"missing": str(tmp_path / "missing"), "dir": str(tmp_path), "loop": str(tmp_path / "loop"),
+            "under_file": str(tmp_path / "latin1" / "x"), **{name: str(tmp_path / name) for name in files}}
+
+
+ERRORS: dict[str, tuple[list[str], bytes, str]] = {
+    # id: (arguments, stdin, the start of the one stderr line)
+    "unknown command": (["nope"], b"", "gateway: argument command: invalid choice: 'nope'"),
+    "serve missing config": (["serve", "--config", "{missing}"], b"",
+                             "gateway serve: bad config: config: cannot read {missing}: No such file or directory"),
+    "serve config is a directory": (["serve", "--config", "{dir}"], b"",
+                                    "gateway serve: bad config: config: cannot read {dir}: Is a directory"),
+    "serve config unreadable": (["serve", "--config", "{loop}"], b"",
+                                "gateway serve: bad config: config: cannot read {loop}: Too many levels of symbolic"),
+    "serve config under a file": (["serve", "--config", "{under_file}"], b"",
+                                  "gateway serve: bad config: config: cannot read {under_file}: Not a directory"),
+    "serve config not utf-8": (["serve", "--config", "{latin1}"], b"",
+                               "gateway serve: bad config: config: {latin1} is not UTF-8 text"),
+    "serve config bad yaml": (["serve", "--config", "{bad_yaml}"], b"",
+                              "gateway serve: bad config: config: {bad_yaml} is not valid YAML at line 2"),
+    "serve bad port": (["serve", "--port", "abc"], b"", "gateway serve: argument --port: invalid int value: 'abc'"),
+    "serve port out of range": (["serve", "--port", "70000"], b"", "gateway serve: bad config: server.port: "),
+    "serve bad log format": (["serve", "--log-format", "xml"], b"", "gateway serve: argument --log-format: "),
+    "serve unknown flag": (["serve", "--bogus"], b"", "gateway: unrecognized arguments: --bogus"),
+    "serve bad upstream url": (["serve", "--upstream-url", "localhost:1"], b"",
+                               "gateway serve: bad config: upstream.base_url: "),
+    "serve bad store": (["serve", "--store", "mongodb://x"], b"", "gateway serve: bad config: store.url: "),
+    "serve address not ours": (["serve", "--host", "192.0.2.1", "--port", "0"], b"",
+                               "gateway serve: cannot listen on 192.0.2.1:0: Cannot assign requested address"),
+    "hash-key nothing on stdin": (["hash-key"], b"", "gateway hash-key: no key on stdin"),
+    "hash-key not utf-8": (["hash-key"], b"\xff\xfe\n", "gateway hash-key: the key on stdin is not UTF-8 text"),
+    "tail missing file": (["tail", "{missing}"], b"", "gateway tail: cannot read {missing}: No such file or directory"),
+    "tail directory": (["tail", "{dir}"], b"", "gateway tail: cannot read {dir}: Is a directory"),
+    "tail unreadable": (["tail", "{loop}"], b"", "gateway tail: cannot read {loop}: Too many levels of symbolic"),
+    "tail bad flag": (["tail", "--failed=yes"], b"", "gateway tail: argument --failed: ignored explicit argument"),
+    "check missing file": (["check", "--file", "{missing}"], b"",
+                           "gateway check: cannot read {missing}: No such file or directory"),
+    "check directory": (["check", "--file", "{dir}"], b"", "gateway check: cannot read {dir}: Is a directory"),
+    "check unreadable": (["check", "--file", "{loop}"], b"", "gateway check: cannot read {loop}: Too many levels"),
+    "check no model": (["check", "http://127.0.0.1:1/v1"], b"", "gateway check: give URL and --model"),
+    "check not a url": (["check", "localhost:8080", "--model", "m"], b"",
+                        "gateway check: URL must be http(s)://HOST[:PORT]/…, got 'localhost:8080'"),
+    "check bad timeout": (["check", "http://127.0.0.1:1/v1", "--model", "m", "--timeout", "-1"], b"",
+                          "gateway check: argument --timeout: must be a positive number of seconds, got '-1'"),
+    "replay no file": (["replay"], b"", "gateway replay: the following arguments are required: FILE"),
+    "replay missing file": (["replay", "{missing}"], b"",
+                            "gateway replay: cannot read {missing}: No such file or directory"),
+    "replay directory": (["replay", "{dir}"], b"", "gateway replay: cannot read {dir}: Is a directory"),
+    "replay unreadable": (["replay", "{loop}"], b"", "gateway replay: cannot read {loop}: Too many levels"),
+    "replay not json": (["replay", "{not_json}"], b"", "gateway replay: {not_json}: not JSON: "),
+    "replay not a capture": (["replay", "{not_capture}"], b"",
+                             "gateway replay: {not_capture}: not a gateway capture (gateway-capture/1)"),
+    "replay bad events": (["replay", "{bad_events}"], b"",
+                          "gateway replay: {bad_events}: client_events is not a list of events"),
+    "replay bad base64": (["replay", "{bad_reads}"], b"", "gateway replay: {bad_reads}: an upstream read is not base64"),
+    "replay bad settings": (["replay", "{bad_settings}"], b"",
+                            "gateway replay: {bad_settings}: bad upstream_settings: upstream.think_tags: "),
+}
+
+
+@pytest.mark.parametrize("name", list(ERRORS))
+def test_every_error_is_one_line_exit_2(paths, name):
+    """Each subcommand, run as the real process, on a mistake: one stderr line, exit 2, no traceback."""
+    arguments, stdin, expected = ERRORS[name]
+    result = cli(*(argument.format(**paths) for argument in arguments), stdin=stdin)
+    assert_one_line_error(result, expected.format(**paths))
+
+
+def test_replay_goes_on_past_a_bad_file_and_exits_2(paths):
+    good = str(ROOT / "tests" / "captures" / "text.json")
+    result = cli("replay", "-q", good, paths["missing"], good)
+    assert_one_line_error(result, f"gateway replay: cannot read {paths['missing']}: ")
+    assert result.stdout.count("identical") == 2
+
+
+def test_tail_into_a_reader_that_leaves_ends_quietly(tmp_path):
+    """`gateway tail big.log | head -1`: the broken pipe is no error and no traceback."""
+    log = tmp_path / "big.log"
+    log.write_bytes(b'{"event": "response.finished", "request_id": "r", "status": "completed"}\n' * 50_000)
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "tail", str(log)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"completed" in proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr.read() == b""
+    proc.stderr.close()

@@ -42,6 +42,14 @@ async def test_one_readable_line_per_request(gateway_log):
     assert "  http 400  " in bad and "FAILED invalid_json: We could not parse the JSON body" in bad
 
 
+async def test_dash_reads_stdin(gateway_log):
+    """`gateway tail -` is stdin, as `gateway tail` is; a torn, non-UTF-8 line on the way changes nothing."""
+    _, plain = await run_cli("tail", stdin=gateway_log)
+    code, dash = await run_cli("tail", "-", stdin=b"\xff\xfe not json\n" + gateway_log)
+    assert code == 0 and "Traceback" not in dash
+    assert dash == plain and len(dash.splitlines()) == 4
+
+
 async def test_filters(gateway_log, tmp_path):
     log = tmp_path / "gateway.log"
     log.write_bytes(gateway_log)
