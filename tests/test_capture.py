@@ -175,7 +175,7 @@ async def test_capture_records_the_upstream_that_answered(three_upstreams, aioht
     assert routed["upstream_settings"]["think_tags"] == "on"
     assert failed_over["upstream_request"]["upstream"] == "second"
     assert failed_over["upstream_request"]["url"] == f"{second.url}/chat/completions"
-    assert failed_over["upstream_settings"]["think_tags"] == "auto"  # translated for `refusing`, the first choice
+    assert failed_over["upstream_settings"]["think_tags"] == "on"  # a fallback of another kind translates for itself
     assert default["upstream_request"] == {"upstream": "first", "url": f"{first.url}/chat/completions",
                                            "body": default["upstream_request"]["body"]}
     everything = b"".join(path.read_bytes() for path in captures(tmp_path))
