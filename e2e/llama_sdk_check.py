@@ -33,8 +33,8 @@ WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
     "description": "Get the current weather for a city.",
-    # enum: the tiny model keeps emitting its boosted <tool_call> token inside a free JSON string,
-    # so a free-text argument never closes; an enum lets llama-server's grammar finish the call.
+    # enum: inside a free JSON string the tiny model prefers words to a closing quote, so a free-text
+    # argument rarely closes before the token cap; an enum lets llama-server's grammar finish the call.
     "parameters": {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}},
                    "required": ["city"]},
 }
