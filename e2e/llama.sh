@@ -13,8 +13,8 @@
 #   e2e/llama.sh bin                 print the llama-server binary path
 # env: LLAMA_CTX (default 65536: Codex's prompt is ~10k words and the tiny tokenizer has few merges),
 #      (the model is trained for 2048; --override-kv raises n_ctx_train so the slot is not capped)
-#      LLAMA_N_PREDICT (default 256: server-side cap per request; a free-text tool argument of the tiny
-#      model never closes its JSON string, so without a cap it would run to the context size),
+#      LLAMA_N_PREDICT (default 256: server-side cap per request, a safety net; the tiny model's answers
+#      and tool calls end well before it),
 #      LLAMA_BUILD_TIMEOUT (s, default 2400), LLAMA_VERSION (pin, default 11434.0.0)
 set -euo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
