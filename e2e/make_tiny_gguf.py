@@ -16,9 +16,10 @@ half a UTF-8 character, and ends an answer with a small chance per token.
   `<tool_call>{"name": …, "arguments": …}</tool_call>` answers), the format llama-server parses tool
   calls from.
 - Tool calls: llama.cpp's grammar for `tool_choice: "required"` allows text before the mandatory
-  `<tool_call>`, so the model itself must choose to open one. One hand-set attention head (see
-  weights()) makes `<tool_call>` by far the likeliest first token whenever the prompt lists tools;
-  the grammar then spells the call. Without tools the model answers in text.
+  `<tool_call>\n`, so the model itself must choose to open one. Two hand-set attention heads and a
+  few output-layer rules (see weights()) make the answer to a prompt that lists tools one short
+  call: `<tool_call>`, a newline, JSON whose free parts close soon, `</tool_call>`, end of turn; the
+  grammar spells the name and the arguments. Without tools the model answers in text.
 """
 from __future__ import annotations
 
