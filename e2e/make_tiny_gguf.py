@@ -8,14 +8,18 @@ nonsense, but readable nonsense: the output layer prefers whole words, avoids by
 half a UTF-8 character, and ends an answer with a small chance per token.
 
 - Architecture `llama`: 2 blocks, width 64, 4 heads, feed-forward 128, F32, trained context 2048
-  (e2e/llama.sh raises it with --override-kv).
+  (e2e/llama.sh raises it with --override-kv), RoPE base 1e6.
 - Tokenizer: byte-level BPE (`gpt2` model, `qwen2` pre-tokenizer) made here: the 256 byte tokens,
   merges that build a list of common words and JSON pieces, and ChatML's special tokens plus the
   Hermes tool-call tags, so that `--jinja` recognises the template's tool-call format.
 - Chat template: Qwen2.5-Instruct's (ChatML with `<tools>` in the system message and
   `<tool_call>{"name": …, "arguments": …}</tool_call>` answers), the format llama-server parses tool
-  calls from. With `tool_choice: "required"` its grammar makes the model call a tool; otherwise the
-  model answers in text (the tool-call tag has a low prior).
+  calls from.
+- Tool calls: llama.cpp's grammar for `tool_choice: "required"` allows text before the mandatory
+  `<tool_call>\n`, so the model itself must choose to open one. Two hand-set attention heads and a
+  few output-layer rules (see weights()) make the answer to a prompt that lists tools one short
+  call: `<tool_call>`, a newline, JSON whose free parts close soon, `</tool_call>`, end of turn; the
+  grammar spells the name and the arguments. Without tools the model answers in text.
 """
 from __future__ import annotations
 
@@ -177,41 +181,117 @@ class Tokenizer:
         return symbols
 
 
-def weights(vocab: Tokenizer, rng: np.random.Generator, eos_prior: float) -> dict[str, np.ndarray]:
-    """Random blocks around one constant residual channel (0) that carries the per-token priors.
+# Residual channels that the random blocks neither read nor write (see weights()). The marks are 1
+# in the embeddings of some tokens: <tools>, "\n", <tool_call>, tokens ending in "}", </tool_call>.
+(CONSTANT, TOOLS_ANY, TOOLS_FLAG, TOOLS_MARK, NEWLINE_MARK, OPEN_MARK, BRACE_MARK, CLOSE_MARK) = range(8)
+RESERVED = 8
+# RoPE base: Qwen2.5's. The tools heads compare positions only through the slowest RoPE pair, which
+# turns by 1e6 ** (-14/16) ~ 5.6e-6 rad per token: under 0.4 rad across a 65536-token context.
+ROPE_BASE = 1e6
+BOOST = 30.0  # logit a tool-call rule adds to the token it wants: far above the priors and the noise
+# With tools, logits added to the tokens that end a JSON string, array or object, so that the free
+# parts of a call's arguments stay short: a free string otherwise runs to the token cap.
+CLOSERS = {'"': 12.0, "}": 8.0, "]": 8.0}
 
-    The embedding sets channel 0 to 1 for every token and no block reads or writes it, so after the
-    final RMS norm it is a constant c and `output.weight[:, 0] = prior / c` adds `prior` to each
-    token's logit; the random rest adds context-dependent noise.
+
+def normalised(ones: int) -> float:
+    """Value, after an RMS norm, of a residual channel holding 1 when `ones` channels hold 1.
+
+    The other channels hold the embedding's noise (standard deviation 0.05).
     """
-    n_vocab, head = len(vocab.tokens), WIDTH // HEADS
+    return float(np.sqrt(WIDTH / (ones + (WIDTH - ones) * 0.05 ** 2)))
+
+
+def weights(vocab: Tokenizer, rng: np.random.Generator, eos_prior: float) -> dict[str, np.ndarray]:
+    """Random blocks around reserved residual channels that the random parts never touch.
+
+    CONSTANT is 1 in every token's embedding, so after the final RMS norm it is about constant and
+    `output.weight[:, CONSTANT]` adds each token's prior to its logit. The rest are the tool-call
+    rules (the random parts add context-dependent noise, a few logits at most). Two heads of block
+    0 look for `<tools>` (the chat template lists tools inside <tools>...</tools>): TOOLS_ANY is 1
+    at every token when it is anywhere before, TOOLS_FLAG only at a newline or a "}" token.
+
+    - With tools, a newline is followed by `<tool_call>`: the prompt ends with
+      "<|im_start|>assistant\n", so the answer opens with a call. llama.cpp's grammar for
+      `tool_choice: "required"` allows text before the mandatory call, so this is what makes a
+      required call happen at all (a model that never opens one writes text up to the token cap).
+    - `<tool_call>` is followed by "\n": the grammar's call starts with "<tool_call>\n", and it
+      passes "<tool_call>" followed by anything else as text.
+    - With tools, the CLOSERS are likely wherever the grammar allows them: strings, arrays and
+      objects end soon. A "}" is followed by `</tool_call>`: after a call's JSON object the grammar
+      also allows ", {" and another call in the same tag, which the JSON pieces' priors would prefer
+      forever (inside the object the grammar masks `</tool_call>`).
+    - `</tool_call>` is followed by the end of turn.
+    Without tools every rule is off and the answer is text.
+    """
+    n_vocab = len(vocab.tokens)
     priors = np.array(vocab.priors, dtype=np.float32)
     priors[vocab.ids["<|im_end|>"]] = eos_prior
+    ids = vocab.ids
+    newline = ids[vocab.alphabet[ord("\n")]]
 
     def random(rows: int, cols: int, scale: float) -> np.ndarray:
         return rng.normal(0.0, scale, (rows, cols)).astype(np.float32)
 
     embedding = random(n_vocab, WIDTH, 0.05)
-    embedding[:, 0] = 1.0
-    constant = np.sqrt(WIDTH / (1.0 + (WIDTH - 1) * 0.05 ** 2))  # channel 0 after RMS norm
+    embedding[:, :RESERVED] = 0.0
+    embedding[:, CONSTANT] = 1.0
+    for token, mark in ((ids["<tools>"], TOOLS_MARK), (newline, NEWLINE_MARK), (ids["<tool_call>"], OPEN_MARK),
+                        (ids["</tool_call>"], CLOSE_MARK)):
+        embedding[token, mark] = 1.0
+    embedding[[ids[t] for t in vocab.tokens if t.endswith("}")], BRACE_MARK] = 1.0
     output = random(n_vocab, WIDTH, 0.5)
-    output[:, 0] = priors / constant
+    output[:, :RESERVED] = 0.0
+    output[:, CONSTANT] = priors / normalised(1)
+    for text, boost in CLOSERS.items():  # at a plain token with tools, CONSTANT and TOOLS_ANY are 1
+        output[ids[text], TOOLS_ANY] = boost / normalised(2)
+    # TOOLS_FLAG is set at newlines and braces alike; subtracting the other mark keeps each rule to
+    # its own token (at a flagged token CONSTANT, TOOLS_ANY, TOOLS_FLAG and one mark are 1).
+    flagged = BOOST / normalised(4)
+    output[ids["<tool_call>"], [TOOLS_FLAG, BRACE_MARK]] = flagged, -flagged
+    output[ids["</tool_call>"], [TOOLS_FLAG, NEWLINE_MARK]] = flagged, -flagged
+    output[newline, OPEN_MARK] = BOOST / normalised(3)
+    output[ids["<|im_end|>"], CLOSE_MARK] = BOOST / normalised(3)
     tensors = {"token_embd.weight": embedding, "output_norm.weight": np.ones(WIDTH, np.float32),
                "output.weight": output}
     for block in range(BLOCKS):
-        readers = {"attn_q": random(WIDTH, WIDTH, 0.1), "attn_k": random(HEADS * head, WIDTH, 0.1),
-                   "attn_v": random(HEADS * head, WIDTH, 0.1), "ffn_gate": random(FFN, WIDTH, 0.1),
+        readers = {"attn_q": random(WIDTH, WIDTH, 0.1), "attn_k": random(WIDTH, WIDTH, 0.1),
+                   "attn_v": random(WIDTH, WIDTH, 0.1), "ffn_gate": random(FFN, WIDTH, 0.1),
                    "ffn_up": random(FFN, WIDTH, 0.1)}
         writers = {"attn_output": random(WIDTH, WIDTH, 0.05), "ffn_down": random(WIDTH, FFN, 0.05)}
         for matrix in readers.values():
-            matrix[:, 0] = 0.0
+            matrix[:, :RESERVED] = 0.0
         for matrix in writers.values():
-            matrix[0, :] = 0.0
+            matrix[:RESERVED, :] = 0.0
+        if block == 0:
+            attention = readers["attn_q"], readers["attn_k"], readers["attn_v"], writers["attn_output"]
+            tools_head(*attention, head=0, queries=[CONSTANT], flag=TOOLS_ANY)
+            tools_head(*attention, head=1, queries=[NEWLINE_MARK, BRACE_MARK], flag=TOOLS_FLAG)
         for name, matrix in {**readers, **writers}.items():
             tensors[f"blk.{block}.{name}.weight"] = matrix
         tensors[f"blk.{block}.attn_norm.weight"] = np.ones(WIDTH, np.float32)
         tensors[f"blk.{block}.ffn_norm.weight"] = np.ones(WIDTH, np.float32)
     return tensors
+
+
+def tools_head(q: np.ndarray, k: np.ndarray, v: np.ndarray, o: np.ndarray, *, head: int,
+               queries: list[int], flag: int) -> None:
+    """Make `head` write 1 to `flag` at tokens marked in `queries` when `<tools>` is before them.
+
+    One head dimension, the first of the slowest RoPE pair: the query is large only at the query
+    tokens and the key only at `<tools>`, so a query token attends to the `<tools>` tokens (score
+    at least 30, at any distance) and reads their value, 1; without `<tools>` every value is 0.
+    At other tokens the query is 0 and attention is spread over the whole prompt: the flag is
+    (number of <tools>) / (prompt length), a few hundredths at most.
+    """
+    size = WIDTH // HEADS
+    rows, dim = slice(head * size, (head + 1) * size), head * size + size - 2
+    for matrix in (q, k, v):
+        matrix[rows, :] = 0.0
+    o[:, rows] = 0.0
+    q[dim, queries] = k[dim, TOOLS_MARK] = 2.0
+    v[dim, TOOLS_MARK] = 1.0
+    o[flag, dim] = 1.0 / normalised(2)  # <tools> holds 1 in CONSTANT and in TOOLS_MARK
 
 
 def write(path: Path, vocab: Tokenizer, tensors: dict[str, np.ndarray]) -> None:
@@ -225,7 +305,7 @@ def write(path: Path, vocab: Tokenizer, tensors: dict[str, np.ndarray]) -> None:
     writer.add_head_count(HEADS)
     writer.add_head_count_kv(HEADS)
     writer.add_rope_dimension_count(WIDTH // HEADS)
-    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_freq_base(ROPE_BASE)
     writer.add_layer_norm_rms_eps(1e-6)
     writer.add_vocab_size(len(vocab.tokens))
     writer.add_tokenizer_model("gpt2")
