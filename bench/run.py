@@ -358,16 +358,16 @@ class Bench:
         await remove_bench_keys()
 
     async def memory(self) -> None:
-        """RSS idle, after a burst of hostile streams and after a second one (bench/memory.py), one run per rep."""
+        """RSS idle, after a burst of hostile streams and after a second one (bench/memory.py). One run per
+        target: each is two long bursts, and RSS after them hardly varies from run to run."""
         streams = self.profile.memory_streams
         async with hostile_upstream() as port:
-            for rep in range(self.profile.reps):
-                for target in (t for t in self.targets if t.name in MEMORY_TARGETS):
-                    result = await self.on_target(
-                        target, lambda ep, pid: run_memory(ep.host, ep.port, pid, streams, MEMORY_CONCURRENCY), port
-                    )  # fmt: skip
-                    if result is not None:
-                        self.record("memory", target.name, rep, result)
+            for target in (t for t in self.targets if t.name in MEMORY_TARGETS):
+                result = await self.on_target(
+                    target, lambda ep, pid: run_memory(ep.host, ep.port, pid, streams, MEMORY_CONCURRENCY), port
+                )  # fmt: skip
+                if result is not None:
+                    self.record("memory", target.name, 0, result)
 
     async def run_all(self, scenarios: frozenset[str] = SCENARIOS) -> None:
         p = self.profile
