@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 import pytest
 
+from gateway.fast_path import Recogniser
 from gateway.memory import LARGE_BUFFER, Trimmer, malloc_trim
 from gateway.sse import MAX_EVENT_CHARS, ChunkDecoder, EventTooLarge, SSEDecoder
 from gateway.state import STATE
@@ -74,6 +75,17 @@ def test_the_fast_path_takes_a_large_event_split_over_reads():
     else:
         assert item["choices"][0]["delta"]["content"] == "z" * MB
     assert decoder.held >= MB
+
+
+def test_a_large_chunk_teaches_no_template_a_small_one_does():
+    """Learning scans the chunk's string with a regex (about 80 ms per MB): large chunks are not looked at."""
+    recogniser = Recogniser()
+    for content in ("q" * MB, "small"):
+        data = orjson.dumps(chunk({"content": content})).decode()
+        recogniser.learn(data, orjson.loads(data))
+        if content != "small":
+            assert recogniser.templates == []
+    assert len(recogniser.templates) == 1
 
 
 def test_an_event_past_the_limit_fails_instead_of_growing():
