@@ -29,6 +29,7 @@ from pathlib import Path
 from bench.common import LOOPBACK, cpu_seconds, free_port, raise_fd_limit, use_fast_loop, wait_ready
 from bench.driver import FORMATS, Endpoint, model_name, run_creates, run_fast, run_paced
 from bench.ws_driver import run_ws_fast, run_ws_paced
+from bench.memory import hostile_upstream, run_memory
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -40,8 +41,10 @@ RAMP_MAX = 5.0  # seconds
 GAP_LIMIT_MS = 250.0  # capacity: the largest load with no error and gap p99 within this
 Result = dict[str, object]
 Load = Callable[[Endpoint, int | None], Awaitable[Result]]
-SCENARIOS = frozenset({"fast-text", "fast-tool", "ttft", "paced", "capacity", "store", "background", "websocket"})
-SHOWN = ("errors", "tokens_per_s", "cpu_s_per_mtok", "ttft_p50_ms", "gap_p99_ms", "capacity_streams")
+SCENARIOS = frozenset({"fast-text", "fast-tool", "ttft", "paced", "capacity", "store", "background", "websocket",
+                       "memory"})
+SHOWN = ("errors", "tokens_per_s", "cpu_s_per_mtok", "ttft_p50_ms", "gap_p99_ms", "capacity_streams", "rss_idle_mb",
+         "rss_burst1_mb", "rss_burst2_mb", "burst1_ratio", "burst2_ratio", "rss_peak_mb", "burst_s")
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,13 @@ class Profile:
     ttft_rounds: int
     capacity_tokens: int
     capacity_steps: tuple[int, ...]
+    memory_streams: int  # per burst of the memory scenario
 
 
 PROFILES = {
-    "quick": Profile(1, 1000, 8, 3.0, 100, 500, 20.0, 20, 20, 3, 60, (500, 1000, 1500)),
-    "full": Profile(3, 1000, 8, 6.0, 200, 1000, 20.0, 20, 20, 5, 200, (250, 500, 750, 1000, 1500, 2000, 3000, 4000)),
+    "quick": Profile(1, 1000, 8, 3.0, 100, 500, 20.0, 20, 20, 3, 60, (500, 1000, 1500), 800),
+    "full": Profile(3, 1000, 8, 6.0, 200, 1000, 20.0, 20, 20, 5, 200, (250, 500, 750, 1000, 1500, 2000, 3000, 4000),
+                    2400),
 }
 
 
@@ -229,6 +234,8 @@ STORE_TOKENS = 20  # short answers: the per-request cost of storing shows instea
 # A burst of background creates: how soon each is answered (queued) while the earlier ones run.
 CREATES, CREATES_SPREAD = 1000, 2.0  # creates, over seconds
 CREATES_TARGET_MS = 50.0  # their TTFT p50 on Redis
+MEMORY_TARGETS = ("gateway", "gateway-full")  # the memory scenario's, among those selected
+MEMORY_CONCURRENCY = 16
 
 
 def endpoint(target: Target, port: int) -> Endpoint:
@@ -256,12 +263,13 @@ class Bench:
         print(f"  {scenario:<14} {target:<22} rep {rep}: {shown}", flush=True)
         return entry
 
-    async def on_target(self, target: Target, work: Load) -> Result | None:
-        """Run `work(endpoint, pid)` against a fresh process of `target`; None if it would not start."""
+    async def on_target(self, target: Target, work: Load, upstream: int | None = None) -> Result | None:
+        """Run `work(endpoint, pid)` against a fresh process of `target` (in front of the bench upstream, or
+        the one on port `upstream`); None if it would not start."""
         if target.name in self.failed:
             return None
         try:
-            async with started(target, self.upstream.port, self.pinning) as process:
+            async with started(target, upstream or self.upstream.port, self.pinning) as process:
                 return await work(endpoint(target, process.port), process.pid)
         except StartError as exc:
             self.failed[target.name] = str(exc)
@@ -388,6 +396,18 @@ class Bench:
                     result["added_ttft_p50_ms"] = subtract(result["ttft_p50_ms"], direct["ttft_p50_ms"])
                 self.record(f"websocket-{measure}", f"gateway-{transport}", rep, result)  # type: ignore[arg-type]
 
+    async def memory(self) -> None:
+        """RSS idle, after a burst of hostile streams and after a second one (bench/memory.py). One run per
+        target: each is two long bursts, and RSS after them hardly varies from run to run."""
+        streams = self.profile.memory_streams
+        async with hostile_upstream() as port:
+            for target in (t for t in self.targets if t.name in MEMORY_TARGETS):
+                result = await self.on_target(
+                    target, lambda ep, pid: run_memory(ep.host, ep.port, pid, streams, MEMORY_CONCURRENCY), port
+                )  # fmt: skip
+                if result is not None:
+                    self.record("memory", target.name, 0, result)
+
     async def run_all(self, scenarios: frozenset[str] = SCENARIOS) -> None:
         p = self.profile
         if "fast-text" in scenarios:
@@ -414,6 +434,10 @@ class Bench:
         if "websocket" in scenarios:
             print("WebSocket turns against SSE requests on one gateway", flush=True)
             await self.websocket()
+        if "memory" in scenarios:
+            print(f"memory: RSS after bursts of {p.memory_streams} hostile streams, {MEMORY_CONCURRENCY} at a time",
+                  flush=True)
+            await self.memory()
 
 
 async def remove_bench_keys() -> None:
@@ -471,6 +495,19 @@ def websocket_table(runs: list[Result]) -> str:
         ttft = median_of(runs, "websocket-ttft", target, "added_ttft_p50_ms")
         errors = sum(number(r.get("errors")) or 0 for r in runs if r["target"] == target)
         lines.append(f"| {label} | {fmt(cpu)} | {fmt(rate)} | {fmt(ttft)} | {fmt(errors)} |")
+    return "\n".join(lines)
+
+
+def memory_table(runs: list[Result], profile: Profile) -> str:
+    lines = [f"| memory (median; bursts of {profile.memory_streams} hostile streams, {MEMORY_CONCURRENCY} at a time) "
+             "| RSS MB idle | after burst 1 | after burst 2 | burst 1 / idle | burst 2 / idle | peak MB | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for target in MEMORY_TARGETS:
+        figures = [median_of(runs, "memory", target, key) for key in
+                   ("rss_idle_mb", "rss_burst1_mb", "rss_burst2_mb", "burst1_ratio", "burst2_ratio", "rss_peak_mb",
+                    "errors")]
+        if any(value is not None for value in figures):
+            lines.append(f"| {target} | " + " | ".join(map(fmt, figures)) + " |")
     return "\n".join(lines)
 
 
@@ -637,7 +674,8 @@ async def main_async(args: argparse.Namespace) -> int:
              f"{'yes' if info['pinned'] else 'no'}")  # fmt: skip
     markdown = (f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}{metrics_cost(bench.runs)}"
                 f"\n\n{store_table(bench.runs)}\n\n{background_table(bench.runs, profile)}"
-                f"\n\n{websocket_table(bench.runs)}")
+                f"\n\n{websocket_table(bench.runs)}"
+                f"\n\n{memory_table(bench.runs, profile)}")
     report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),
               "targets": [t.name for t in targets], "failed_to_start": bench.failed, "runs": bench.runs}  # fmt: skip
     if args.scenarios == SCENARIOS:  # a partial run is printed only: the files keep the last full one

@@ -15,6 +15,7 @@ from .inspector import Inspector
 from .inspector_routes import inspector_routes
 from .keys import KeyRing, StreamLimits, auth_middleware
 from .log import get_logger
+from .memory import Trimmer, malloc_trim
 from .metrics import Metrics
 from .metrics import routes as metrics_routes
 from .routes import envelope_middleware, routes
@@ -45,6 +46,7 @@ def create_app(config: Config) -> web.Application:
                      capture=CaptureStore(config) if config.debug.capture != "off" else None,
                      inspector=Inspector(config.debug.inspector_recent) if config.debug.inspector else None)
     state.background = BackgroundRuns(state)
+    state.trimmer = Trimmer(lambda: state.active, malloc_trim())
     app[STATE.key] = state
     app.add_routes(routes)
     app.add_routes(compaction_routes)
@@ -94,6 +96,8 @@ async def _start_upstream(app: web.Application) -> None:
 async def _close_upstream(app: web.Application) -> None:
     state = STATE.get(app)
     await state.keepalive.close()
+    if state.trimmer is not None:
+        state.trimmer.close()
     await state.routing.close()
 
 

@@ -251,7 +251,7 @@ class BackgroundRuns:
             get_logger().exception("background.crashed", request_id=run.request_id,
                                    response_id=job.response_id)
         finally:
-            state.runs.discard(run)
+            state.run_ended(run)
             await self._finished(job)
 
     async def _finished(self, job: Job) -> None:

@@ -134,7 +134,8 @@ class Recorder(SyncObserver):
             self.reads.append({"t_ms": at, "base64": base64.b64encode(data).decode()})
 
     def take(self, events: Sequence[Any]) -> None:
-        if events and self._room(len(encode_events(events))):
+        # Once truncated, nothing more is kept: skip encoding what would only be measured (1 MB events).
+        if events and not self.truncated and self._room(len(encode_events(events))):
             self.events.extend(plain(events))
 
     async def save(self, outcome: dict[str, Any], routed: RoutedRequest | None = None) -> str | None:

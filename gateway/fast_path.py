@@ -51,6 +51,9 @@ _PROBE = "fast-path probe"
 # Learning is bounded: an upstream whose chunks never repeat their text (a random field per
 # chunk) stops paying for it after this many attempts.
 _LEARN_ATTEMPTS = 8
+# Chunks longer than this teach no template: finding the string's end is a regex over it (about
+# 80 ms per MB), and the text around a 1 MB delta is the same as around a small one, which comes too.
+_LEARN_MAX_CHARS = 4096
 
 # A recognised chunk: (its template, its string body as orjson writes it, without quotes). A plain
 # tuple: an object per token would cost as much again as building it (ResponseStream checks its type).
@@ -331,7 +334,7 @@ class Recogniser:
 
     def learn(self, data: str, chunk: dict[str, Any]) -> None:
         """A chunk the full path parsed from `data`: keep its text as a template if it has a fast shape."""
-        if self._attempts <= 0:
+        if self._attempts <= 0 or len(data) > _LEARN_MAX_CHARS:
             return
         shape = _shape(chunk)
         if shape is None or "\n" in data:

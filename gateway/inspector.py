@@ -16,10 +16,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from .pipeline import Run, SyncObserver
+from .sse import encode_events
 
 Batch = Sequence[Any]  # a list, or a FastBatch or Joined (see pipeline.py)
 # Batches kept per request (one batch is usually one upstream read); later ones are counted only.
 MAX_BATCHES = 2000
+# Bytes (as SSE) of its batches a request keeps once it ended: without it, a stream of 1 MB events
+# would keep up to MAX_BATCHES of them for each of the `debug.inspector_recent` requests.
+MAX_KEPT_BYTES = 1024 * 1024
 # Batches a slow page may fall behind before its feed is ended.
 FEED_BACKLOG = 1000
 _DELTAS = frozenset({"response.output_text.delta", "response.refusal.delta", "response.reasoning_text.delta",
@@ -113,6 +117,7 @@ class Watch(SyncObserver):
         run = self.run
         assert run is not None
         self.upstream = outcome.get("upstream") or self.upstream  # the one that answered, after a failover
+        self._keep_within(MAX_KEPT_BYTES)
         terminal = run.stream.terminal
         usage = (terminal["response"].get("usage") if terminal else None) or {}
         failed = bool(outcome.get("error_code")) or outcome.get("status") == "failed"
@@ -126,6 +131,23 @@ class Watch(SyncObserver):
         for feed in self.feeds:
             feed.end()
         self.feeds = []
+
+    def _keep_within(self, budget: int) -> None:
+        """Keep the first batches that fit in `budget` bytes, and the last (the terminal) if it fits too;
+        the rest are counted as dropped. Measured once, when the request ended (inspector only)."""
+        kept: list[Batch] = []
+        batches = self.batches
+        for index, batch in enumerate(batches):
+            size = len(encode_events(batch))
+            if size > budget:
+                last = batches[-1]
+                if index < len(batches) - 1 and len(encode_events(last)) <= budget:
+                    kept.append(last)
+                self.dropped += len(batches) - len(kept)
+                self.batches = kept
+                return
+            budget -= size
+            kept.append(batch)
 
     def _identity(self, run: Run) -> dict[str, Any]:
         return {"id": self.key, "request_id": run.request_id, "model": run.model, "upstream": self.upstream,

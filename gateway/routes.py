@@ -144,7 +144,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         sink.abandon()
-        state.runs.discard(run)
+        state.run_ended(run)
         routed.release()
         await log_finished(state, request, received, http_status, error=error, run=run, routed=routed,
                             capture=capture, watch=watch)

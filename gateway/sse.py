@@ -31,19 +31,29 @@ _EVENT_PREFIX: dict[str, bytes] = {}
 _LEARN_STEPS = 16
 # Below this many events, a read that may teach a template is simply decoded (see `ChunkDecoder.feed`).
 _SMALL_READ = 4
+# The largest upstream event held while it arrives (the limit of a whole JSON answer too): past it
+# the stream fails instead of an upstream growing the gateway's memory without end.
+MAX_EVENT_CHARS = 16 * 1024 * 1024
+
+
+class EventTooLarge(ValueError):
+    """An upstream event grew past MAX_EVENT_CHARS before it ended."""
 
 
 class SSEDecoder:
     """Bytes in, `(event_name, data)` pairs out. Split anywhere, even inside a UTF-8 character."""
 
-    __slots__ = ("_utf8", "_tail", "_skip_lf", "_data", "_event")
+    __slots__ = ("_utf8", "_tail", "_skip_lf", "_data", "_event", "held")
 
     def __init__(self) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._tail = ""          # an incomplete line carried over to the next feed
+        # An incomplete line carried over to the next feed, in pieces: a line arriving over many reads
+        # (a 1 MB event in 4 kB reads) is joined once at its end, not copied again at every read.
+        self._tail: list[str] = []
         self._skip_lf = False    # the previous feed ended in CR: a leading LF belongs to it
         self._data: list[str] = []
         self._event = ""
+        self.held = 0  # the most characters of one unfinished event held between feeds (see MAX_EVENT_CHARS)
 
     def feed(self, data: bytes) -> list[tuple[str, str]]:
         text = self._utf8.decode(data)
@@ -51,15 +61,23 @@ class SSEDecoder:
             self._skip_lf = False
             if text[0] == "\n":
                 text = text[1:]
-        if self._tail:
-            text = self._tail + text
+        tail = self._tail
+        if tail:
+            tail.append(text)
+            if "\n" not in text and "\r" not in text:
+                self._hold()
+                return []  # still inside the same line
+            text = "".join(tail)
+            tail.clear()
         if "\r" in text:
             if text.endswith("\r"):
                 self._skip_lf = True
             lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         else:
             lines = text.split("\n")
-        self._tail = lines.pop()
+        rest = lines.pop()
+        if rest:
+            tail.append(rest)
         out: list[tuple[str, str]] = []
         pending = self._data
         for line in lines:
@@ -75,7 +93,17 @@ class SSEDecoder:
                 self._event = ""
             else:
                 self._line(line, out)
+        if tail or pending:
+            self._hold()
         return out
+
+    def _hold(self) -> None:
+        """Measure the unfinished event held between feeds (once per read, only when there is one)."""
+        held = sum(map(len, self._tail)) + sum(map(len, self._data))
+        if held > self.held:
+            if held > MAX_EVENT_CHARS:
+                raise EventTooLarge(f"the upstream sent an event larger than {MAX_EVENT_CHARS} characters")
+            self.held = held
 
     @property
     def between_events(self) -> bool:
@@ -92,14 +120,15 @@ class SSEDecoder:
             return None
         pending = self._utf8.getstate()[0]  # the first bytes of a character cut by the read
         self._utf8.reset()
-        tail, self._tail = self._tail, ""
+        tail = "".join(self._tail)
+        self._tail.clear()
         return tail.encode() + pending
 
     def close(self) -> list[tuple[str, str]]:
         """End of stream: deliver what is pending, even without its blank line."""
         out: list[tuple[str, str]] = []
-        tail = self._tail + self._utf8.decode(b"", final=True)
-        self._tail = ""
+        tail = "".join(self._tail) + self._utf8.decode(b"", final=True)
+        self._tail.clear()
         if tail:
             self._line(tail, out)
         self._line("", out)
@@ -163,6 +192,10 @@ class ChunkDecoder:
                 return self._decode(sse.feed(data))
         # The fast path reads whole events from the bytes; it may start only between events.
         if not sse.between_events:
+            if b"\n" not in data and b"\r" not in data:
+                # The held event goes on and cannot end in this read: handing its rest back to the fast
+                # path would copy all of it again at every read of a large event.
+                return self._decode(sse.feed(data))
             held = sse.take_partial()
             if held is None:
                 return self._decode(sse.feed(data))
@@ -187,6 +220,11 @@ class ChunkDecoder:
     @property
     def fast(self) -> bool:
         return self._fast is not None
+
+    @property
+    def held(self) -> int:
+        """The most characters of one unfinished event held between reads so far."""
+        return self._sse.held
 
     def whole_fast(self, data: bytes) -> list[Any] | None:
         """The fast deltas `data` holds when it is nothing else (whole events, read between events),

@@ -10,6 +10,7 @@ from .capture import CaptureStore
 from .config import Config
 from .event_stream import KeepAlive
 from .inspector import Inspector
+from .memory import Trimmer
 from .pipeline import Run
 from .store.service import StateService
 
@@ -41,10 +42,17 @@ class AppState:
     capture: CaptureStore | None = None   # debug.capture on
     inspector: Inspector | None = None    # debug.inspector on
     background: BackgroundRuns = field(init=False)  # set by create_app
+    trimmer: Trimmer | None = None        # gives freed memory back after bursts (set by create_app)
 
     @property
     def active(self) -> int:
         return len(self.runs) + len(self.sockets) - self.socket_turns
+
+    def run_ended(self, run: Run) -> None:
+        """Forget a finished run; the trimmer decides whether the memory it freed should go back now."""
+        self.runs.discard(run)
+        if self.trimmer is not None:
+            self.trimmer.ended(run.upstream.held if run.upstream is not None else 0)
 
 
 class _StateKey:

@@ -26,7 +26,7 @@ import orjson
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnavailable, error_code
 from .log import get_logger
-from .sse import ChunkDecoder
+from .sse import ChunkDecoder, EventTooLarge
 
 _RETRY_STATUSES = frozenset({502, 503, 504})
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -190,6 +190,11 @@ class UpstreamStream:
                                 f"event stream: {_snippet(body)}")
         return cls(response, config, tap=tap)
 
+    @property
+    def held(self) -> int:
+        """The largest unfinished upstream event this stream held between reads (see memory.Trimmer)."""
+        return self._decoder.held if self._decoder is not None else 0
+
     def close(self) -> None:
         """Drop the upstream connection now (client gone, shutdown, timeout)."""
         self._unpush()
@@ -294,7 +299,10 @@ class UpstreamStream:
                 unread = _unread(content)
                 if self._tap is not None and unread:
                     self._tap(unread)
-                tail = decoder.feed(unread)
+                try:
+                    tail = decoder.feed(unread)
+                except EventTooLarge as exc:
+                    raise UpstreamError(str(exc), code="upstream_protocol_error") from None
                 self.close()
                 if tail:
                     yield tail
@@ -314,7 +322,10 @@ class UpstreamStream:
                 # is usually much shorter, so the timer armed at the first-byte deadline is re-armed.
                 wait = self._wait = idle
                 self._rearm(loop)
-            chunks = decoder.feed(data)
+            try:
+                chunks = decoder.feed(data)
+            except EventTooLarge as exc:
+                raise UpstreamError(str(exc), code="upstream_protocol_error") from None
             data = b""  # nothing of this read stays alive while the next one waits
             if chunks:
                 yield chunks

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import UpstreamConfig
-from gateway.inspector import FEED_BACKLOG, MAX_BATCHES, Feed, Watch
+from gateway.inspector import FEED_BACKLOG, MAX_BATCHES, MAX_KEPT_BYTES, Feed, Watch
 from gateway.pipeline import Run
 from gateway.sse import SSEDecoder, encode_events
 from gateway.translate import translate_request
@@ -187,6 +187,20 @@ async def test_an_unwatched_watch_keeps_a_bounded_list_of_batches():
         await watch.send(batch)
     assert len(watch.batches) == MAX_BATCHES and watch.dropped == 5 and not watch.feeds
     assert watch.describe()["tokens"] == MAX_BATCHES
+
+
+async def test_an_ended_request_keeps_its_batches_within_a_byte_budget():
+    """Recent requests are kept with their events: 1 MB deltas must not stay for each of them."""
+    watch = new_watch()
+    head = [{"type": "response.created", "sequence_number": 0}]
+    big = [{"type": "response.output_text.delta", "delta": "x" * (1024 * 1024)}]
+    terminal = [{"type": "response.completed", "sequence_number": 9}]
+    for batch in (head, big, big, big, terminal):
+        await watch.send(batch)
+    watch.end({"status": "completed"}, None)
+    assert watch.batches == [head, terminal]
+    assert sum(len(encode_events(batch)) for batch in watch.batches) <= MAX_KEPT_BYTES
+    assert watch.describe()["events_dropped"] == 3
 
 
 async def test_a_feed_that_falls_behind_is_ended_not_grown():
