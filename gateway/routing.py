@@ -271,9 +271,9 @@ class RoutingTable:
 class RoutedRequest:
     """One request's way upstream: targets in failover order, the key's stream slot, what happened.
 
-    `open()` has `UpstreamClient.open`'s signature, so the pipeline runs over it unchanged; it
-    waits at most `first_byte_deadline` in all. `release()` must be called once the request is
-    done (routes do it in their `finally`).
+    `open()` has `UpstreamClient.open`'s signature, so the pipeline runs over it unchanged; the
+    pipeline waits at most `first_byte_deadline` for it in all. `release()` must be called once the
+    request is done (routes do it in their `finally`).
     """
 
     __slots__ = ("table", "targets", "config", "key", "trace", "metrics", "answered", "failed", "retranslate",
@@ -424,6 +424,7 @@ class RoutedRequest:
         routing = self.table.routing
         seconds = retry_after_seconds(exc.headers.get("Retry-After"))
         return min(routing.rate_limit_max_pause, routing.rate_limit_pause if seconds is None else seconds)
+
 
 _NEXT = object()  # an attempt failed over
 
