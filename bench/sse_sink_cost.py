@@ -68,7 +68,7 @@ def server_app(sink: str, interval: float, stats: Stats) -> web.Application:
     held = asyncio.Event()  # never set: every stream stays open until its client leaves
 
     async def event_stream(request: web.Request) -> web.StreamResponse:
-        stream = EventStream(request, {}, keepalive)
+        stream = EventStream(request, {}, keepalive, done=False)
         try:
             await stream.start([EVENT])
             await held.wait()

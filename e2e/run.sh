@@ -11,9 +11,13 @@
 #   1. Codex CLI (pinned, e2e/install_codex.sh) -> gateway -> e2e/scripted_upstream.py, plain and
 #      --reasoning: wire_check.py (raw SSE judged by gateway.check), llama_sdk_check.py (openai SDK),
 #      then codex_probe.sh (text + shell-tool round trip). Everything used here is in the repository.
+#      In the plain phase codex_probe.sh runs again with the provider's `supports_websockets = true`
+#      (codex-ws-*): the gateway's log must show those turns as `transport: websocket`; a Codex that
+#      does not honour the key is reported (a `..` line), not failed.
 #   2. llama-server (e2e/llama.sh, tiny random model) -> gateway: llama_sdk_check.py (openai SDK)
 #      and one `codex exec` turn (gibberish model: judged on the wire, see codex_llama below).
-# env: E2E_SKIP_LLAMA=1 skips phase 2; E2E_LOG_DIR (default e2e/logs/run-<time>).
+# env: E2E_SKIP_LLAMA=1 skips phase 2; E2E_SCRIPTED (default "plain reasoning") picks phase 1's
+#      runs; E2E_LOG_DIR (default e2e/logs/run-<time>).
 # Prints PASS/FAIL per case and a closing "N passed, N failed"; exit 1 on any failure.
 # Every process started here is killed on exit; every step has a timeout. Codex gets </dev/null
 # (`codex exec` reads extra prompt input from a non-tty stdin and would wait on an open pipe).
@@ -171,12 +175,54 @@ scripted_phase() { # label extra-args...
     grep -q ' passed, ' "$LOG/codex-$label.out" || fail "codex-$label" "probe did not finish (rc=$rc): $(tail -3 "$LOG/codex-$label.err" | tr '\n' ' ')"
     note "$(grep '^logs in' "$LOG/codex-$label.out")"
     [ $FAIL -gt $before ] && show_failure_context "$dump"
+    [ "$label" = plain ] && codex_ws_case "$label" "$dump"
   fi
   stop_pid "$GW_PID"; stop_pid "$UP_PID"
 }
 
-scripted_phase plain
-scripted_phase reasoning --reasoning
+finished_lines() { # from-line transport [status]: response.finished lines of the gateway log after from-line
+  tail -n +"$(($1 + 1))" "$GW_LOG" | grep '"response.finished"' | grep -E "\"transport\": ?\"$2\"" \
+    | grep -cE "\"status\": ?${3:-}"
+}
+
+codex_ws_case() { # label dump: codex_probe.sh again, the provider with supports_websockets = true
+  local label=$1 dump=$2 before=$FAIL from ws done http rc version wrapper
+  wrapper=$(cd "$LOG" && pwd)/codex-ws
+  from=$(wc -l < "$GW_LOG")
+  version=$(timeout 30 "$CODEX_BIN" --version 2>/dev/null)
+  # codex_probe.sh writes the provider block; Codex's `-c` override adds the key to it.
+  printf '#!/usr/bin/env bash\nexec %q -c model_providers.gw.supports_websockets=true "$@"\n' "$CODEX_BIN" >"$wrapper"
+  chmod +x "$wrapper"
+  PROBE_TMP="$LOG" CODEX_BIN="$wrapper" timeout 700 bash "$E2E/codex_probe.sh" "$GW_URL" "$MODEL" GATEWAY_API_KEY \
+    >"$LOG/codex-ws-$label.out" 2>"$LOG/codex-ws-$label.err" </dev/null; rc=$?
+  sleep 0.5  # the gateway writes a turn's line as it ends
+  ws=$(finished_lines "$from" websocket); http=$(finished_lines "$from" http)
+  done=$(finished_lines "$from" websocket '"completed"')
+  if [ "$ws" -eq 0 ] && { [ "$http" -gt 0 ] || grep -qs supports_websockets "$LOG"/codex_probe.*/*.err; }; then
+    note "codex-ws-$label: $version does not honour supports_websockets ($http turns over HTTP, none over" \
+         "the WebSocket): reported, not failed"
+    return
+  fi
+  run_probe_output "codex-ws-$label" "$LOG/codex-ws-$label.out"
+  grep -q ' passed, ' "$LOG/codex-ws-$label.out" || fail "codex-ws-$label" "probe did not finish (rc=$rc)"
+  # Codex falls back to HTTP when a WebSocket turn fails: every turn must have come over the socket
+  # and completed there (a refused message is a line with its error status).
+  if [ "$done" -ge 2 ] && [ "$done" -eq "$ws" ] && [ "$http" -eq 0 ]; then
+    pass "codex-ws-$label/transport" "$ws turns completed with transport websocket, none over HTTP ($version)"
+  else
+    fail "codex-ws-$label/transport" "$done of $ws WebSocket turns completed, $http over HTTP"
+  fi
+  note "$(grep '^logs in' "$LOG/codex-ws-$label.out")"
+  [ $FAIL -gt $before ] && show_failure_context "$dump"
+}
+
+for run in ${E2E_SCRIPTED:-plain reasoning}; do
+  case $run in
+    plain) scripted_phase plain ;;
+    reasoning) scripted_phase reasoning --reasoning ;;
+    *) fail "e2e_scripted" "unknown E2E_SCRIPTED run $run (plain, reasoning)" ;;
+  esac
+done
 
 # ---------------------------------------------------------------- phase 2: llama-server
 # The tiny random-weight model comes from e2e/make_tiny_gguf.py (llama.sh model): nothing outside the repository.

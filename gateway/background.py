@@ -399,7 +399,8 @@ class BackgroundRuns:
     async def _write(self, request: web.Request, response_id: str, after: int, logged: list[tuple[int, bytes]],
                      live: asyncio.Queue[list[tuple[int, bytes]]] | None) -> web.StreamResponse:
         store, call = self.service.store, self.service.call
-        sink = EventStream(request, {"X-Request-ID": current_request_id.get()}, self.state.keepalive)
+        sink = EventStream(request, {"X-Request-ID": current_request_id.get()}, self.state.keepalive,
+                           done=self.state.config.server.sse_done)
         await sink.start([])
         assert sink.response is not None
         try:

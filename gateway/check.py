@@ -585,7 +585,7 @@ def check_bytes(raw: bytes) -> tuple[list[str], list[str], dict[str, Any]]:
         validator.frame(frame)
     validator.end()
     result = validator.result()
-    result["events"] = len(frames)
+    result["events"] = sum(frame.data != "[DONE]" for frame in frames)  # the end marker is no event
     return problems + validator.violations, notes + validator.warnings, result
 
 

@@ -41,6 +41,9 @@ class ServerConfig:
     # Seconds a WebSocket connection (GET /v1/responses upgraded) may stay open; then the client gets
     # `websocket_connection_limit_reached` and reconnects (the Responses API's 60 minutes).
     websocket_max_age: float = 3600.0
+    # End every SSE stream with `data: [DONE]` after its terminal event (the Open Responses
+    # specification's end marker; OpenAI's own endpoint sends none). README: "The end of a stream".
+    sse_done: bool = True
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ chunk here and waiting only while the transport is paused (`_direct_protocol`).
 The keep-alive comment (`: ping`) comes from one `KeepAlive` ticker shared by every open
 stream: aiohttp-sse's ping task per stream costs about 1.6 kB more per stream and three times
 the CPU per ping (measured by bench/sse_sink_cost.py; figures in README).
+Every stream, live or resumed (background.py), ends in `EventStream.finish`: with `server.sse_done`
+that is where `data: [DONE]` follows the terminal event, so both end alike.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from aiohttp import web
 
 from .errors import error_envelope, internal_error_message
 from .log import get_logger
-from .sse import PING, encode_events
+from .sse import DONE_FRAME, PING, encode_events
 from .stream_processor import TERMINAL_TYPES
 
 # The headers aiohttp-sse's EventSourceResponse set (the gateway used it before the shared ticker).
@@ -115,13 +117,16 @@ def _http_chunk(data: bytes) -> bytes:
 class EventStream:
     """The streaming sink: `text/event-stream`, started lazily by the pipeline."""
 
-    __slots__ = ("_request", "_headers", "_keepalive", "response", "_protocol")
+    __slots__ = ("_request", "_headers", "_keepalive", "_done", "response", "_protocol")
     streaming = True
 
-    def __init__(self, request: web.Request, headers: dict[str, str], keepalive: KeepAlive) -> None:
+    def __init__(self, request: web.Request, headers: dict[str, str], keepalive: KeepAlive, *,
+                 done: bool) -> None:
+        """`done`: end with `data: [DONE]` after the terminal event (`server.sse_done`)."""
         self._request = request
         self._headers = headers
         self._keepalive = keepalive
+        self._done = done
         self.response: web.StreamResponse | None = None
         self._protocol: Any = None  # set once the head went out: later batches are written directly
 
@@ -184,7 +189,7 @@ class EventStream:
     async def finish(self) -> web.StreamResponse:
         self._keepalive.discard(self)
         assert self.response is not None, "the pipeline starts a streaming sink before it returns"
-        await self.response.write_eof()
+        await self.response.write_eof(DONE_FRAME if self._done else b"")
         return self.response
 
     def abandon(self) -> None:

@@ -161,7 +161,11 @@ def _event(required: list[str], event: dict[str, Any]) -> dict[str, Any]:
     return _object(required, event=event, data=_STRING, id=_STRING, retry=_INT)
 
 
-RESPONSE_EVENT = _event(["event", "data"], {"type": "string", "pattern": "^response\\."})
+# The end marker after the terminal event (`server.sse_done`): a `data:` line alone, so its event
+# type is the SSE default, `message`.
+_DONE_MARKER = {**_object(["data"], data={"const": "[DONE]"}, event={"const": "message"}),
+                "description": "`data: [DONE]` after the terminal event (server.sse_done)"}
+RESPONSE_EVENT = {"anyOf": [_event(["event", "data"], {"type": "string", "pattern": "^response\\."}), _DONE_MARKER]}
 INSPECTOR_EVENT = _event(["data"], {"enum": ["message", "end", "lagged"]})
 
 SCHEMAS = {"ResponseRequest": RESPONSE_REQUEST, "CompactRequest": COMPACT_REQUEST, "Compacted": COMPACTED, "Error": ERROR_ENVELOPE, "Response": RESPONSE, "Item": ITEM,

@@ -166,7 +166,8 @@ def _sink(request: web.Request, state: AppState, request_id: str, *, streaming: 
     """The request's consumers of its events, chosen once, in order: a debug tap at debug level, the
     store recorder (it persists before the client sees the terminal event), the client's sink, then
     observers of what the client was sent (the capture, the live inspector)."""
-    client: Sink = (EventStream(request, {"X-Request-ID": request_id}, state.keepalive) if streaming
+    client: Sink = (EventStream(request, {"X-Request-ID": request_id}, state.keepalive,
+                                done=state.config.server.sse_done) if streaming
                     else FinalResponse(request_id))
     return consumers(state, client, recorder, observers)
 

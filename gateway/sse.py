@@ -23,6 +23,8 @@ import orjson
 from .fast_path import EncodedEvent, FastBatch, Recogniser
 
 DONE = "[DONE]"
+# The end marker after the terminal event, when `server.sse_done` asks for it (event_stream.py).
+DONE_FRAME = b"data: [DONE]\n\n"
 PING = b": ping\r\n\r\n"
 # `event: <type>\ndata: ` per event type, built once: the type set is small and fixed.
 _EVENT_PREFIX: dict[str, bytes] = {}

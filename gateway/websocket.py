@@ -161,6 +161,11 @@ def create_body(data: bytes, max_depth: int) -> tuple[dict[str, Any], bool]:
     if kind != "response.create":
         raise InvalidRequest(f"Unknown message type {kind!r}: send a JSON object with type 'response.create'.",
                              param="type", code="unknown_message_type")
+    if message.get("stream") is True:
+        # Codex CLI (supports_websockets = true) sends `stream: true` on every turn, as to OpenAI's
+        # endpoint; it asks for what a WebSocket turn does anyway. The specification's MUST NOT
+        # binds the client: refusing it would break the client people run (README "WebSocket mode").
+        del message["stream"]
     for name in _HTTP_ONLY:
         if name in message:
             raise InvalidRequest(f"'{name}' is not accepted over a WebSocket: every response streams its "

@@ -402,7 +402,7 @@ def check_events(raw: bytes) -> list[str]:
     events = []
     for block in raw.decode("utf-8", errors="replace").split("\n\n"):
         data = [line[6:] for line in block.split("\n") if line.startswith("data: ")]
-        if data:
+        if data and data != ["[DONE]"]:  # the end marker (server.sse_done); gateway.check places it
             events.append(json.loads("\n".join(data)))
     terminals = [i for i, event in enumerate(events) if event.get("type") in TERMINAL]
     if len(terminals) != 1 or terminals[0] != len(events) - 1:

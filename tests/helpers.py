@@ -43,6 +43,9 @@ async def stream_reply(upstream: Any, gateway: Any, http: aiohttp.ClientSession,
     return assert_valid_stream(raw), raw
 
 
+DONE_LINE = b"data: [DONE]"
+
+
 def sdk(url: str, strict: bool = True) -> Any:
     """The openai SDK's async client on a gateway's base URL (`http://host:port`), as owner sk-alice."""
     import openai
@@ -51,7 +54,8 @@ def sdk(url: str, strict: bool = True) -> Any:
 
 
 def events_of(raw: bytes) -> list[dict[str, Any]]:
-    return [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    """The events of an SSE body, without the `data: [DONE]` end marker (`server.sse_done`)."""
+    return [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ") and line != DONE_LINE]
 
 
 async def read_stream(http: Any, url: str, *, limit: int | None = None, **kwargs: Any) -> tuple[int, bytes]:

@@ -41,7 +41,7 @@ async def test_stream_response_payload_writer_and_eof_flag(aiohttp_server, http)
     keepalive = KeepAlive(3600)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        stream = EventStream(request, {}, keepalive)
+        stream = EventStream(request, {}, keepalive, done=False)
         await stream.start([])
         response = stream.response
         assert response is not None
@@ -87,7 +87,7 @@ async def test_direct_writes_find_the_writer_state_and_the_protocols_flow_contro
     keepalive = KeepAlive(3600)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        stream = EventStream(request, {}, keepalive)
+        stream = EventStream(request, {}, keepalive, done=False)
         await stream.start([{"type": "response.created", "sequence_number": 0}])
         response = stream.response
         assert response is not None

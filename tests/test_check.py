@@ -58,6 +58,11 @@ def renumber(events: Events) -> Events:
     return events
 
 
+def test_done_marker_is_not_counted_as_an_event():
+    violations, _, result = check_bytes(to_sse(good_events()) + b"data: [DONE]\n\n")
+    assert violations == [] and result["events"] == len(good_events())
+
+
 def test_good_stream_passes_and_folds():
     violations, warnings, result = check_bytes(to_sse(good_events()))
     assert violations == [] and warnings == []
@@ -72,6 +77,7 @@ def test_good_stream_passes_and_folds():
     pytest.param(lambda e: to_sse(e, "\r\n"), id="crlf"),
     pytest.param(lambda e: to_sse(e, "\r"), id="cr"),
     pytest.param(lambda e: to_sse(e, event_lines=False) + b"data: [DONE]\n\n", id="no-event-lines-and-done"),
+    pytest.param(lambda e: to_sse(e) + b"data: [DONE]\n\n", id="done-after-terminal"),  # server.sse_done
     pytest.param(lambda e: b"\xef\xbb\xbf: comment\n\n" + to_sse(e).replace(b"data: ", b"data:"), id="bom-comment"),
     pytest.param(lambda e: b"".join(b"event: " + x["type"].encode() + b"\ndata: "
                                     + json.dumps(x, indent=1).replace("\n", "\ndata: ").encode() + b"\n\n"

@@ -18,7 +18,7 @@ from gateway.app import create_app
 from gateway.config import UpstreamConfig
 from gateway.inspector import FEED_BACKLOG, MAX_BATCHES, MAX_KEPT_BYTES, Feed, Watch
 from gateway.pipeline import Run
-from gateway.sse import SSEDecoder, encode_events
+from gateway.sse import DONE_FRAME, SSEDecoder, encode_events
 from gateway.translate import translate_request
 
 from . import conftest
@@ -97,7 +97,7 @@ async def test_an_open_stream_is_listed_and_followed_live(start_gateway, upstrea
     response, raw = await client
     assert response.status == 200
     # The feed carried exactly what the client was sent, as one valid stream.
-    assert encode_events(events) == raw
+    assert encode_events(events) + DONE_FRAME == raw  # the end marker follows the events (server.sse_done)
     assert_valid_stream(raw)
     assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "".join(WORDS)
     assert end["state"] == "finished" and end["status"] == "completed" and end["tokens"] == len(WORDS)
@@ -127,7 +127,7 @@ async def test_failed_requests_show_their_error(start_gateway, upstream, http):
 
     events, end = await feed(http, gateway, midway["id"])  # a finished request replays what it kept
     assert events[-1]["type"] == "response.failed" and end == midway
-    assert encode_events(events) == raw
+    assert encode_events(events) + DONE_FRAME == raw  # the end marker follows the events (server.sse_done)
 
 
 async def test_capture_file_and_its_download_link(start_gateway, upstream, http, tmp_path):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from .conftest import assert_valid_stream, free_port, gateway_process
-from .helpers import post, post_stream
+from .helpers import events_of, post, post_stream
 from .scripted_upstream import Reply, chunk, error_reply, sse, text_reply, tool_reply, usage
 
 ROOT_KEYS = ("id", "created_at", "completed_at")
@@ -22,8 +22,7 @@ def normalise(response: dict[str, Any]) -> dict[str, Any]:
 
 
 def terminal_of(raw: bytes) -> dict[str, Any]:
-    events = [json.loads(line[6:]) for line in raw.decode().splitlines() if line.startswith("data: ")]
-    return events[-1]
+    return events_of(raw)[-1]
 
 
 def assert_error(response: Any, raw: bytes, status: int, err_type: str, param: str | None = None,

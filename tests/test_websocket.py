@@ -142,7 +142,8 @@ async def test_both_paths_and_long_messages_are_framed(upstream, make_gateway, h
     (lambda ws: ws.send_bytes(orjson.dumps(create())), 400, "unsupported_message_type", None),
     (lambda ws: ws.send_str('{"type": "response.cancel"}'), 400, "unknown_message_type", "type"),
     (lambda ws: ws.send_str("[1, 2]"), 400, "unknown_message_type", "type"),
-    (lambda ws: ws.send_str(orjson.dumps(create(stream=True)).decode()), 400, "unsupported_parameter", "stream"),
+    (lambda ws: ws.send_str(orjson.dumps(create(stream=False)).decode()), 400, "unsupported_parameter", "stream"),
+    (lambda ws: ws.send_str(orjson.dumps(create(stream="yes")).decode()), 400, "unsupported_parameter", "stream"),
     (lambda ws: ws.send_str(orjson.dumps(create(background=False)).decode()), 400, "unsupported_parameter",
      "background"),
     (lambda ws: ws.send_str(orjson.dumps(create(stream_options={"include_obfuscation": False})).decode()), 400,
@@ -271,6 +272,19 @@ async def test_generate_false_warms_up_without_sampling(upstream, gateway, http)
                                               input="question")).decode())
         assert (await turn_events(ws))[-1]["response"]["output"][0]["content"][0]["text"] == "answer"
     assert [m["content"] for m in upstream.requests[0].body["messages"]] == ["Be brief.", "context", "question"]
+
+
+async def test_codex_turns_with_stream_true_run(upstream, gateway, http):
+    # Codex CLI 0.169 with `supports_websockets = true`: a warm-up, then the turn, both with `stream: true`
+    # (the specification says a client must not send it; OpenAI's endpoint and this gateway accept it).
+    upstream.enqueue(text_reply("pong"))
+    async with http.ws_connect(ws_url(gateway)) as ws:
+        await ws.send_str(orjson.dumps(create(stream=True, generate=False, include=["reasoning.encrypted_content"],
+                                              input=[{"type": "message", "role": "user", "content": "hi"}])).decode())
+        warm = assert_valid_turn(await turn_events(ws))
+        await ws.send_str(orjson.dumps(create(stream=True, previous_response_id=warm["id"], input=[])).decode())
+        assert assert_valid_turn(await turn_events(ws))["text"] == "pong"
+    assert "stream" in upstream.requests[0].body and len(upstream.requests) == 1
 
 
 async def test_connection_age_limit(upstream, make_gateway, http):
