@@ -123,7 +123,7 @@ class AuthConfig:
 class StoreConfig:
     """Stored responses and conversations (gateway/store). Without a config file: in memory."""
 
-    url: str = "memory:"            # memory: | sqlite:PATH | redis://HOST:PORT/DB[?prefix=P]
+    url: str = "memory:"            # memory: | sqlite:PATH | redis://HOST:PORT/DB[?prefix=P] | postgresql://…[?schema=S]
     ttl: float = 30 * 86400.0       # seconds a response (or an unused conversation) is kept
     max_chain_length: int = 1000    # responses in one previous_response_id chain
     max_stored_bytes: int = 16 * 1024 * 1024  # encoded input items of one stored response or one turn

@@ -1,4 +1,5 @@
-"""The store interface, the same tests on every backend: memory, SQLite on a real file, the real Redis."""
+"""The store interface, the same tests on every backend: memory, SQLite on a real file, the real Redis, the
+real PostgreSQL (a schema of each test's own)."""
 from __future__ import annotations
 
 import asyncio
@@ -18,14 +19,14 @@ from gateway.store.service import StateService, Turn, normalize_items, token_own
 from .conftest import ROOT
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 async def store(request: Any, tmp_path: Any) -> Any:
     if request.param == "memory":
         url = "memory:"
     elif request.param == "sqlite":
         url = f"sqlite:{tmp_path / 'state' / 'gateway.db'}"
     else:
-        url = request.getfixturevalue("redis_url")
+        url = request.getfixturevalue(f"{request.param}_url")
     backend = open_store_url(url)
     await backend.open()
     yield backend

@@ -5,12 +5,15 @@ from .base import Store, StoreUnavailable
 
 __all__ = ["Store", "StoreUnavailable", "open_store_url", "check_store_url", "display_url"]
 
-_SCHEMES = "memory:, sqlite:PATH or redis://HOST:PORT/DB"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_SCHEMES = "memory:, sqlite:PATH, redis://HOST:PORT/DB or postgresql://USER@HOST:PORT/DB"
 
 
 def check_store_url(url: str) -> str | None:
     """What is wrong with a store URL, or None."""
     if url == "memory:" or url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    if url.startswith(POSTGRES_SCHEMES):
         return None
     if url.startswith("sqlite:") and url.removeprefix("sqlite:").removeprefix("//"):
         return None
@@ -25,6 +28,9 @@ def open_store_url(url: str) -> Store:
     if url.startswith("sqlite:"):
         from .sqlite import SQLiteStore
         return SQLiteStore(url)
+    if url.startswith(POSTGRES_SCHEMES):
+        from .postgres import PostgresStore
+        return PostgresStore(url)
     from .redis import RedisStore
     return RedisStore(url)
 

@@ -67,9 +67,13 @@ class Notifier:
         if event is not None:
             event.set()
 
+    def arm(self, key: str) -> asyncio.Event:
+        """The event the next `notify(key)` sets: armed before a read, it keeps a notify during the read."""
+        return self._events.setdefault(key, asyncio.Event())
+
     async def wait(self, key: str, timeout: float) -> None:
         """Until `notify(key)` or `timeout` seconds, whichever comes first."""
-        event = self._events.setdefault(key, asyncio.Event())
+        event = self.arm(key)
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
