@@ -1,4 +1,5 @@
-"""State across processes: two gateways on one Redis, restarts of the gateway (SQLite) and of Redis itself."""
+"""State across processes: two gateways on one shared store (Redis, PostgreSQL), restarts of the gateway (SQLite)
+and of Redis itself."""
 from __future__ import annotations
 
 import asyncio
@@ -20,9 +21,15 @@ openai = pytest.importorskip("openai")
 SCALE_OUT = ROOT / "deploy" / "scale-out.yaml"
 
 
-async def test_two_processes_on_one_redis(upstream, redis_url):
+@pytest.fixture(params=["redis", "postgres"])
+def shared_url(request: Any) -> str:
+    """Each shared store in turn: the real Redis, the real PostgreSQL (a key prefix or schema of the test's own)."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+async def test_two_processes_on_one_shared_store(upstream, shared_url):
     """The README's scale-out config, twice: what A stored, B reads and continues (and the reverse)."""
-    env = {"GATEWAY_STORE_URL": redis_url, "UPSTREAM_BASE_URL": upstream.url}
+    env = {"GATEWAY_STORE_URL": shared_url, "UPSTREAM_BASE_URL": upstream.url}
     async with gateway_process("--config", str(SCALE_OUT), env=env) as a, \
             gateway_process("--config", str(SCALE_OUT), env=env) as b, sdk(a.url) as on_a, sdk(b.url) as on_b:
         first = await on_a.responses.create(model="scripted", input="remember 42")
@@ -133,8 +140,8 @@ async def wait_for_status(client: Any, response_id: str, wanted: str, within: fl
     return asyncio.get_running_loop().time() - started
 
 
-async def test_background_started_on_a_resumed_and_cancelled_on_b(upstream, redis_url, http):
-    env = {"GATEWAY_STORE_URL": redis_url, "UPSTREAM_BASE_URL": upstream.url}
+async def test_background_started_on_a_resumed_and_cancelled_on_b(upstream, shared_url, http):
+    env = {"GATEWAY_STORE_URL": shared_url, "UPSTREAM_BASE_URL": upstream.url}
     async with gateway_process("--config", str(SCALE_OUT), env=env) as a, \
             gateway_process("--config", str(SCALE_OUT), env=env) as b, sdk(a.url) as on_a, sdk(b.url) as on_b:
         upstream.enqueue(paced_reply(*WORDS, gap=0.03))
@@ -163,9 +170,9 @@ async def test_background_started_on_a_resumed_and_cancelled_on_b(upstream, redi
         assert (await on_a.responses.retrieve(created.id)).status == "cancelled"
 
 
-async def test_kill_9_of_the_running_instance_b_ends_it_within_the_lease(upstream, redis_url, http):
+async def test_kill_9_of_the_running_instance_b_ends_it_within_the_lease(upstream, shared_url, http):
     lease = 1.0
-    env = {"GATEWAY_STORE_URL": redis_url, "UPSTREAM_BASE_URL": upstream.url, "GATEWAY_BACKGROUND_LEASE": str(lease)}
+    env = {"GATEWAY_STORE_URL": shared_url, "UPSTREAM_BASE_URL": upstream.url, "GATEWAY_BACKGROUND_LEASE": str(lease)}
     async with gateway_process("--config", str(SCALE_OUT), env=env) as a, \
             gateway_process("--config", str(SCALE_OUT), env=env) as b, sdk(b.url) as on_b:
         upstream.enqueue(paced_reply(*WORDS * 10, gap=0.05))
