@@ -45,6 +45,17 @@ async def test_responses_put_get_touch_delete(store):
     assert await store.get_responses([]) == {}
 
 
+async def test_a_whole_chain_in_one_read(store):
+    await store.put_response("resp_c0", b'{"chain":[]}', ttl=60)
+    await store.put_response("resp_c1", b'{"chain":["resp_c0"]}', ttl=60)
+    await store.put_response("resp_c2", b'{"chain":["resp_c0","resp_c1"]}', ttl=60)
+    assert await store.get_chain("resp_c2") == {"resp_c0": b'{"chain":[]}', "resp_c1": b'{"chain":["resp_c0"]}',
+                                                "resp_c2": b'{"chain":["resp_c0","resp_c1"]}'}
+    await store.delete_response("resp_c0")
+    assert set(await store.get_chain("resp_c2")) == {"resp_c1", "resp_c2"}
+    assert await store.get_chain("resp_missing") == {}
+
+
 async def test_conversation_items_in_order_with_paging(store):
     items = [(f"msg_{i}", f'{{"i":{i}}}'.encode()) for i in range(5)]
     await store.put_conversation("conv_1", b'{"c":1}', ttl=60, items=items[:3])
@@ -120,7 +131,8 @@ async def test_redis_keys_carry_their_expiry(redis_url):
 
 
 async def test_unreachable_backends_raise_store_unavailable(tmp_path):
-    for url in ("redis://127.0.0.1:1/0", f"sqlite:{tmp_path / 'file'}/under/a/file.db"):
+    for url in ("redis://127.0.0.1:1/0", f"sqlite:{tmp_path / 'file'}/under/a/file.db",
+                "postgresql://root@127.0.0.1:1/test"):
         if url.startswith("sqlite:"):
             (tmp_path / "file").write_text("not a directory")
         store = open_store_url(url)
@@ -250,9 +262,11 @@ async def test_write_run_stores_record_entries_and_lease_together(store):
 
 
 class RoundTrips:
-    """A loopback TCP proxy in front of Redis counting round trips: client sends after a server reply."""
+    """A loopback TCP proxy in front of a server (Redis by default) counting round trips: client sends after a
+    server reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 6379) -> None:
+        self.port = port
         self.count = 0
         self._replied = True
         self.server: asyncio.Server | None = None
@@ -262,7 +276,7 @@ class RoundTrips:
         return self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", self.port)
         await asyncio.gather(self._pipe(client_reader, redis_writer, True),
                              self._pipe(redis_reader, client_writer, False), return_exceptions=True)
 

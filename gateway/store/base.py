@@ -22,6 +22,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
+import orjson
+
 from ..errors import GatewayError
 
 Order = Literal["asc", "desc"]
@@ -135,6 +137,16 @@ class Batcher(Generic[T]):
             self._flushing = False
 
 
+async def chain_in_two_reads(store: "Store", response_id: str) -> dict[str, bytes]:
+    """`get_chain` for key-value backends: the record, then its ancestors in one multi-get."""
+    found = await store.get_responses([response_id])
+    if response_id in found:
+        chain = orjson.loads(found[response_id]).get("chain") or []
+        if chain:
+            found.update(await store.get_responses(chain))
+    return found
+
+
 class Store(Protocol):
     """Opaque records by id. All methods raise `StoreUnavailable` on backend failure."""
 
@@ -153,6 +165,10 @@ class Store(Protocol):
 
     async def get_responses(self, response_ids: list[str]) -> dict[str, bytes]:
         """The records that exist (missing and expired ids are left out)."""
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        """The record of `response_id` and those of the ids it lists under `chain` (its ancestors): a whole
+        `previous_response_id` chain. The one place a backend looks into a record."""
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         """Extend the expiry of records still in use (a chain being continued)."""

@@ -6,7 +6,7 @@ import bisect
 import contextlib
 import time
 
-from .base import Entries, Notifier, Order, page
+from .base import Entries, Notifier, Order, chain_in_two_reads, page
 
 SWEEP_INTERVAL = 60.0
 
@@ -72,6 +72,9 @@ class MemoryStore:
     async def get_responses(self, response_ids: list[str]) -> dict[str, bytes]:
         found = {rid: self._live(self._responses, rid) for rid in response_ids}
         return {rid: record for rid, record in found.items() if record is not None}
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        return await chain_in_two_reads(self, response_id)
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         deadline = time.monotonic() + ttl

@@ -97,7 +97,7 @@ class PostgresStore:
                 self._pool = await asyncpg.create_pool(
                     self._dsn, min_size=POOL_MIN, max_size=POOL_MAX, timeout=CONNECT_TIMEOUT,
                     command_timeout=COMMAND_TIMEOUT, max_inactive_connection_lifetime=300,
-                    server_settings={"search_path": self.schema, "application_name": "gateway"})
+                    server_settings={"search_path": self.schema, "application_name": "gateway"}, reset=_keep)
         return self._pool
 
     async def _call(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
@@ -181,6 +181,10 @@ class PostgresStore:
             return {}
         rows = await self._fetch("SELECT id, record FROM responses WHERE id = ANY($1::text[]) "
                                  "AND expires_at > now()", response_ids)
+        return {row[0]: row[1] for row in rows}
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        rows = await self._fetch(_GET_CHAIN, response_id)
         return {row[0]: row[1] for row in rows}
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
@@ -308,6 +312,11 @@ class PostgresStore:
         return {row[0] for row in rows}
 
 
+async def _keep(_conn: asyncpg.Connection) -> None:
+    """A released connection is reused as it is: pooled connections keep no session state (no LISTEN, no
+    session locks, no SET), and asyncpg's default reset would cost a round trip per store call."""
+
+
 def _unique_entries(runs: Any) -> tuple[list[str], list[int], list[bytes]]:
     """Log entries as three parallel arrays for `unnest`, an entry written twice in a batch once."""
     entries: dict[tuple[str, int], bytes] = {}
@@ -378,6 +387,12 @@ _WRITE_RUNS = (
     "ON CONFLICT (id) DO UPDATE SET instance = excluded.instance, deadline = excluded.deadline), "
     f"e AS ({_INSERT_EVENTS.format('$7', '$8', '$9')}) "
     "SELECT count(pg_notify($10, id)) FROM (SELECT DISTINCT unnest($7::text[]) AS id) ids")
+# A whole chain in one round trip: the response, and the ancestors its record lists (JSON `chain`).
+_GET_CHAIN = (
+    "WITH p AS (SELECT id, record FROM responses WHERE id = $1 AND expires_at > now()) "
+    "SELECT id, record FROM p UNION ALL SELECT r.id, r.record FROM p "
+    "CROSS JOIN LATERAL jsonb_array_elements_text(convert_from(p.record, 'UTF8')::jsonb -> 'chain') AS c(id) "
+    "JOIN responses r ON r.id = c.id AND r.expires_at > now()")
 _SWEEP_RESPONSES = (
     "WITH gone AS (DELETE FROM responses WHERE id IN (SELECT id FROM responses WHERE expires_at <= now() "
     "LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id), "

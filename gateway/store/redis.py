@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Appends, Batcher, Entries, Order, RunWrite, StoreUnavailable
+from .base import Appends, Batcher, Entries, Order, RunWrite, StoreUnavailable, chain_in_two_reads
 
 T = TypeVar("T")
 
@@ -128,6 +128,9 @@ class RedisStore:
             return {}
         values = await self._call(self._redis.mget([f"{self.prefix}r:{rid}" for rid in response_ids]))
         return {rid: value for rid, value in zip(response_ids, values) if value is not None}
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        return await chain_in_two_reads(self, response_id)
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         pipe = self._redis.pipeline(transaction=False)

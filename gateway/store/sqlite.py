@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Appends, Batcher, Entries, Notifier, Order, RunWrite, StoreUnavailable
+from .base import Appends, Batcher, Entries, Notifier, Order, RunWrite, StoreUnavailable, chain_in_two_reads
 
 SWEEP_INTERVAL = 300.0
 T = TypeVar("T")
@@ -151,6 +151,9 @@ class SQLiteStore:
         rows = await self._run(self._query, f"SELECT id, record FROM responses WHERE id IN ({marks}) "
                                "AND expires_at > ?", (*response_ids, time.time()))
         return {rid: bytes(record) for rid, record in rows}
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        return await chain_in_two_reads(self, response_id)
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         if response_ids:
