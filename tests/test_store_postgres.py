@@ -3,6 +3,12 @@ LISTEN/NOTIFY across instances, batched expiry. The shared contract is in test_s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -12,8 +18,11 @@ from gateway.store import open_store_url
 from gateway.store import postgres
 from gateway.store.postgres import MIGRATIONS, split_schema
 
-from .conftest import run_cli
+from .conftest import free_port, run_cli
+from .helpers import sdk
 from .test_store_backends import RoundTrips
+
+openai = pytest.importorskip("openai")
 
 
 async def _tables(url: str) -> tuple[asyncpg.Connection, str]:
@@ -123,3 +132,89 @@ def test_the_schema_comes_from_the_url():
 @pytest.fixture(autouse=True)
 def _needs_postgres(postgres_base: Any) -> None:
     """Every test here skips visibly without PostgreSQL (a failure with CI=true)."""
+
+
+# ---------------------------------------------------------------------------------------- a PostgreSQL of our own
+PG_BIN = Path(f"/usr/lib/postgresql/{max(p.name for p in Path('/usr/lib/postgresql').iterdir())}/bin") \
+    if Path("/usr/lib/postgresql").is_dir() else None
+
+
+class OwnPostgres:
+    """A throwaway PostgreSQL cluster (initdb in a temporary directory, run as the `postgres` user) on its
+    own port: the durability test stops and starts it without touching the machine's shared server."""
+
+    def __init__(self, port: int) -> None:
+        if PG_BIN is None or os.geteuid() != 0 or shutil.which("runuser") is None:
+            pytest.skip("needs root, runuser and PostgreSQL's binaries (/usr/lib/postgresql) for a cluster of its own")
+        self.port = port
+        self.dir = Path(tempfile.mkdtemp(prefix="gw-pg-"))
+        shutil.chown(self.dir, "postgres")
+        self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        self._as_postgres("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _as_postgres(self, tool: str, *args: str) -> None:
+        assert PG_BIN is not None
+        subprocess.run(["runuser", "-u", "postgres", "--", str(PG_BIN / tool), *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+
+    def start(self) -> None:
+        self._as_postgres("pg_ctl", "-D", str(self.dir / "data"), "-w", "-l", str(self.dir / "log"), "-o",
+                          f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1", "start")
+
+    def crash(self) -> None:
+        """Stop without a shutdown checkpoint, as a crash would (recovery replays the WAL at the next start)."""
+        self._as_postgres("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.crash()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def test_postgres_restarted_during_load(make_gateway, upstream, postgres_base):
+    """Under steady creates, PostgreSQL goes down hard and comes back: every response acknowledged as
+    completed is there afterwards; meanwhile stateful requests get 503 in the envelope and stateless ones work."""
+    server = OwnPostgres(free_port())
+    try:
+        server.start()
+        gateway = await make_gateway(store={"url": server.url})
+        acknowledged: list[str] = []
+        refused: list[int] = []
+        stop = asyncio.Event()
+
+        async def load(client: Any) -> None:
+            while not stop.is_set():
+                try:
+                    created = await client.responses.create(model="scripted", input="keep me")
+                except openai.APIStatusError as exc:
+                    assert exc.status_code == 503 and exc.body["code"] == "store_unavailable", exc.body
+                    refused.append(exc.status_code)
+                    await asyncio.sleep(0.02)
+                else:
+                    assert created.status == "completed"
+                    acknowledged.append(created.id)
+
+        async with sdk(str(gateway.make_url(""))) as client:
+            workers = [asyncio.ensure_future(load(client)) for _ in range(4)]
+            await asyncio.sleep(1.0)
+            before_outage = len(acknowledged)
+            await asyncio.to_thread(server.crash)
+            await asyncio.sleep(0.5)
+            stateless = await client.responses.create(model="scripted", input="x", store=False)
+            assert stateless.status == "completed"
+            with pytest.raises(openai.InternalServerError) as info:
+                await client.responses.create(model="scripted", input="x")
+            assert info.value.status_code == 503 and info.value.body["code"] == "store_unavailable"
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(1.5)
+            stop.set()
+            await asyncio.gather(*workers)
+            assert before_outage > 0 and refused, (before_outage, len(refused))
+            assert len(acknowledged) > before_outage   # creates work again after the restart
+            found = 0
+            for response_id in acknowledged:
+                assert (await client.responses.retrieve(response_id)).output_text == "Hello"
+                found += 1
+            print(f"PostgreSQL restart under load: {found} acknowledged responses all there, {len(refused)} 503s")
+    finally:
+        server.remove()

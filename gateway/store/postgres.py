@@ -58,6 +58,9 @@ SWEEP_BATCH = 1000
 FOLLOW_POLL = 0.5
 
 _INTERVAL = "make_interval(secs => {})"
+# What a connection killed under a statement raises (a server restart, an idle connection cut).
+_LOST_CONNECTION = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, asyncpg.AdminShutdownError,
+                    asyncpg.CannotConnectNowError, ConnectionResetError)
 
 
 def split_schema(url: str) -> tuple[str, str]:
@@ -102,11 +105,19 @@ class PostgresStore:
 
     async def _call(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         try:
-            pool = await self._ready()
-            async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-                return await work(conn)
+            try:
+                return await self._once(work)
+            except _LOST_CONNECTION:
+                # A pooled connection that died with a PostgreSQL restart fails once, and the pool opens a
+                # new one: try again. Every write is idempotent (upserts, appends that skip ids present).
+                return await self._once(work)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"PostgreSQL store: {type(exc).__name__}: {exc}") from None
+
+    async def _once(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        pool = await self._ready()
+        async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            return await work(conn)
 
     async def _fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         return await self._call(lambda conn: conn.fetch(sql, *args))
