@@ -19,7 +19,7 @@ lease) in one round trip, so a create answers after one; concurrent calls share 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
 
 import orjson
@@ -83,6 +83,17 @@ class Notifier:
 
 
 Entries = list[tuple[int, bytes]]          # an event log's (sequence number, frame) pairs
+DUMP_PAGE = 500                            # rows per read while dumping a store
+
+
+class Dumped(NamedTuple):
+    """One stored object for `gateway store export`: a response, or a conversation with its items."""
+
+    kind: Literal["response", "conversation"]
+    id: str
+    record: bytes
+    ttl: float                              # seconds it has left
+    items: list[tuple[str, bytes]]          # a conversation's (item id, item), in order
 Appends = list[tuple[str, Entries]]        # (response id, entries) of several runs
 
 
@@ -224,6 +235,11 @@ class Store(Protocol):
         """The instance holding a live lease on the run, or None."""
 
     async def request_cancel(self, response_id: str, ttl: float) -> None: ...
+
+    # ------------------------------------------------------------------ export
+    def dump(self) -> AsyncIterator[Dumped]:
+        """Every live response and conversation (with its items), read a page at a time. Event logs, leases
+        and cancel signals are not dumped: they belong to runs of the instances using the store."""
 
     async def cancel_requested(self, response_ids: list[str]) -> set[str]:
         """The ids among `response_ids` whose cancel was requested."""

@@ -8,8 +8,9 @@ ever finds entries of a response whose record exists.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
-from .base import Entries, Order, Store
+from .base import Dumped, Entries, Order, Store
 
 
 class HybridStore:
@@ -65,6 +66,9 @@ class HybridStore:
 
     async def delete_item(self, conversation_id: str, item_id: str) -> bool:
         return await self.records.delete_item(conversation_id, item_id)
+
+    def dump(self) -> AsyncIterator[Dumped]:
+        return self.records.dump()
 
     # ------------------------------------------------------------------ background: logs and cancels in Redis
     async def append_events(self, response_id: str, events: list[tuple[int, bytes]], ttl: float) -> None:

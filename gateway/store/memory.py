@@ -5,8 +5,9 @@ import asyncio
 import bisect
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
-from .base import Entries, Notifier, Order, chain_in_two_reads, page
+from .base import Dumped, Entries, Notifier, Order, chain_in_two_reads, page
 
 SWEEP_INTERVAL = 60.0
 
@@ -61,6 +62,15 @@ class MemoryStore:
             del table[key]
             return None
         return entry[0]
+
+    async def dump(self) -> AsyncIterator[Dumped]:
+        now = time.monotonic()
+        for rid, (record, at) in list(self._responses.items()):
+            if at > now:
+                yield Dumped("response", rid, record, at - now, [])
+        for cid, (record, at) in list(self._conversations.items()):
+            if at > now:
+                yield Dumped("conversation", cid, record, at - now, list(self._items.get(cid, {}).items()))
 
     # ------------------------------------------------------------------ responses
     async def put_response(self, response_id: str, record: bytes, ttl: float,

@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from .base import Appends, Batcher, Entries, Notifier, Order, RunWrite, StoreUnavailable
+from .base import DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -176,6 +176,18 @@ class PostgresStore:
                 if done < SWEEP_BATCH:
                     break
         return total
+
+    async def dump(self) -> AsyncIterator[Dumped]:
+        for kind, table in (("response", "responses"), ("conversation", "conversations")):
+            after = ""
+            while rows := await self._fetch(
+                    f"SELECT id, record, extract(epoch FROM expires_at - now())::float8 FROM {table} "
+                    "WHERE id > $1 AND expires_at > now() ORDER BY id LIMIT $2", after, DUMP_PAGE):
+                for object_id, record, ttl in rows:
+                    items = [] if kind == "response" else [(r[0], r[1]) for r in await self._fetch(
+                        "SELECT id, record FROM conversation_items WHERE conversation_id = $1 ORDER BY seq", object_id)]
+                    yield Dumped(kind, object_id, record, ttl, items)  # type: ignore[arg-type]
+                after = rows[-1][0]
 
     # ------------------------------------------------------------------ responses
     async def put_response(self, response_id: str, record: bytes, ttl: float,

@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Appends, Batcher, Entries, Notifier, Order, RunWrite, StoreUnavailable, chain_in_two_reads
+from .base import DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable, chain_in_two_reads
 
 SWEEP_INTERVAL = 300.0
 T = TypeVar("T")
@@ -130,6 +130,19 @@ class SQLiteStore:
     def _change(self, sql: str, args: tuple[Any, ...]) -> int:
         assert self._db is not None
         return self._db.execute(sql, args).rowcount
+
+    async def dump(self) -> AsyncIterator[Dumped]:
+        for kind, table in (("response", "responses"), ("conversation", "conversations")):
+            after = ""
+            while rows := await self._run(self._query, f"SELECT id, record, expires_at - ? FROM {table} WHERE id > ? "
+                                          "AND expires_at > ? ORDER BY id LIMIT ?",
+                                          (time.time(), after, time.time(), DUMP_PAGE)):
+                for object_id, record, ttl in rows:
+                    items = [] if kind == "response" else [(i, bytes(r)) for i, r in await self._run(
+                        self._query, "SELECT id, record FROM conversation_items WHERE conversation_id = ? "
+                        "ORDER BY seq", (object_id,))]
+                    yield Dumped(kind, object_id, bytes(record), ttl, items)  # type: ignore[arg-type]
+                after = rows[-1][0]
 
     # ------------------------------------------------------------------ responses
     async def put_response(self, response_id: str, record: bytes, ttl: float,
