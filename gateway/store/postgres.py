@@ -56,6 +56,7 @@ CONNECT_TIMEOUT = 3.0
 SWEEP_INTERVAL = 60.0
 SWEEP_BATCH = 1000
 FOLLOW_POLL = 0.5
+LISTEN_CHECK = 1.0
 
 _INTERVAL = "make_interval(secs => {})"
 # What a connection killed under a statement raises (a server restart, an idle connection cut).
@@ -154,18 +155,28 @@ class PostgresStore:
         with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError):
             conn = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT,
                                          server_settings={"application_name": "gateway-listen"})
-            await conn.add_listener(self._channel, self._on_notify)
+            try:
+                await conn.add_listener(self._channel, self._on_notify)
+            except BaseException:
+                conn.terminate()
+                raise
             self._listener = conn
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         self._notifier.notify(payload)
 
     async def _sweep_forever(self) -> None:
+        """Keep the LISTEN connection open (checked every LISTEN_CHECK seconds, so followers are woken again
+        soon after a PostgreSQL restart) and sweep every SWEEP_INTERVAL."""
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_INTERVAL
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
-            with contextlib.suppress(StoreUnavailable):
-                await self._listen()
-                await self.sweep()
+            await asyncio.sleep(LISTEN_CHECK)
+            await self._listen()
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + SWEEP_INTERVAL
+                with contextlib.suppress(StoreUnavailable):
+                    await self.sweep()
 
     async def sweep(self) -> int:
         """Delete expired rows, SWEEP_BATCH at a time, each batch its own short statement."""
