@@ -98,6 +98,12 @@ def gateway_command(port: int, upstream: int) -> list[str]:
 BENCH_REDIS = f"redis://{LOOPBACK}:6379/0?prefix=bench:{os.urandom(4).hex()}:"
 
 
+# PostgreSQL (BENCH_POSTGRES_URL, default the local server's `test` database): one schema per bench run,
+# dropped at the end (nothing else is touched).
+BENCH_POSTGRES = (f"{os.environ.get('BENCH_POSTGRES_URL', f'postgresql://postgres@{LOOPBACK}:5432/test')}"
+                  f"?schema=bench_{os.urandom(4).hex()}")
+
+
 def gateway_store_command(url: str) -> Callable[[int, int], list[str]]:
     return lambda port, upstream: [*gateway_command(port, upstream), "--store", url]
 
@@ -220,6 +226,8 @@ STORE_TARGETS = [
     Target("gateway-sqlite", "responses", "/v1/responses", "/healthz", gateway_store_command("sqlite:bench-store.db"),
            in_scratch=True, store=True),
     Target("gateway-redis", "responses", "/v1/responses", "/healthz", gateway_store_command(BENCH_REDIS), store=True),
+    Target("gateway-postgres", "responses", "/v1/responses", "/healthz", gateway_store_command(BENCH_POSTGRES),
+           store=True),
 ]  # fmt: skip
 # The background scenario: the same stored streams with and without background (the event log).
 BACKGROUND_TARGETS = [
@@ -229,6 +237,9 @@ BACKGROUND_TARGETS = [
     STORE_TARGETS[2],
     Target("gateway-redis-background", "responses", "/v1/responses", "/healthz", gateway_store_command(BENCH_REDIS),
            store=True, background=True),
+    STORE_TARGETS[3],
+    Target("gateway-postgres-background", "responses", "/v1/responses", "/healthz",
+           gateway_store_command(BENCH_POSTGRES), store=True, background=True),
 ]  # fmt: skip
 STORE_TOKENS = 20  # short answers: the per-request cost of storing shows instead of the per-token cost
 # A burst of background creates: how soon each is answered (queued) while the earlier ones run.
@@ -326,7 +337,7 @@ class Bench:
             self.record("capacity", target.name, 0, {"capacity_streams": best})
 
     async def store(self) -> None:
-        """CPU per request and added TTFT with store: true on SQLite and Redis against store: false."""
+        """CPU per request and added TTFT with store: true on SQLite, Redis and PostgreSQL against store: false."""
         p = self.profile
         paced = self.paced_load(p.ttft_tokens, p.ttft_concurrency, p.ttft_rounds)
         for rep in range(p.reps):
@@ -426,7 +437,7 @@ class Bench:
             print("capacity (stepping the load up)", flush=True)
             await self.capacity()
         if "store" in scenarios:
-            print("store: true on SQLite and Redis against store: false", flush=True)
+            print("store: true on SQLite, Redis and PostgreSQL against store: false", flush=True)
             await self.store()
         if "background" in scenarios:
             print("background: true (the event log) against stored streams", flush=True)
@@ -441,6 +452,8 @@ class Bench:
 
 
 async def remove_bench_keys() -> None:
+    """The bench run's Redis keys and PostgreSQL schema."""
+    await remove_bench_schema()
     import redis.asyncio as aioredis
 
     from gateway.store.redis import split_prefix
@@ -454,11 +467,26 @@ async def remove_bench_keys() -> None:
     await client.aclose()
 
 
+async def remove_bench_schema() -> None:
+    import asyncpg
+
+    from gateway.store.postgres import split_schema
+
+    dsn, schema = split_schema(BENCH_POSTGRES)
+    with contextlib.suppress(OSError, asyncpg.PostgresError):
+        conn = await asyncpg.connect(dsn, timeout=3)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
 def store_table(runs: list[Result]) -> str:
     lines = ["| store (median) | CPU ms / request | added CPU ms / request | added TTFT p50 ms (20 paced streams) |",
              "|---|---|---|---|"]  # fmt: skip
     base = median_of(runs, "store-cpu", "gateway", "cpu_ms_per_request")
-    for target, label in (("gateway", "store: false"), ("gateway-sqlite", "sqlite"), ("gateway-redis", "redis")):
+    for target, label in (("gateway", "store: false"), ("gateway-sqlite", "sqlite"), ("gateway-redis", "redis"),
+                          ("gateway-postgres", "postgres")):
         cpu = median_of(runs, "store-cpu", target, "cpu_ms_per_request")
         added = subtract(cpu, base) if target != "gateway" else None
         ttft = median_of(runs, "store-ttft", target, "added_ttft_p50_ms")
@@ -471,7 +499,7 @@ def background_table(runs: list[Result], profile: Profile) -> str:
     lines = [f"| background (median) | CPU µs / token | event log CPU µs / event | RSS kB / open stream "
              f"({profile.paced_concurrency} paced) | errors | create TTFT p50 ms ({CREATES:,} in {CREATES_SPREAD:g} s; "
              f"redis ≤ {CREATES_TARGET_MS:g}) | create errors |", "|---|---|---|---|---|---|---|"]
-    for store in ("sqlite", "redis"):
+    for store in ("sqlite", "redis", "postgres"):
         plain = median_of(runs, "background-cpu", f"gateway-{store}", "cpu_s_per_mtok")
         for target, label in ((f"gateway-{store}", f"{store}, stored stream"),
                               (f"gateway-{store}-background", f"{store}, background stream")):

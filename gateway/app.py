@@ -41,7 +41,7 @@ def create_app(config: Config) -> web.Application:
     state = AppState(config=config, routing=RoutingTable(config), keys=KeyRing(config.auth),
                      stream_limits=StreamLimits(), metrics=metrics,
                      keepalive=KeepAlive(config.server.keepalive_interval),
-                     stored=StateService(open_store_url(config.store.url), config.store),
+                     stored=StateService(open_store_url(config.store.url, config.store.events_url), config.store),
                      debug=config.server.log_level == "debug",
                      capture=CaptureStore(config) if config.debug.capture != "off" else None,
                      inspector=Inspector(config.debug.inspector_recent) if config.debug.inspector else None)

@@ -1,5 +1,6 @@
 """`gateway serve [--config FILE] [--host H] [--port P] [--upstream-url URL] [--log-format json|console]`,
-`gateway hash-key` (a gateway key on stdin, its SHA-256 for `auth.keys` on stdout), and the
+`gateway hash-key` (a gateway key on stdin, its SHA-256 for `auth.keys` on stdout), `gateway migrate`
+(the PostgreSQL store's schema, gateway/store_cli.py), and the
 debugging tools' subcommands. Every error is one line on stderr and exit status 2 (gateway/cli_io.py)."""
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import NoReturn
 
 from aiohttp import web
 
-from . import check, replay, tail
+from . import check, replay, store_cli, tail
 from .app import create_app
 from .cli_io import CliError, report_error
 from .config import Config, load_config
@@ -41,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
     serve.add_argument("--upstream-url", help="Chat Completions base URL, e.g. http://127.0.0.1:11434/v1")
-    serve.add_argument("--store", help="state store URL: memory:, sqlite:PATH or redis://HOST:PORT/DB "
-                       "(overrides store.url)")
+    serve.add_argument("--store", help="state store URL: memory:, sqlite:PATH, redis://HOST:PORT/DB or "
+                       "postgresql://USER@HOST:PORT/DB (overrides store.url)")
     serve.add_argument("--log-format", choices=("json", "console"), help="log line format")
     serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(run=run_serve)
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "auth.keys")
     hash_key_parser.set_defaults(run=run_hash_key)
     # Debugging tools: each module adds its subcommand and sets `run`.
-    for tool in (check, tail, replay):
+    for tool in (check, tail, replay, store_cli):
         tool.register(commands)
     return parser
 

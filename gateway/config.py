@@ -126,7 +126,8 @@ class AuthConfig:
 class StoreConfig:
     """Stored responses and conversations (gateway/store). Without a config file: in memory."""
 
-    url: str = "memory:"            # memory: | sqlite:PATH | redis://HOST:PORT/DB[?prefix=P]
+    url: str = "memory:"            # memory: | sqlite:PATH | redis://HOST:PORT/DB[?prefix=P] | postgresql://…[?schema=S]
+    events_url: str = ""            # redis://…: background event logs and cancel signals there (PostgreSQL url)
     ttl: float = 30 * 86400.0       # seconds a response (or an unused conversation) is kept
     max_chain_length: int = 1000    # responses in one previous_response_id chain
     max_stored_bytes: int = 16 * 1024 * 1024  # encoded input items of one stored response or one turn
@@ -270,10 +271,13 @@ def for_debugging(config: Config) -> Config:
 
 
 def _check_store(store: StoreConfig) -> None:
-    from .store import check_store_url
+    from .store import check_events_url, check_store_url
     problem = check_store_url(store.url)
     if problem:
         raise ConfigError(f"store.url: {problem}")
+    problem = check_events_url(store.url, store.events_url)
+    if problem:
+        raise ConfigError(f"store.events_url: {problem}")
     for key in ("ttl", "max_chain_length", "max_stored_bytes", "max_event_log_bytes", "background_lease"):
         if getattr(store, key) <= 0:
             raise ConfigError(f"store.{key}: must be positive")

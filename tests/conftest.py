@@ -127,6 +127,65 @@ def redis_url() -> Any:
         client.close()
 
 
+PG_HOST, PG_PORT, PG_DATABASE = "127.0.0.1", 5432, "test"
+
+
+def _pg_user() -> str:
+    """The role to connect as (trust auth): PGUSER, else `postgres`, else the login name (`root` on CI)."""
+    return os.environ.get("PGUSER") or "postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_base() -> str:
+    """A URL of the real PostgreSQL on 127.0.0.1:5432 (database `test`), or a visible skip; with CI=true
+    its absence is a failure."""
+    import asyncpg
+
+    async def probe(user: str) -> None:
+        conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=user, database=PG_DATABASE, timeout=3)
+        await conn.close()
+
+    problem: Exception | None = None
+    for user in dict.fromkeys((_pg_user(), "root", os.environ.get("USER") or "root")):
+        try:
+            _run_apart(lambda: probe(user))
+            return f"postgresql://{user}@{PG_HOST}:{PG_PORT}/{PG_DATABASE}"
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            problem = exc
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL at {PG_HOST}:{PG_PORT}/{PG_DATABASE} is required when CI=true: {problem}")
+    pytest.skip(f"no PostgreSQL at {PG_HOST}:{PG_PORT}/{PG_DATABASE} ({problem}); CI=true makes this a failure")
+
+
+@pytest.fixture
+def postgres_url(postgres_base: str) -> Any:
+    """The real PostgreSQL under a schema of this test's own, dropped afterwards (nothing else is touched).
+
+    Synchronous, so async fixtures can ask for it with `request.getfixturevalue`.
+    """
+    import asyncpg
+    schema = f"gwtest_{os.urandom(6).hex()}"
+    try:
+        yield f"{postgres_base}?schema={schema}"
+    finally:
+        async def drop() -> None:
+            conn = await asyncpg.connect(postgres_base, timeout=3)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await conn.close()
+        _run_apart(drop)
+
+
+def _run_apart(coroutine: Any) -> Any:
+    """Run `coroutine()` to its end on a loop of its own in another thread (fixtures here are synchronous and
+    may be set up from inside a running loop)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(lambda: asyncio.run(coroutine())).result(60)
+
+
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -155,14 +214,15 @@ def chromium() -> str:
     pytest.skip(f"no {CHROMIUM} ({problem}); CI=true makes this a failure")
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def store_url(request: Any, tmp_path: Any) -> str:
-    """Each store backend in turn: memory, SQLite on a real file, the real Redis (see `redis_url`)."""
+    """Each store backend in turn: memory, SQLite on a real file, the real Redis (see `redis_url`), the real
+    PostgreSQL (see `postgres_url`)."""
     if request.param == "memory":
         return "memory:"
     if request.param == "sqlite":
         return f"sqlite:{tmp_path / 'gateway.db'}"
-    return request.getfixturevalue("redis_url")
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 @pytest.fixture

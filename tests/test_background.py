@@ -21,8 +21,8 @@ def url_of(gateway: Any) -> str:
     return str(gateway.make_url("")).rstrip("/")
 
 
-async def test_create_returns_at_once_then_retrieve_polls_to_completed(make_gateway, upstream):
-    gateway = await make_gateway()
+async def test_create_returns_at_once_then_retrieve_polls_to_completed(make_gateway, upstream, store_url):
+    gateway = await make_gateway(store={"url": store_url})
     async with sdk(url_of(gateway)) as client:
         await client.responses.create(model="scripted", input="warm up")  # the SDK builds its models once
         upstream.enqueue(paced_reply(*WORDS[:10], gap=0.2))  # two seconds upstream
@@ -113,9 +113,9 @@ def _obj(event: dict[str, Any]) -> Any:
     return type("E", (), {"type": event["type"], "delta": event.get("delta")})
 
 
-async def test_cancel_closes_the_upstream_within_a_second(make_gateway, upstream, http):
+async def test_cancel_closes_the_upstream_within_a_second(make_gateway, upstream, http, store_url):
     upstream.enqueue(paced_reply(*WORDS * 10, gap=0.05))  # fifteen seconds
-    gateway = await make_gateway()
+    gateway = await make_gateway(store={"url": store_url})
     base = url_of(gateway)
     async with sdk(base) as client:
         created = await client.responses.create(model="scripted", input="long", background=True, stream=True)

@@ -1,4 +1,5 @@
-"""The store interface, the same tests on every backend: memory, SQLite on a real file, the real Redis."""
+"""The store interface, the same tests on every backend: memory, SQLite on a real file, the real Redis, the
+real PostgreSQL (a schema of each test's own)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,21 +13,24 @@ from gateway.background import EventLog
 from gateway.config import StoreConfig, load_config
 from gateway.errors import ConfigError, InvalidRequest
 from gateway.store import StoreUnavailable, open_store_url
-from gateway.store.redis import RedisStore, split_prefix
+from gateway.store.redis import split_prefix
 from gateway.store.service import StateService, Turn, normalize_items, token_owner
 
 from .conftest import ROOT
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "hybrid"])
 async def store(request: Any, tmp_path: Any) -> Any:
+    events_url = ""
     if request.param == "memory":
         url = "memory:"
     elif request.param == "sqlite":
         url = f"sqlite:{tmp_path / 'state' / 'gateway.db'}"
+    elif request.param == "hybrid":   # PostgreSQL, the event logs and cancel signals in Redis
+        url, events_url = request.getfixturevalue("postgres_url"), request.getfixturevalue("redis_url")
     else:
-        url = request.getfixturevalue("redis_url")
-    backend = open_store_url(url)
+        url = request.getfixturevalue(f"{request.param}_url")
+    backend = open_store_url(url, events_url)
     await backend.open()
     yield backend
     await backend.close()
@@ -42,6 +46,17 @@ async def test_responses_put_get_touch_delete(store):
     assert await store.delete_response("resp_a") is False
     assert await store.get_responses(["resp_a"]) == {}
     assert await store.get_responses([]) == {}
+
+
+async def test_a_whole_chain_in_one_read(store):
+    await store.put_response("resp_c0", b'{"chain":[]}', ttl=60)
+    await store.put_response("resp_c1", b'{"chain":["resp_c0"]}', ttl=60)
+    await store.put_response("resp_c2", b'{"chain":["resp_c0","resp_c1"]}', ttl=60)
+    assert await store.get_chain("resp_c2") == {"resp_c0": b'{"chain":[]}', "resp_c1": b'{"chain":["resp_c0"]}',
+                                                "resp_c2": b'{"chain":["resp_c0","resp_c1"]}'}
+    await store.delete_response("resp_c0")
+    assert set(await store.get_chain("resp_c2")) == {"resp_c1", "resp_c2"}
+    assert await store.get_chain("resp_missing") == {}
 
 
 async def test_conversation_items_in_order_with_paging(store):
@@ -119,7 +134,8 @@ async def test_redis_keys_carry_their_expiry(redis_url):
 
 
 async def test_unreachable_backends_raise_store_unavailable(tmp_path):
-    for url in ("redis://127.0.0.1:1/0", f"sqlite:{tmp_path / 'file'}/under/a/file.db"):
+    for url in ("redis://127.0.0.1:1/0", f"sqlite:{tmp_path / 'file'}/under/a/file.db",
+                "postgresql://root@127.0.0.1:1/test"):
         if url.startswith("sqlite:"):
             (tmp_path / "file").write_text("not a directory")
         store = open_store_url(url)
@@ -137,7 +153,10 @@ def test_store_config_keys(tmp_path):
     config = load_config(path)
     assert config.store.url == "sqlite:state/x.db" and config.store.ttl == 60 and config.store.max_chain_length == 5
     assert load_config(None, {"store": {"url": "redis://127.0.0.1:6379/0"}}).store.url == "redis://127.0.0.1:6379/0"
-    for bad, key in (("url: mysql://x", "store.url"), ("ttl: 0", "store.ttl"), ("nope: 1", "store.nope")):
+    assert load_config(None, {"store": {"url": "postgresql://u@h/db", "events_url": "redis://h:6379/0"}}).store.events_url
+    for bad, key in (("url: mysql://x", "store.url"), ("ttl: 0", "store.ttl"), ("nope: 1", "store.nope"),
+                     ("events_url: postgresql://x", "store.events_url"),
+                     ("events_url: redis://h:6379/0", "store.events_url")):
         path.write_text(f"store:\n  {bad}\n")
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_config(path)
@@ -197,7 +216,7 @@ async def test_event_log_expires_with_its_response(store):
     await store.put_response("resp_short", b"{}", ttl=0.05)
     await store.append_events("resp_short", [(0, b"a")], ttl=0.05)
     await asyncio.sleep(0.2)
-    if not isinstance(store, RedisStore):  # Redis expires keys by itself; the others sweep
+    if hasattr(store, "sweep"):  # Redis (and the hybrid's event logs there) expire keys by themselves
         swept = store.sweep()
         if asyncio.iscoroutine(swept):
             await swept
@@ -249,9 +268,11 @@ async def test_write_run_stores_record_entries_and_lease_together(store):
 
 
 class RoundTrips:
-    """A loopback TCP proxy in front of Redis counting round trips: client sends after a server reply."""
+    """A loopback TCP proxy in front of a server (Redis by default) counting round trips: client sends after a
+    server reply."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 6379) -> None:
+        self.port = port
         self.count = 0
         self._replied = True
         self.server: asyncio.Server | None = None
@@ -261,7 +282,7 @@ class RoundTrips:
         return self.server.sockets[0].getsockname()[1]
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", 6379)
+        redis_reader, redis_writer = await asyncio.open_connection("127.0.0.1", self.port)
         await asyncio.gather(self._pipe(client_reader, redis_writer, True),
                              self._pipe(redis_reader, client_writer, False), return_exceptions=True)
 

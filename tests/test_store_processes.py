@@ -1,4 +1,5 @@
-"""State across processes: two gateways on one Redis, restarts of the gateway (SQLite) and of Redis itself."""
+"""State across processes: two gateways on one shared store (Redis, PostgreSQL), restarts of the gateway (SQLite)
+and of Redis itself."""
 from __future__ import annotations
 
 import asyncio
@@ -20,9 +21,19 @@ openai = pytest.importorskip("openai")
 SCALE_OUT = ROOT / "deploy" / "scale-out.yaml"
 
 
-async def test_two_processes_on_one_redis(upstream, redis_url):
+@pytest.fixture(params=["redis", "postgres", "hybrid"])
+def shared_store(request: Any) -> dict[str, str]:
+    """The environment for deploy/scale-out.yaml naming each shared store in turn: the real Redis, the real
+    PostgreSQL, PostgreSQL with the event logs in Redis (a key prefix and a schema of the test's own)."""
+    if request.param == "hybrid":
+        return {"GATEWAY_STORE_URL": request.getfixturevalue("postgres_url"),
+                "GATEWAY_STORE_EVENTS_URL": request.getfixturevalue("redis_url")}
+    return {"GATEWAY_STORE_URL": request.getfixturevalue(f"{request.param}_url")}
+
+
+async def test_two_processes_on_one_shared_store(upstream, shared_store):
     """The README's scale-out config, twice: what A stored, B reads and continues (and the reverse)."""
-    env = {"GATEWAY_STORE_URL": redis_url, "UPSTREAM_BASE_URL": upstream.url}
+    env = {**shared_store, "UPSTREAM_BASE_URL": upstream.url}
     async with gateway_process("--config", str(SCALE_OUT), env=env) as a, \
             gateway_process("--config", str(SCALE_OUT), env=env) as b, sdk(a.url) as on_a, sdk(b.url) as on_b:
         first = await on_a.responses.create(model="scripted", input="remember 42")
@@ -133,8 +144,20 @@ async def wait_for_status(client: Any, response_id: str, wanted: str, within: fl
     return asyncio.get_running_loop().time() - started
 
 
-async def test_background_started_on_a_resumed_and_cancelled_on_b(upstream, redis_url, http):
-    env = {"GATEWAY_STORE_URL": redis_url, "UPSTREAM_BASE_URL": upstream.url}
+async def events_in_redis(url: str, response_id: str) -> int:
+    import redis.asyncio as aioredis
+
+    from gateway.store.redis import split_prefix
+    redis_url, prefix = split_prefix(url)
+    client = aioredis.from_url(redis_url)
+    try:
+        return await client.xlen(f"{prefix}e:{response_id}")
+    finally:
+        await client.aclose()
+
+
+async def test_background_started_on_a_resumed_and_cancelled_on_b(upstream, shared_store, http):
+    env = {**shared_store, "UPSTREAM_BASE_URL": upstream.url}
     async with gateway_process("--config", str(SCALE_OUT), env=env) as a, \
             gateway_process("--config", str(SCALE_OUT), env=env) as b, sdk(a.url) as on_a, sdk(b.url) as on_b:
         upstream.enqueue(paced_reply(*WORDS, gap=0.03))
@@ -148,6 +171,8 @@ async def test_background_started_on_a_resumed_and_cancelled_on_b(upstream, redi
         _, full = await read_stream(http, f"{b.url}/v1/responses/{response_id}?stream=true")
         assert head + tail == full
         assert (await on_a.responses.retrieve(response_id)).output_text == "".join(WORDS)
+        if "GATEWAY_STORE_EVENTS_URL" in shared_store:   # the hybrid: the event log is a Redis stream
+            assert await events_in_redis(shared_store["GATEWAY_STORE_EVENTS_URL"], response_id) == len(events_of(full))
 
         upstream.enqueue(paced_reply(*WORDS * 10, gap=0.05))
         created = await on_a.responses.create(model="scripted", input="long", background=True)
@@ -163,9 +188,9 @@ async def test_background_started_on_a_resumed_and_cancelled_on_b(upstream, redi
         assert (await on_a.responses.retrieve(created.id)).status == "cancelled"
 
 
-async def test_kill_9_of_the_running_instance_b_ends_it_within_the_lease(upstream, redis_url, http):
+async def test_kill_9_of_the_running_instance_b_ends_it_within_the_lease(upstream, shared_store, http):
     lease = 1.0
-    env = {"GATEWAY_STORE_URL": redis_url, "UPSTREAM_BASE_URL": upstream.url, "GATEWAY_BACKGROUND_LEASE": str(lease)}
+    env = {**shared_store, "UPSTREAM_BASE_URL": upstream.url, "GATEWAY_BACKGROUND_LEASE": str(lease)}
     async with gateway_process("--config", str(SCALE_OUT), env=env) as a, \
             gateway_process("--config", str(SCALE_OUT), env=env) as b, sdk(b.url) as on_b:
         upstream.enqueue(paced_reply(*WORDS * 10, gap=0.05))

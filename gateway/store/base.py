@@ -19,8 +19,10 @@ lease) in one round trip, so a create answers after one; concurrent calls share 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Generic, Literal, NamedTuple, Protocol, TypeVar
+
+import orjson
 
 from ..errors import GatewayError
 
@@ -67,9 +69,13 @@ class Notifier:
         if event is not None:
             event.set()
 
+    def arm(self, key: str) -> asyncio.Event:
+        """The event the next `notify(key)` sets: armed before a read, it keeps a notify during the read."""
+        return self._events.setdefault(key, asyncio.Event())
+
     async def wait(self, key: str, timeout: float) -> None:
         """Until `notify(key)` or `timeout` seconds, whichever comes first."""
-        event = self._events.setdefault(key, asyncio.Event())
+        event = self.arm(key)
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
@@ -77,6 +83,17 @@ class Notifier:
 
 
 Entries = list[tuple[int, bytes]]          # an event log's (sequence number, frame) pairs
+DUMP_PAGE = 500                            # rows per read while dumping a store
+
+
+class Dumped(NamedTuple):
+    """One stored object for `gateway store export`: a response, or a conversation with its items."""
+
+    kind: Literal["response", "conversation"]
+    id: str
+    record: bytes
+    ttl: float                              # seconds it has left
+    items: list[tuple[str, bytes]]          # a conversation's (item id, item), in order
 Appends = list[tuple[str, Entries]]        # (response id, entries) of several runs
 
 
@@ -131,6 +148,16 @@ class Batcher(Generic[T]):
             self._flushing = False
 
 
+async def chain_in_two_reads(store: "Store", response_id: str) -> dict[str, bytes]:
+    """`get_chain` for key-value backends: the record, then its ancestors in one multi-get."""
+    found = await store.get_responses([response_id])
+    if response_id in found:
+        chain = orjson.loads(found[response_id]).get("chain") or []
+        if chain:
+            found.update(await store.get_responses(chain))
+    return found
+
+
 class Store(Protocol):
     """Opaque records by id. All methods raise `StoreUnavailable` on backend failure."""
 
@@ -149,6 +176,10 @@ class Store(Protocol):
 
     async def get_responses(self, response_ids: list[str]) -> dict[str, bytes]:
         """The records that exist (missing and expired ids are left out)."""
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        """The record of `response_id` and those of the ids it lists under `chain` (its ancestors): a whole
+        `previous_response_id` chain. The one place a backend looks into a record."""
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         """Extend the expiry of records still in use (a chain being continued)."""
@@ -204,6 +235,11 @@ class Store(Protocol):
         """The instance holding a live lease on the run, or None."""
 
     async def request_cancel(self, response_id: str, ttl: float) -> None: ...
+
+    # ------------------------------------------------------------------ export
+    def dump(self) -> AsyncIterator[Dumped]:
+        """Every live response and conversation (with its items), read a page at a time. Event logs, leases
+        and cancel signals are not dumped: they belong to runs of the instances using the store."""
 
     async def cancel_requested(self, response_ids: list[str]) -> set[str]:
         """The ids among `response_ids` whose cancel was requested."""

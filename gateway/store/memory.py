@@ -5,8 +5,9 @@ import asyncio
 import bisect
 import contextlib
 import time
+from collections.abc import AsyncIterator
 
-from .base import Entries, Notifier, Order, page
+from .base import Dumped, Entries, Notifier, Order, chain_in_two_reads, page
 
 SWEEP_INTERVAL = 60.0
 
@@ -62,6 +63,15 @@ class MemoryStore:
             return None
         return entry[0]
 
+    async def dump(self) -> AsyncIterator[Dumped]:
+        now = time.monotonic()
+        for rid, (record, at) in list(self._responses.items()):
+            if at > now:
+                yield Dumped("response", rid, record, at - now, [])
+        for cid, (record, at) in list(self._conversations.items()):
+            if at > now:
+                yield Dumped("conversation", cid, record, at - now, list(self._items.get(cid, {}).items()))
+
     # ------------------------------------------------------------------ responses
     async def put_response(self, response_id: str, record: bytes, ttl: float,
                            conversation: tuple[str, list[tuple[str, bytes]]] | None = None) -> None:
@@ -72,6 +82,9 @@ class MemoryStore:
     async def get_responses(self, response_ids: list[str]) -> dict[str, bytes]:
         found = {rid: self._live(self._responses, rid) for rid in response_ids}
         return {rid: record for rid, record in found.items() if record is not None}
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        return await chain_in_two_reads(self, response_id)
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         deadline = time.monotonic() + ttl

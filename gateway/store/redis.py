@@ -12,7 +12,7 @@ MULTI/EXEC transaction; so are a burst of background creates and run starts (`wr
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import Appends, Batcher, Entries, Order, RunWrite, StoreUnavailable
+from .base import DUMP_PAGE, Appends, Batcher, Dumped, Entries, Order, RunWrite, StoreUnavailable, chain_in_two_reads
 
 T = TypeVar("T")
 
@@ -107,6 +107,29 @@ class RedisStore:
     async def ping(self) -> None:
         await self._call(self._redis.ping())
 
+    async def dump(self) -> AsyncIterator[Dumped]:
+        for kind, mark in (("response", "r:"), ("conversation", "c:")):
+            cursor: int | None = None
+            while cursor != 0:
+                cursor, keys = await self._call(self._redis.scan(cursor or 0, match=f"{self.prefix}{mark}*",
+                                                                 count=DUMP_PAGE))
+                for key in keys:
+                    object_id = key.decode()[len(self.prefix) + len(mark):]
+                    pipe = self._redis.pipeline(transaction=False)
+                    pipe.get(key)
+                    pipe.pttl(key)
+                    record, ttl_ms = await self._call(pipe.execute())
+                    if record is None or ttl_ms <= 0:
+                        continue   # expired since the scan
+                    items = [] if kind == "response" else await self._items(object_id)
+                    yield Dumped(kind, object_id, record, ttl_ms / 1000, items)  # type: ignore[arg-type]
+
+    async def _items(self, conversation_id: str) -> list[tuple[str, bytes]]:
+        _, items_key, order_key, _ = self._conversation_keys(conversation_id)
+        ids = await self._call(self._redis.zrange(order_key, 0, -1))
+        values = await self._call(self._redis.hmget(items_key, ids)) if ids else []
+        return [(i.decode(), v) for i, v in zip(ids, values) if v is not None]
+
     # ------------------------------------------------------------------ responses
     async def put_response(self, response_id: str, record: bytes, ttl: float,
                            conversation: tuple[str, list[tuple[str, bytes]]] | None = None) -> None:
@@ -128,6 +151,9 @@ class RedisStore:
             return {}
         values = await self._call(self._redis.mget([f"{self.prefix}r:{rid}" for rid in response_ids]))
         return {rid: value for rid, value in zip(response_ids, values) if value is not None}
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        return await chain_in_two_reads(self, response_id)
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         pipe = self._redis.pipeline(transaction=False)

@@ -171,8 +171,9 @@ class StateService:
         return turn
 
     async def _load_chain(self, turn: Turn, previous: str) -> None:
-        parent = await self._owned_response(previous, turn.owner)
-        if parent is None:
+        found = await self.call(self.store.get_chain(previous))   # the whole chain in one read
+        parent = orjson.loads(found[previous]) if previous in found else None
+        if parent is None or parent["owner"] != turn.owner:
             raise previous_not_found(previous)
         chain = [*parent["chain"], previous]
         if len(chain) >= self.config.max_chain_length:
@@ -180,7 +181,6 @@ class StateService:
                                  f"({self.config.max_chain_length} responses, store.max_chain_length); start a "
                                  "new chain with the conversation items as input.", param="previous_response_id",
                                  code="chain_too_long")
-        found = await self.call(self.store.get_responses(parent["chain"])) if parent["chain"] else {}
         records = []
         for rid in parent["chain"]:
             record = orjson.loads(found[rid]) if rid in found else None

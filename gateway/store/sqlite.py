@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Appends, Batcher, Entries, Notifier, Order, RunWrite, StoreUnavailable
+from .base import DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable, chain_in_two_reads
 
 SWEEP_INTERVAL = 300.0
 T = TypeVar("T")
@@ -131,6 +131,19 @@ class SQLiteStore:
         assert self._db is not None
         return self._db.execute(sql, args).rowcount
 
+    async def dump(self) -> AsyncIterator[Dumped]:
+        for kind, table in (("response", "responses"), ("conversation", "conversations")):
+            after = ""
+            while rows := await self._run(self._query, f"SELECT id, record, expires_at - ? FROM {table} WHERE id > ? "
+                                          "AND expires_at > ? ORDER BY id LIMIT ?",
+                                          (time.time(), after, time.time(), DUMP_PAGE)):
+                for object_id, record, ttl in rows:
+                    items = [] if kind == "response" else [(i, bytes(r)) for i, r in await self._run(
+                        self._query, "SELECT id, record FROM conversation_items WHERE conversation_id = ? "
+                        "ORDER BY seq", (object_id,))]
+                    yield Dumped(kind, object_id, bytes(record), ttl, items)  # type: ignore[arg-type]
+                after = rows[-1][0]
+
     # ------------------------------------------------------------------ responses
     async def put_response(self, response_id: str, record: bytes, ttl: float,
                            conversation: tuple[str, list[tuple[str, bytes]]] | None = None) -> None:
@@ -151,6 +164,9 @@ class SQLiteStore:
         rows = await self._run(self._query, f"SELECT id, record FROM responses WHERE id IN ({marks}) "
                                "AND expires_at > ?", (*response_ids, time.time()))
         return {rid: bytes(record) for rid, record in rows}
+
+    async def get_chain(self, response_id: str) -> dict[str, bytes]:
+        return await chain_in_two_reads(self, response_id)
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         if response_ids:
