@@ -34,8 +34,10 @@ _STOP_FLUSH = 5.0
 
 def create_app(config: Config) -> web.Application:
     config = for_debugging(config)  # also for configs built in code rather than parsed
+    # auto_decompress off: gateway/bodies.py decodes request bodies, bounded after decoding, in the envelope.
     app = web.Application(middlewares=[envelope_middleware, auth_middleware],
-                          client_max_size=config.server.max_body_bytes)
+                          client_max_size=config.server.max_body_bytes,
+                          handler_args={"auto_decompress": False})
     metrics = Metrics(lambda: ((u.name, u.breaker) for u in state.routing.upstreams.values()),
                       enabled=config.server.metrics)
     state = AppState(config=config, routing=RoutingTable(config), keys=KeyRing(config.auth),

@@ -9,6 +9,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .bodies import read_body
 from .bounds import depth_exceeds
 from .capture import Recorder
 from .errors import GatewayError, InvalidRequest, UpstreamTimeout, error_envelope, internal_error_message
@@ -81,7 +82,7 @@ async def read_json(request: web.Request, state: AppState) -> Any:
     if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
         raise InvalidRequest(f"Unsupported Content-Type {content_type!r}: send application/json.",
                              status=415, code="unsupported_media_type")
-    body = await request.read()
+    body = await read_body(request, state.config.server.max_body_bytes)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -184,7 +185,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Pass-through: the client's bytes go up (only `model` renamed for an alias), the upstream's come back."""
     state = STATE.get(request.app)
     started = time.monotonic()
-    body = await request.read()
+    body = await read_body(request, state.config.server.max_body_bytes)  # sent on uncompressed
     document, model = _model_of(body)
     try:
         routed = route_request(state, request, model)
