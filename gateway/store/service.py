@@ -68,7 +68,8 @@ def normalize_items(items: Any, param: str = "input") -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise InvalidRequest(f"Invalid '{param}[{i}]': expected an object.", param=f"{param}[{i}]")
         item = dict(item)
-        kind = item.setdefault("type", "message")
+        # Without a type: a message, or (no role, an id) the SDK's ItemReference.
+        kind = item.setdefault("type", "item_reference" if "role" not in item and "id" in item else "message")
         if kind == "message":
             content = item.get("content")
             if isinstance(content, str):
@@ -168,7 +169,27 @@ class StateService:
             await self._load_conversation(turn, conversation_id)
         else:
             await self.ensure_up()
+        await self._resolve_references(turn)
         return turn
+
+    async def _resolve_references(self, turn: Turn) -> None:
+        """Each `item_reference` replaced by the item it names, found in the turn's context (its
+        previous_response_id chain or conversation, both already checked to be the owner's); else a 404.
+        (The stores keep no index by item id, so an item outside the turn's context cannot be found.)"""
+        if not any(item["type"] == "item_reference" for item in turn.input_items):
+            return
+        known = {item.get("id"): item for item in turn.context}
+        resolved = []
+        for i, item in enumerate(turn.input_items):
+            if item["type"] == "item_reference":
+                item = known.get(item["id"])
+                if item is None:
+                    raise InvalidRequest(f"Item with id '{turn.input_items[i]['id']}' not found.",
+                                         param=f"input[{i}].id", status=404)
+                # A copy under an id of its own: a conversation keeps its items by id.
+                item = {**item, "id": unguessable_id(_ID_PREFIX.get(item["type"], "item"))}
+            resolved.append(item)
+        turn.input_items = resolved
 
     async def _load_chain(self, turn: Turn, previous: str) -> None:
         parent = await self._owned_response(previous, turn.owner)
