@@ -11,6 +11,7 @@ from .capture import CaptureStore
 from .compaction_routes import compaction_routes
 from .config import Config, for_debugging
 from .event_stream import KeepAlive
+from .input_tokens import input_tokens_routes
 from .inspector import Inspector
 from .inspector_routes import inspector_routes
 from .keys import KeyRing, StreamLimits, auth_middleware
@@ -52,6 +53,7 @@ def create_app(config: Config) -> web.Application:
     app[STATE.key] = state
     app.add_routes(routes)
     app.add_routes(compaction_routes)
+    app.add_routes(input_tokens_routes)  # before stored_routes, like compaction's
     app.add_routes(websocket_routes)
     app.add_routes(stored_routes)
     app.add_routes(metrics_routes)

@@ -164,6 +164,8 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     text = _expect(body, "text", dict, "an object")
     reasoning = _expect(body, "reasoning", dict, "an object")
     include = _expect(body, "include", list, "an array of strings")
+    if include is not None and not all(isinstance(value, str) for value in include):
+        raise _fail("Invalid type for 'include': expected an array of strings.", "include")
 
     names = _ToolNames()
     warnings: list[str] = []
@@ -509,7 +511,7 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         _compaction_item(conversation, item, param)
     elif kind == "additional_tools":
         pass  # its tools were added to the request's tools
-    elif kind in HANDLERS:
+    elif isinstance(kind, str) and kind in HANDLERS:
         _tool_history_item(conversation, item, param)
     elif kind == "item_reference":
         # Resolved from the store before translation (gateway/store/service.py); left only without one.
