@@ -88,6 +88,9 @@ RESPONSE_REQUEST: dict[str, Any] = _object(
                             _object(["id"], id={"type": "string", "minLength": 1})],
                   "description": "a conversation of the same owner; not with previous_response_id"},
     truncation={"enum": ["auto", "disabled", None]},
+    context_management={"type": ["array", "null"], "description": "compact first once the input passes a threshold",
+                        "items": _object(["type"], type={"const": "compaction"},
+                                         compact_threshold={"type": ["integer", "null"], "minimum": 1})},
     user=_STRING,
     include={"type": "array", "items": _STRING},
 )

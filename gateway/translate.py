@@ -509,6 +509,8 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
                 conversation.reasoning.append(text)
     elif kind == "compaction":
         _compaction_item(conversation, item, param)
+    elif kind == "compaction_trigger":
+        pass  # acted on before translation when it ends the input (gateway/auto_compaction.py); else a past one
     elif kind == "additional_tools":
         pass  # its tools were added to the request's tools
     elif isinstance(kind, str) and kind in HANDLERS:
@@ -566,6 +568,11 @@ def _compaction_item(conversation: _Conversation, item: dict[str, Any], param: s
                                      "reasoning_key (or was altered); the compacted turns it stands for were dropped")
         return
     kept, summary = window
+    # The window stands for everything before it (a chain replayed past an in-request compaction holds
+    # the turns it compacted): only the system text stays.
+    conversation.messages, conversation.reasoning = [], []
+    if conversation.calls is not None:
+        conversation.calls = set()
     for message in kept:
         _message_item(conversation, message, f"{param}.encrypted_content")
     conversation.add({"role": "user", "content": SUMMARY_PREFIX + summary})

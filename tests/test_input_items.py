@@ -119,7 +119,7 @@ SAMPLES: dict[str, tuple[list[dict[str, typing.Any]], str, str]] = {
                                 "outputs": [{"type": "logs", "logs": "42"}]}], "context", "output:\n42"),
     "configuration_update": ([{"type": "configuration_update", "reasoning": {"effort": "low"}}], "drop", ""),
 }
-# Handled elsewhere: a request with it answers with one compaction item (tests/test_compaction.py).
+# Handled elsewhere: a request ending with it answers with one compaction item (tests/test_auto_compaction.py).
 ELSEWHERE = {"compaction_trigger"}
 
 
