@@ -1,10 +1,10 @@
 """Responses semantics on top of a `Store`: owners, input items with ids, chains, conversations.
 
 Records are JSON (orjson):
-- a response: `{"owner", "response": <final Response>, "input": [items], "chain": [ancestor ids],
-  "resumable"}` (`resumable`: a background response created with `stream`, its event log kept);
+- a response: `{"owner", "response": <final Response>, "input": [items], "resumable", "chain": [ancestor
+  ids]}` (`resumable`: a background response created with `stream`, its event log kept);
   `chain` lists every earlier response of its `previous_response_id` chain, oldest first, so a
-  chain is read back with one multi-get;
+  chain is read back with one multi-get; it comes last, so that an ancestor is read without it;
 - a conversation: `{"owner", "conversation": <Conversation object>}`, its items stored apart.
 An object of another owner is treated exactly like a missing one.
 """
@@ -83,6 +83,18 @@ def normalize_items(items: Any, param: str = "input") -> list[dict[str, Any]]:
             item["id"] = unguessable_id(_ID_PREFIX.get(kind, "item") if isinstance(kind, str) else "item")
         out.append(item)
     return out
+
+
+_CHAIN_KEY = b',"chain":['
+
+
+def ancestor_record(raw: bytes) -> dict[str, Any]:
+    """A stored response record without its `chain`, which an ancestor's reader does not need: each record
+    of a chain of D turns holds up to D ancestor ids, so parsing them all made loading the chain cost D²."""
+    cut = raw.rfind(_CHAIN_KEY) if isinstance(raw, bytes) else -1
+    if cut > 0 and raw.endswith(b"]}"):  # `chain` is the record's last key (encode_response)
+        return orjson.loads(raw[:cut] + b"}")
+    return orjson.loads(raw)  # a record written before `chain` came last
 
 
 def history_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -204,7 +216,7 @@ class StateService:
         found = await self.call(self.store.get_responses(parent["chain"])) if parent["chain"] else {}
         records = []
         for rid in parent["chain"]:
-            record = orjson.loads(found[rid]) if rid in found else None
+            record = ancestor_record(found[rid]) if rid in found else None
             if record is None or record["owner"] != turn.owner:
                 raise previous_not_found(rid)  # an ancestor was deleted: the history cannot be rebuilt
             records.append(record)
@@ -219,8 +231,9 @@ class StateService:
         turn.context = [history_item(orjson.loads(item)) for item in items]
 
     def encode_response(self, turn: Turn, response: dict[str, Any]) -> bytes:
+        # `chain` last: an ancestor's record is read without it (ancestor_record).
         return orjson.dumps({"owner": turn.owner, "response": response, "input": turn.input_items,
-                             "chain": turn.chain, "resumable": turn.resumable})
+                             "resumable": turn.resumable, "chain": turn.chain})
 
     async def record(self, turn: Turn, response: dict[str, Any]) -> None:
         """Write the finished response (store true) and add the turn to its conversation."""
