@@ -67,6 +67,8 @@ def _threshold(value: Any) -> int | None:
         threshold = entry.get("compact_threshold")
         if threshold is None:
             continue
+        if isinstance(threshold, float) and threshold.is_integer():
+            threshold = int(threshold)  # JSON has one number type: 1000.0 is the integer 1000
         if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
             raise InvalidRequest(f"Invalid '{param}.compact_threshold': expected a positive integer.",
                                  param=f"{param}.compact_threshold")

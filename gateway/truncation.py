@@ -68,7 +68,8 @@ def overrun(message: str) -> tuple[int | None, int | None]:
 
 
 def describe(message: str) -> str:
-    """The client's message: how far over, where the refusal says, then the upstream's words."""
+    """The client's message: how far over and what to do, where the refusal gives its numbers, then the
+    upstream's words; else the upstream's words alone."""
     limit, requested = overrun(message)
     if limit is not None and requested is not None:
         head = (f"The input is {requested - limit} tokens over the model's context window ({requested} requested, "
@@ -76,7 +77,7 @@ def describe(message: str) -> str:
     elif requested is not None:
         head = f"The input is {requested} tokens over the model's context window."
     else:
-        head = "The input does not fit the model's context window."
+        return message  # nothing to add to the upstream's own words
     return (f"{head} Shorten it, start a new conversation, compact it (POST /v1/responses/compact), or send "
             f"truncation: \"auto\" to drop the oldest turns. The upstream said: {message}")
 
