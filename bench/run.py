@@ -29,6 +29,7 @@ from pathlib import Path
 from bench.common import LOOPBACK, cpu_seconds, free_port, raise_fd_limit, use_fast_loop, wait_ready
 from bench.driver import FORMATS, Endpoint, model_name, run_creates, run_fast, run_paced
 from bench.ws_driver import run_ws_fast, run_ws_paced
+from bench.chains import run_chains
 from bench.memory import hostile_upstream, run_memory
 
 BENCH = Path(__file__).resolve().parent
@@ -42,9 +43,9 @@ GAP_LIMIT_MS = 250.0  # capacity: the largest load with no error and gap p99 wit
 Result = dict[str, object]
 Load = Callable[[Endpoint, int | None], Awaitable[Result]]
 SCENARIOS = frozenset({"fast-text", "fast-tool", "ttft", "paced", "capacity", "store", "background", "websocket",
-                       "memory"})
+                       "memory", "chains"})
 SHOWN = ("errors", "tokens_per_s", "cpu_s_per_mtok", "ttft_p50_ms", "gap_p99_ms", "capacity_streams", "rss_idle_mb",
-         "rss_burst1_mb", "rss_burst2_mb", "burst1_ratio", "burst2_ratio", "rss_peak_mb", "burst_s")
+         "cpu_ms_per_request", "us_per_history_item", "rss_burst1_mb", "rss_burst2_mb", "burst1_ratio", "burst2_ratio", "rss_peak_mb", "burst_s")
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,8 @@ STORE_TOKENS = 20  # short answers: the per-request cost of storing shows instea
 # A burst of background creates: how soon each is answered (queued) while the earlier ones run.
 CREATES, CREATES_SPREAD = 1000, 2.0  # creates, over seconds
 CREATES_TARGET_MS = 50.0  # their TTFT p50 on Redis
+CHAIN_DEPTHS = (10, 100, 1000)  # previous_response_id chains: turns before each measured request
+CHAIN_REQUESTS = 20  # measured requests at each depth
 MEMORY_TARGETS = ("gateway", "gateway-full")  # the memory scenario's, among those selected
 MEMORY_CONCURRENCY = 16
 
@@ -419,6 +422,18 @@ class Bench:
                 if result is not None:
                     self.record("memory", target.name, 0, result)
 
+    async def chains(self) -> None:
+        """CPU per request and added TTFT at the tip of previous_response_id chains, on SQLite and Redis."""
+        direct = f"http://{LOOPBACK}:{self.upstream.port}/v1/chat/completions"
+        for rep in range(self.profile.reps):
+            for target in STORE_TARGETS[1:]:
+                results = await self.on_target(
+                    target, lambda ep, pid: run_chains(ep.host, ep.port, pid, direct, CHAIN_DEPTHS, CHAIN_REQUESTS)
+                )  # fmt: skip
+                for result in results or []:
+                    self.record(f"chain-{result['depth']}", target.name, rep, result)
+        await remove_bench_keys()
+
     async def run_all(self, scenarios: frozenset[str] = SCENARIOS) -> None:
         p = self.profile
         if "fast-text" in scenarios:
@@ -445,6 +460,10 @@ class Bench:
         if "websocket" in scenarios:
             print("WebSocket turns against SSE requests on one gateway", flush=True)
             await self.websocket()
+        if "chains" in scenarios:
+            print(f"previous_response_id chains of {', '.join(map(str, CHAIN_DEPTHS))} turns on SQLite and Redis",
+                  flush=True)
+            await self.chains()
         if "memory" in scenarios:
             print(f"memory: RSS after bursts of {p.memory_streams} hostile streams, {MEMORY_CONCURRENCY} at a time",
                   flush=True)
@@ -491,6 +510,18 @@ def store_table(runs: list[Result]) -> str:
         added = subtract(cpu, base) if target != "gateway" else None
         ttft = median_of(runs, "store-ttft", target, "added_ttft_p50_ms")
         lines.append(f"| {label} | {fmt(cpu)} | {fmt(added)} | {fmt(ttft)} |")
+    return "\n".join(lines)
+
+
+def chains_table(runs: list[Result]) -> str:
+    lines = ["| chain (median) | turns | CPU ms / request | µs / further history item | added TTFT p50 ms |",
+             "|---|---|---|---|---|"]
+    for target, label in (("gateway-sqlite", "sqlite"), ("gateway-redis", "redis")):
+        for depth in CHAIN_DEPTHS:
+            scenario = f"chain-{depth}"
+            lines.append(f"| {label} | {depth:,} | {fmt(median_of(runs, scenario, target, 'cpu_ms_per_request'))} | "
+                         f"{fmt(median_of(runs, scenario, target, 'us_per_history_item'))} | "
+                         f"{fmt(median_of(runs, scenario, target, 'added_ttft_p50_ms'))} |")
     return "\n".join(lines)
 
 
@@ -701,7 +732,8 @@ async def main_async(args: argparse.Namespace) -> int:
              f"{info['cores']} cores, Python {info['python']}, targets pinned to one core: "
              f"{'yes' if info['pinned'] else 'no'}")  # fmt: skip
     markdown = (f"{title}\n\n{table(bench.runs, [t.name for t in targets], profile)}{metrics_cost(bench.runs)}"
-                f"\n\n{store_table(bench.runs)}\n\n{background_table(bench.runs, profile)}"
+                f"\n\n{store_table(bench.runs)}\n\n{chains_table(bench.runs)}"
+                f"\n\n{background_table(bench.runs, profile)}"
                 f"\n\n{websocket_table(bench.runs)}"
                 f"\n\n{memory_table(bench.runs, profile)}")
     report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),

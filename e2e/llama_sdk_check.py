@@ -12,6 +12,10 @@ only wire shape and statuses are checked:
   roundtrip   history + function_call + function_call_output resent (Codex style, no
               previous_response_id): HTTP 200, status completed, non-empty output
   wire        the raw SSE of a text request validated by gateway.check (the project's validator)
+  input_tokens  responses.input_tokens.count(): the response.input_tokens shape; where the gateway
+              counted with llama.cpp's own /apply-template + /tokenize (X-Input-Tokens-Source), the
+              count equals the usage.input_tokens llama-server reports for the same request (its chat
+              template, instructions and tools included)
 Prints PASS/FAIL per case and "N passed, N failed"; exit 1 on any failure.
 """
 from __future__ import annotations
@@ -184,7 +188,23 @@ def main(argv=None):
         check(not violations, "gateway.check: " + "; ".join(violations)[:800])
         return f"valid: status={result['status']} events={result['events']}"
 
-    for fn in (text, text_strict, tool, roundtrip, wire):
+    @case("input_tokens")
+    def input_tokens():
+        fields = {"model": a.model, "instructions": "Answer briefly.", "tools": [WEATHER_TOOL],
+                  "input": [{"role": "user", "content": "What is the weather in Paris?"},
+                            {"role": "assistant", "content": "Let me check."},
+                            {"role": "user", "content": "Thanks, go ahead."}]}
+        raw = strict.responses.input_tokens.with_raw_response.count(**fields)
+        counted, source = raw.parse(), raw.headers.get("x-input-tokens-source")
+        check(counted.object == "response.input_tokens" and counted.input_tokens > 0, f"count {counted}")
+        if source != "llama.cpp":
+            return f"{counted.input_tokens} tokens ({source}; not an exact count here)"
+        run = client.responses.create(**fields, max_output_tokens=mot)  # the same template and tools
+        check(run.usage.input_tokens == counted.input_tokens,
+              f"counted {counted.input_tokens}, llama-server's usage says {run.usage.input_tokens}")
+        return f"{counted.input_tokens} tokens, as llama-server's usage"
+
+    for fn in (text, text_strict, tool, roundtrip, wire, input_tokens):
         fn()
     passed = sum(1 for r in RESULTS if r[1])
     failed = len(RESULTS) - passed

@@ -11,6 +11,7 @@ from .capture import CaptureStore
 from .compaction_routes import compaction_routes
 from .config import Config, for_debugging
 from .event_stream import KeepAlive
+from .input_tokens import input_tokens_routes
 from .inspector import Inspector
 from .inspector_routes import inspector_routes
 from .keys import KeyRing, StreamLimits, auth_middleware
@@ -34,8 +35,10 @@ _STOP_FLUSH = 5.0
 
 def create_app(config: Config) -> web.Application:
     config = for_debugging(config)  # also for configs built in code rather than parsed
+    # auto_decompress off: gateway/bodies.py decodes request bodies, bounded after decoding, in the envelope.
     app = web.Application(middlewares=[envelope_middleware, auth_middleware],
-                          client_max_size=config.server.max_body_bytes)
+                          client_max_size=config.server.max_body_bytes,
+                          handler_args={"auto_decompress": False})
     metrics = Metrics(lambda: ((u.name, u.breaker) for u in state.routing.upstreams.values()),
                       enabled=config.server.metrics)
     state = AppState(config=config, routing=RoutingTable(config), keys=KeyRing(config.auth),
@@ -50,6 +53,7 @@ def create_app(config: Config) -> web.Application:
     app[STATE.key] = state
     app.add_routes(routes)
     app.add_routes(compaction_routes)
+    app.add_routes(input_tokens_routes)  # before stored_routes, like compaction's
     app.add_routes(websocket_routes)
     app.add_routes(stored_routes)
     app.add_routes(metrics_routes)

@@ -320,7 +320,8 @@ class StreamValidator:
         for name in IDENTITY_FIELDS:
             if name in item.added and item.added[name] != done.get(name):
                 self.fail(f"output_item.done changes `{name}` from {item.added[name]!r} to {done.get(name)!r}")
-        default_status = "completed" if item.type == "reasoning" else None
+        # Reasoning and compaction items have no status of their own (the openai SDK's types agree).
+        default_status = "completed" if item.type in ("reasoning", "compaction") else None
         if done.get("status", default_status) not in ("completed", "incomplete"):
             self.fail(f"output_item.done: status {done.get('status')!r}, expected completed or incomplete")
         self._item_fields("output_item.done", done)

@@ -99,11 +99,10 @@ def summary_request(request: CompactRequest, items: list[dict[str, Any]]) -> dic
             "stream": False, "store": False}
 
 
-def kept_user_messages(items: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    """The most recent user messages, oldest first, as many as fit in `KEPT_USER_CHARS` of text;
+def kept_user_messages(items: list[dict[str, Any]], key: str, budget: int = KEPT_USER_CHARS) -> list[dict[str, Any]]:
+    """The most recent user messages, oldest first, as many as fit in `budget` characters of text;
     those an earlier compaction item kept count as being where that item is."""
     kept: list[dict[str, Any]] = []
-    budget = KEPT_USER_CHARS
     for item in reversed(_user_messages(items, key)):
         size = _text_size(item.get("content"))
         if size > budget:

@@ -12,30 +12,18 @@ from typing import Any
 
 from aiohttp import web
 
+from .auto_compaction import summarise
 from .compaction import (CompactRequest, compacted_response, kept_user_messages, parse_compact_request, seal_window,
                          summary_request)
-from .errors import GatewayError, UpstreamError
-from .keys import forwarded_authorization, owner_of
+from .errors import GatewayError
+from .keys import owner_of
 from .log import get_logger
-from .pipeline import Events, Run, SyncObserver, run_pipeline
-from .request_context import current_request_id
 from .routes import json_response, read_json
-from .routing import RoutedRequest, route_request
+from .routing import route_request
 from .state import STATE, AppState
 from .store.service import normalize_items
-from .translate import ChatRequest
 
 compaction_routes = web.RouteTableDef()
-_FAILED_STATUS = {"upstream_timeout": 504, "rate_limit_exceeded": 429, "server_shutting_down": 503}
-
-
-class _Discard(SyncObserver):
-    """The summary run's sink: nothing to deliver while it runs."""
-
-    __slots__ = ()
-
-    def take(self, events: Events) -> None:
-        pass
 
 
 @compaction_routes.post("/v1/responses/compact")
@@ -59,7 +47,7 @@ async def compact_response(request: web.Request) -> web.Response:
             key = routed.config.reasoning_key
             kept = kept_user_messages(items, key)
             del items
-            summary, usage = await _summarise(state, request, routed, chat)
+            summary, usage = await summarise(state, request, routed, chat)
         finally:
             routed.release()
             fields["upstream"] = routed.upstream_name
@@ -84,31 +72,3 @@ async def _window(state: AppState, compact: CompactRequest, owner: str) -> list[
                                        "input": items}, owner)
     assert turn is not None, "a previous_response_id always makes a turn"
     return [*turn.context, *turn.input_items]
-
-
-async def _summarise(state: AppState, request: web.Request, routed: RoutedRequest,
-                     chat: ChatRequest) -> tuple[str, dict[str, Any]]:
-    """The upstream's summary and the run's usage; a failed or empty answer is an error."""
-    run = Run(current_request_id.get(), chat)
-    state.runs.add(run)  # the drain on shutdown waits for it like for any response
-    try:
-        # A sink that never starts: every failure comes back as a GatewayError.
-        await run_pipeline(run, routed, _Discard(), keepalive_interval=state.config.server.keepalive_interval,
-                           client_authorization=forwarded_authorization(request), debug=state.debug)
-    finally:
-        state.runs.discard(run)
-    log = get_logger()
-    for warning in run.warnings + run.stream.warnings:
-        log.warning("response.warning", warning=warning)
-    assert run.stream.terminal is not None, "a run that returned has ended"
-    response = run.stream.terminal["response"]
-    if response["status"] == "failed":
-        error = response["error"]
-        raise UpstreamError(error["message"], code=error["code"], status=_FAILED_STATUS.get(error["code"], 502))
-    summary = "".join(part.get("text", "") for item in response["output"] if item.get("type") == "message"
-                      for part in item.get("content") or [] if part.get("type") == "output_text").strip()
-    if not summary:
-        raise UpstreamError("The upstream answered the summarisation request with no text.", code="empty_summary")
-    if response["status"] == "incomplete":
-        log.warning("compaction.summary_incomplete", reason=(response.get("incomplete_details") or {}).get("reason"))
-    return summary, response.get("usage") or {}

@@ -70,6 +70,13 @@ class UpstreamConfig:
     reasoning_field: Literal["reasoning_content", "reasoning", "none"] = "reasoning_content"
     # Form of call ids the gateway invents or rewrites in history (mistral: exactly 9 letters/digits).
     tool_call_id_style: CallIdStyle = "openai"
+    # POST /v1/responses/input_tokens where the upstream has no tokenizer endpoint (gateway/input_tokens.py):
+    # an estimate from the request's size, or a one-token completion whose usage tells.
+    input_tokens: Literal["estimate", "completion"] = "estimate"
+    # The models' context window in tokens (0: unknown, the upstream's refusal tells): a request whose size
+    # (estimated at 4 characters a token) with its max_output_tokens passes it is truncated or refused before
+    # it is sent (gateway/truncation.py).
+    context_window: int = 0
     # Key sealing reasoning into encrypted_content for stateless clients; empty: random per process.
     reasoning_key: str = field(default="", repr=False)
     # The byte-level fast path for plain text and argument deltas (fast_path.py); the environment's

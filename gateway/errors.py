@@ -15,7 +15,8 @@ CLIENT_ERROR_CODES = frozenset({
 })
 # How upstreams spell a context overflow (llama.cpp, vLLM, Anthropic-compatible servers, ...).
 _CONTEXT_CODES = frozenset({"exceed_context_size_error", "context_window_exceeded", "context_length_exceeded"})
-_CONTEXT_MESSAGE = re.compile(r"context (length|window|size)|maximum context|prompt is too long", re.IGNORECASE)
+_CONTEXT_MESSAGE = re.compile(r"context (length|window|size)|maximum context|maximum model length|prompt is too long",
+                              re.IGNORECASE)
 
 
 class GatewayError(Exception):

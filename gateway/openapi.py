@@ -88,6 +88,9 @@ RESPONSE_REQUEST: dict[str, Any] = _object(
                             _object(["id"], id={"type": "string", "minLength": 1})],
                   "description": "a conversation of the same owner; not with previous_response_id"},
     truncation={"enum": ["auto", "disabled", None]},
+    context_management={"type": ["array", "null"], "description": "compact first once the input passes a threshold",
+                        "items": _object(["type"], type={"const": "compaction"},
+                                         compact_threshold={"type": ["integer", "null"], "minimum": 1})},
     user=_STRING,
     include={"type": "array", "items": _STRING},
 )
@@ -97,6 +100,10 @@ RESPONSE_REQUEST["allOf"] = [
      "description": "one of the two, not both"},
     {"if": {"required": ["background"], "properties": {"background": {"const": True}}},
      "then": {"properties": {"store": {"enum": [True, None]}}}, "description": "background needs store"}]
+# POST /v1/responses/input_tokens: a create request's inputs; `input` may be left out, nothing is stored or run.
+INPUT_TOKENS_REQUEST = {**RESPONSE_REQUEST, "required": ["model"], "allOf": RESPONSE_REQUEST["allOf"][:1]}
+INPUT_TOKENS = _object(["object", "input_tokens"], object={"const": "response.input_tokens"},
+                       input_tokens={"type": "integer", "minimum": 0})
 _COMPACTION = _object(["type", "encrypted_content"], type={"const": "compaction"}, encrypted_content=_STRING,
                       id=_STRING)
 COMPACT_REQUEST = _object(
@@ -168,7 +175,8 @@ _DONE_MARKER = {**_object(["data"], data={"const": "[DONE]"}, event={"const": "m
 RESPONSE_EVENT = {"anyOf": [_event(["event", "data"], {"type": "string", "pattern": "^response\\."}), _DONE_MARKER]}
 INSPECTOR_EVENT = _event(["data"], {"enum": ["message", "end", "lagged"]})
 
-SCHEMAS = {"ResponseRequest": RESPONSE_REQUEST, "CompactRequest": COMPACT_REQUEST, "Compacted": COMPACTED, "Error": ERROR_ENVELOPE, "Response": RESPONSE, "Item": ITEM,
+SCHEMAS = {"ResponseRequest": RESPONSE_REQUEST, "InputTokensRequest": INPUT_TOKENS_REQUEST,
+           "InputTokens": INPUT_TOKENS, "CompactRequest": COMPACT_REQUEST, "Compacted": COMPACTED, "Error": ERROR_ENVELOPE, "Response": RESPONSE, "Item": ITEM,
            "ItemList": ITEM_LIST, "Conversation": CONVERSATION, "ConversationCreate": CONVERSATION_CREATE,
            "ConversationUpdate": CONVERSATION_UPDATE, "ItemsAdd": ITEMS_ADD,
            "ResponseDeleted": _deleted("response"), "ConversationDeleted": _deleted("conversation.deleted"),
@@ -294,6 +302,13 @@ _RESPONSES = {
             **_errors(*_ALWAYS, 400, 403, 404, 415, 429, 502, 503, 504),
             "default": _error("default", "the upstream's own error status and message")},
         requestBody=_body(_ref("CompactRequest")))},
+    "/v1/responses/input_tokens": {"post": _operation(
+        "countInputTokens", "How many tokens the request's input would take upstream: exact from vLLM's or "
+        "llama.cpp's tokenizer, else an estimate or a one-token completion (README: Counting input tokens)", {
+            "200": _json("a response.input_tokens object", _ref("InputTokens")),
+            **_errors(*_ALWAYS, 400, 403, 404, 415, 502, 503, 504),
+            "default": _error("default", "the upstream's own error status and message")},
+        requestBody=_body(_ref("InputTokensRequest")))},
     "/v1/responses/{response_id}/cancel": {"post": _operation(
         "cancelResponse", "Cancel a background response", {
             "200": _json("the response as it ended", _ref("Response")), **_errors(*_STORED)},

@@ -9,6 +9,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from .auto_compaction import compaction_asked, compact_in_request, settle
+from .bodies import read_body
 from .bounds import depth_exceeds
 from .capture import Recorder
 from .errors import GatewayError, InvalidRequest, UpstreamTimeout, error_envelope, internal_error_message
@@ -81,7 +83,7 @@ async def read_json(request: web.Request, state: AppState) -> Any:
     if content_type not in _JSON_TYPES and not content_type.endswith("+json"):
         raise InvalidRequest(f"Unsupported Content-Type {content_type!r}: send application/json.",
                              status=415, code="unsupported_media_type")
-    body = await request.read()
+    body = await read_body(request, state.config.server.max_body_bytes)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -100,6 +102,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     request_id = current_request_id.get()
     received = time.monotonic()
     routed: RoutedRequest | None = None
+    settled: dict[str, Any] | None = None
     try:
         if state.shutting_down:
             raise GatewayError("The gateway is shutting down; retry the request.", status=503,
@@ -111,7 +114,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
-        chat = routed.translate(with_context(body, turn))
+        document = with_context(body, turn)
+        chat = routed.translate(document)
+        asked = compaction_asked(document)
+        if asked is not None:  # context_management or a compaction_trigger (gateway/auto_compaction.py)
+            compacted = await compact_in_request(state, request, routed, document, chat, asked)
+            chat, settled = compacted.chat, compacted.settled
+        del document
         if background:
             return await state.background.submit(request, request_id, received, turn, chat, routed)
     except GatewayError as exc:
@@ -129,9 +138,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     http_status, error = 200, None
     state.runs.add(run)
     try:
-        # `routed` opens upstream like an UpstreamClient, failing over between the route's upstreams.
-        await run_pipeline(run, routed, sink, keepalive_interval=state.config.server.keepalive_interval,
-                           client_authorization=forwarded_authorization(request), debug=state.debug)
+        if settled is not None:  # a compaction_trigger: answered whole by the compaction
+            await settle(run, sink, settled)
+        else:
+            # `routed` opens upstream like an UpstreamClient, failing over between the route's upstreams.
+            await run_pipeline(run, routed, sink, keepalive_interval=state.config.server.keepalive_interval,
+                               client_authorization=forwarded_authorization(request), debug=state.debug)
         response = await sink.finish()
         assert response is not None, "the client's sink answers"
         http_status = response.status
@@ -185,7 +197,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     """Pass-through: the client's bytes go up (only `model` renamed for an alias), the upstream's come back."""
     state = STATE.get(request.app)
     started = time.monotonic()
-    body = await request.read()
+    body = await read_body(request, state.config.server.max_body_bytes)  # sent on uncompressed
     document, model = _model_of(body)
     try:
         routed = route_request(state, request, model)

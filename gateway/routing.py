@@ -25,6 +25,7 @@ from .errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavai
 from .keys import Key, check_model, request_key
 from .log import get_logger
 from .translate import ChatRequest, translate_request
+from .truncation import send_fitting
 from .upstream import UpstreamClient, UpstreamStream
 
 if TYPE_CHECKING:
@@ -277,7 +278,7 @@ class RoutedRequest:
     """
 
     __slots__ = ("table", "targets", "config", "key", "trace", "metrics", "answered", "failed", "retranslate",
-                 "options", "_last_error", "_release")
+                 "options", "_last_error", "_release", "truncation")
 
     def __init__(self, table: RoutingTable, targets: list[Target], *, key: Key | None, trace: Mapping[str, str],
                  metrics: Metrics | None, release: Callable[[], None] | None = None) -> None:
@@ -295,6 +296,7 @@ class RoutedRequest:
         self.options: StreamOptions | None = None
         self._last_error: UpstreamError | None = None
         self._release = release
+        self.truncation = "disabled"  # the request's `truncation` (gateway/truncation.py), set by `translate`
         table.users += 1
         if metrics is not None:
             metrics.open_streams.inc()
@@ -306,6 +308,7 @@ class RoutedRequest:
     def translate(self, document: Any) -> ChatRequest:
         """The request translated for the first target; a fallback of another kind gets its own at its turn."""
         chat = translate_request(document, self.config)
+        self.truncation = chat.options.echo.get("truncation") or "disabled"
         if any(t.upstream.config.translation != self.config.translation for t in self.targets[1:]):
             self.retranslate = lambda config: translate_request(document, config)
         return chat
@@ -344,9 +347,11 @@ class RoutedRequest:
                 chat = self.retranslate(config)
             sent = body if chat is None else chat.body
             sent["model"] = target.model
-            stream = await target.upstream.client.open(sent, request_id=request_id,
-                                                       client_authorization=client_authorization, trace=self.trace,
-                                                       tap=tap)
+            client = target.upstream.client
+            stream = await send_fitting(sent, self.truncation, config.context_window, target.upstream.name,
+                                        lambda: client.open(sent, request_id=request_id,
+                                                            client_authorization=client_authorization,
+                                                            trace=self.trace, tap=tap))
             self.options = chat.options if chat is not None else None
             return stream
         try:

@@ -21,8 +21,8 @@ from .keys import owner_of
 from .store.service import MAX_ITEMS_PER_CALL, StateService, normalize_items
 from .translate import check_items, checked_metadata
 
-# `compact` is the compaction endpoint (POST only), never a response id: its GET and DELETE are 405s.
-_RESPONSE_ID = "{response_id:(?!compact$)[^{}/]+}"
+# `compact` and `input_tokens` are POST endpoints, never response ids: their GET and DELETE are 405s.
+_RESPONSE_ID = "{response_id:(?!(?:compact|input_tokens)$)[^{}/]+}"
 stored_routes = web.RouteTableDef()
 
 

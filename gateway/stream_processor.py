@@ -95,6 +95,7 @@ class StreamOptions:
     custom_tools: frozenset[str] = frozenset()                 # upstream names of the client's `custom` tools
     call_id_style: CallIdStyle = "openai"                      # upstream.tool_call_id_style
     seal: Callable[[str], str] | None = None                   # seals reasoning into encrypted_content
+    leading_items: tuple[dict[str, Any], ...] = ()            # done before the upstream's (a compaction item)
 
 
 class _Text:
@@ -217,6 +218,7 @@ class ResponseStream:
             **options.echo, "model": options.model,
         }
         self.retarget(options)
+        self._leading = options.leading_items
         self._seq = 0
         self._out: list[Event] = []
         self._done_items: list[tuple[int, dict[str, Any]]] = []  # (output_index, item)
@@ -263,9 +265,15 @@ class ResponseStream:
     def start(self) -> list[Event]:
         snapshot = self._snapshot("in_progress")
         if self._seq:  # after queued(): response.created went out already
-            return [self._event("response.in_progress", response=snapshot)]
-        return [self._event("response.created", response=snapshot),
-                self._event("response.in_progress", response=snapshot)]
+            out = self._out = [self._event("response.in_progress", response=snapshot)]
+        else:
+            out = self._out = [self._event("response.created", response=snapshot),
+                               self._event("response.in_progress", response=snapshot)]
+        for item in self._leading:  # output the gateway made before the upstream's: added and done at once
+            index = self._take_index()
+            self._emit("response.output_item.added", output_index=index, item=item)
+            self._item_done(index, item)
+        return out
 
     def feed(self, chunk: Any) -> Sequence[Any]:
         """One parsed upstream chunk in, the events it causes out (a list, or for a `FastRun` a `FastBatch`)."""

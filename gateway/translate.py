@@ -19,6 +19,7 @@ from .compaction import SUMMARY_PREFIX, open_window
 from .config import UpstreamConfig
 from .custom_tools import custom_arguments, custom_tool_function
 from .errors import InvalidRequest
+from .history_items import HANDLERS, BadItem, Call, Context, Drop, Output, translate_history_item
 from .provider_metadata import extra_from_item_id
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_input_text, reasoning_sealer
 from .stream_processor import StreamOptions, response_defaults
@@ -163,6 +164,8 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     text = _expect(body, "text", dict, "an object")
     reasoning = _expect(body, "reasoning", dict, "an object")
     include = _expect(body, "include", list, "an array of strings")
+    if include is not None and not all(isinstance(value, str) for value in include):
+        raise _fail("Invalid type for 'include': expected an array of strings.", "include")
 
     names = _ToolNames()
     warnings: list[str] = []
@@ -473,7 +476,7 @@ def check_items(items: list[dict[str, Any]], param: str) -> None:
 def _item(conversation: _Conversation, item: Any, param: str) -> None:
     if not isinstance(item, dict):
         raise _fail(f"Invalid '{param}': expected an object.", param)
-    kind = item.get("type", "message" if "role" in item else None)
+    kind = item.get("type", _untyped_kind(item))
     if kind == "message":
         _message_item(conversation, item, param)
     elif kind == "function_call":
@@ -506,12 +509,55 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
                 conversation.reasoning.append(text)
     elif kind == "compaction":
         _compaction_item(conversation, item, param)
+    elif kind == "compaction_trigger":
+        pass  # acted on before translation when it ends the input (gateway/auto_compaction.py); else a past one
     elif kind == "additional_tools":
         pass  # its tools were added to the request's tools
+    elif isinstance(kind, str) and kind in HANDLERS:
+        _tool_history_item(conversation, item, param)
+    elif kind == "item_reference":
+        # Resolved from the store before translation (gateway/store/service.py); left only without one.
+        raise InvalidRequest(f"Item with id '{item.get('id')}' not found: an item_reference needs a stored "
+                             "response or conversation holding the item (store, previous_response_id or "
+                             "conversation).", param=f"{param}.id", status=404)
     elif kind is None:
         raise _fail(f"Missing required parameter: '{param}.type'.", f"{param}.type")
     else:
         raise _fail(f"Input item type {kind!r} is not supported by this gateway.", f"{param}.type")
+
+
+def _untyped_kind(item: dict[str, Any]) -> str | None:
+    """An item without `type`: a message by its role, else a reference by its id (the SDK's ItemReference)."""
+    if "role" in item:
+        return "message"
+    return "item_reference" if "id" in item else None
+
+
+def _tool_history_item(conversation: _Conversation, item: dict[str, Any], param: str) -> None:
+    """A client-run tool's call or output, or a hosted tool's item (gateway/history_items.py)."""
+    try:
+        done = translate_history_item(item)
+    except BadItem as exc:
+        raise _fail(f"Invalid '{param}.{exc.key}': expected {exc.what}.", f"{param}.{exc.key}") from None
+    if isinstance(done, Call):
+        if conversation.calls is not None:
+            conversation.calls.add(done.call_id)
+        conversation.add_call({"id": conversation.call_id(done.call_id), "type": "function",
+                               "function": {"name": conversation.names.upstream(done.name), "arguments": done.arguments}})
+    elif isinstance(done, Output):
+        if conversation.calls is not None and done.call_id not in conversation.calls:
+            raise _fail(f"No tool call found for {item['type']} with call_id {done.call_id}.", f"{param}.call_id")
+        conversation.add({"role": "tool", "tool_call_id": conversation.call_id(done.call_id), "content": done.text})
+    elif isinstance(done, Context):
+        last = conversation.messages[-1] if conversation.messages else None
+        if last is not None and last["role"] == "assistant" and "tool_calls" not in last and \
+                isinstance(last["content"], str):
+            last["content"] += "\n" + done.text  # one assistant turn, as a model would have told it
+        else:
+            conversation.add({"role": "assistant", "content": done.text})
+    else:
+        assert isinstance(done, Drop)
+        conversation.warnings.append(f"dropped {param} ({item['type']}): {done.reason}")
 
 
 def _compaction_item(conversation: _Conversation, item: dict[str, Any], param: str) -> None:
@@ -522,6 +568,11 @@ def _compaction_item(conversation: _Conversation, item: dict[str, Any], param: s
                                      "reasoning_key (or was altered); the compacted turns it stands for were dropped")
         return
     kept, summary = window
+    # The window stands for everything before it (a chain replayed past an in-request compaction holds
+    # the turns it compacted): only the system text stays.
+    conversation.messages, conversation.reasoning = [], []
+    if conversation.calls is not None:
+        conversation.calls = set()
     for message in kept:
         _message_item(conversation, message, f"{param}.encrypted_content")
     conversation.add({"role": "user", "content": SUMMARY_PREFIX + summary})

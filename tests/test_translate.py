@@ -428,7 +428,7 @@ def test_missing_or_wrong_model_and_input(body, param):
     ({"previous_response_id": 5}, "previous_response_id"),
     ({"input": ["hi"]}, "input[0]"),
     ({"input": [{"content": "no role or type"}]}, "input[0].type"),
-    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+    ({"input": [{"type": "hologram_call", "id": "x"}]}, "input[0].type"),
     ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
     ({"input": [{"role": "user", "content": 5}]}, "input[0].content"),
     ({"input": [{"role": "user", "content": [{"type": "input_audio"}]}]}, "input[0].content[0].type"),

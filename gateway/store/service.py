@@ -1,10 +1,10 @@
 """Responses semantics on top of a `Store`: owners, input items with ids, chains, conversations.
 
 Records are JSON (orjson):
-- a response: `{"owner", "response": <final Response>, "input": [items], "chain": [ancestor ids],
-  "resumable"}` (`resumable`: a background response created with `stream`, its event log kept);
+- a response: `{"owner", "response": <final Response>, "input": [items], "resumable", "chain": [ancestor
+  ids]}` (`resumable`: a background response created with `stream`, its event log kept);
   `chain` lists every earlier response of its `previous_response_id` chain, oldest first, so a
-  chain is read back with one multi-get;
+  chain is read back with one multi-get; it comes last, so that an ancestor is read without it;
 - a conversation: `{"owner", "conversation": <Conversation object>}`, its items stored apart.
 An object of another owner is treated exactly like a missing one.
 """
@@ -68,7 +68,8 @@ def normalize_items(items: Any, param: str = "input") -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise InvalidRequest(f"Invalid '{param}[{i}]': expected an object.", param=f"{param}[{i}]")
         item = dict(item)
-        kind = item.setdefault("type", "message")
+        # Without a type: a message, or (no role, an id) the SDK's ItemReference.
+        kind = item.setdefault("type", "item_reference" if "role" not in item and "id" in item else "message")
         if kind == "message":
             content = item.get("content")
             if isinstance(content, str):
@@ -82,6 +83,18 @@ def normalize_items(items: Any, param: str = "input") -> list[dict[str, Any]]:
             item["id"] = unguessable_id(_ID_PREFIX.get(kind, "item") if isinstance(kind, str) else "item")
         out.append(item)
     return out
+
+
+_CHAIN_KEY = b',"chain":['
+
+
+def ancestor_record(raw: bytes) -> dict[str, Any]:
+    """A stored response record without its `chain`, which an ancestor's reader does not need: each record
+    of a chain of D turns holds up to D ancestor ids, so parsing them all made loading the chain cost D²."""
+    cut = raw.rfind(_CHAIN_KEY) if isinstance(raw, bytes) else -1
+    if cut > 0 and raw.endswith(b"]}"):  # `chain` is the record's last key (encode_response)
+        return orjson.loads(raw[:cut] + b"}")
+    return orjson.loads(raw)  # a record written before `chain` came last
 
 
 def history_item(item: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +181,27 @@ class StateService:
             await self._load_conversation(turn, conversation_id)
         else:
             await self.ensure_up()
+        await self._resolve_references(turn)
         return turn
+
+    async def _resolve_references(self, turn: Turn) -> None:
+        """Each `item_reference` replaced by the item it names, found in the turn's context (its
+        previous_response_id chain or conversation, both already checked to be the owner's); else a 404.
+        (The stores keep no index by item id, so an item outside the turn's context cannot be found.)"""
+        if not any(item["type"] == "item_reference" for item in turn.input_items):
+            return
+        known = {item.get("id"): item for item in turn.context}
+        resolved = []
+        for i, item in enumerate(turn.input_items):
+            if item["type"] == "item_reference":
+                item = known.get(item["id"])
+                if item is None:
+                    raise InvalidRequest(f"Item with id '{turn.input_items[i]['id']}' not found.",
+                                         param=f"input[{i}].id", status=404)
+                # A copy under an id of its own: a conversation keeps its items by id.
+                item = {**item, "id": unguessable_id(_ID_PREFIX.get(item["type"], "item"))}
+            resolved.append(item)
+        turn.input_items = resolved
 
     async def _load_chain(self, turn: Turn, previous: str) -> None:
         found = await self.call(self.store.get_chain(previous))   # the whole chain in one read
@@ -183,7 +216,7 @@ class StateService:
                                  code="chain_too_long")
         records = []
         for rid in parent["chain"]:
-            record = orjson.loads(found[rid]) if rid in found else None
+            record = ancestor_record(found[rid]) if rid in found else None
             if record is None or record["owner"] != turn.owner:
                 raise previous_not_found(rid)  # an ancestor was deleted: the history cannot be rebuilt
             records.append(record)
@@ -198,8 +231,9 @@ class StateService:
         turn.context = [history_item(orjson.loads(item)) for item in items]
 
     def encode_response(self, turn: Turn, response: dict[str, Any]) -> bytes:
+        # `chain` last: an ancestor's record is read without it (ancestor_record).
         return orjson.dumps({"owner": turn.owner, "response": response, "input": turn.input_items,
-                             "chain": turn.chain, "resumable": turn.resumable})
+                             "resumable": turn.resumable, "chain": turn.chain})
 
     async def record(self, turn: Turn, response: dict[str, Any]) -> None:
         """Write the finished response (store true) and add the turn to its conversation."""

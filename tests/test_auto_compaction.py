@@ -1,0 +1,99 @@
+"""Compaction inside POST /v1/responses: `context_management` compacts a growing chain once it passes the
+threshold (the next upstream requests hold the summary, not the old turns), and a `compaction_trigger` ends in
+exactly one compaction item. Through the strict openai SDK, over the scripted upstream."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from gateway.compaction import SUMMARY_PREFIX, SUMMARY_PROMPT
+
+from .conftest import assert_valid_stream
+from .helpers import post_stream, sdk
+from .scripted_upstream import Reply, ScriptedUpstream, text_reply
+
+_FILLER = " lorem ipsum" * 15
+
+
+def summarising(upstream: ScriptedUpstream) -> None:
+    """Answers the summary request with a summary naming its turn count, anything else with "ok"."""
+    def respond(body: dict[str, Any]) -> Reply:
+        if body["messages"][-1]["content"] == SUMMARY_PROMPT:
+            return text_reply(f"SUMMARY of {len(body['messages'])} messages")
+        return text_reply("ok")
+    upstream.responder = respond
+
+
+def _is_summary_request(body: dict[str, Any]) -> bool:
+    return body["messages"][-1]["content"] == SUMMARY_PROMPT
+
+
+async def test_context_management_compacts_a_growing_chain_once_past_the_threshold(upstream, gateway):
+    summarising(upstream)
+    client = sdk(str(gateway.make_url("")).rstrip("/"))
+    management = [{"type": "compaction", "compact_threshold": 600}]
+    previous, compacted_at = None, []
+    for i in range(16):
+        extra: dict[str, Any] = {"previous_response_id": previous} if previous else {}
+        response = await client.responses.create(model="scripted", instructions="Be terse.", input=f"turn {i}:{_FILLER}",
+                                                 extra_body={"context_management": management}, **extra)
+        assert response.status == "completed" and response.output_text == "ok"
+        if response.output[0].type == "compaction":
+            compacted_at.append(i)
+            assert [item.type for item in response.output] == ["compaction", "message"]
+        previous = response.id
+    assert compacted_at and compacted_at[0] > 5  # not before the threshold
+    assert all(b - a > 3 for a, b in zip(compacted_at, compacted_at[1:]))  # once, then the context is small again
+    summaries = [i for i, r in enumerate(upstream.requests) if _is_summary_request(r.body)]
+    first = summaries[0]
+    assert "turn 0:" in json.dumps(upstream.requests[first].body)  # the summary is of the whole chain
+    for answered in upstream.requests[first + 1:first + 3]:  # the compacted turn, then the next turn of the chain
+        sent = json.dumps(answered.body["messages"])
+        assert SUMMARY_PREFIX[:40] in sent and "SUMMARY of" in sent
+        assert "turn 0:" not in sent and "turn 1:" not in sent  # the old turns are gone
+        assert answered.body["messages"][0] == {"role": "system", "content": "Be terse."}
+
+
+async def test_under_the_threshold_nothing_is_compacted(upstream, gateway):
+    client = sdk(str(gateway.make_url("")).rstrip("/"))
+    response = await client.responses.create(model="scripted", input="short",
+                                             extra_body={"context_management": [{"type": "compaction",
+                                                                                 "compact_threshold": 10000}]})
+    assert [item.type for item in response.output] == ["message"] and len(upstream.requests) == 1
+
+
+async def test_compaction_trigger_answers_with_exactly_one_compaction_item(upstream, gateway, http):
+    summarising(upstream)
+    client = sdk(str(gateway.make_url("")).rstrip("/"))
+    history = [{"role": "user", "content": "plan the trip"}, {"role": "assistant", "content": "Paris, in May."}]
+    response = await client.responses.create(model="scripted", store=False,
+                                             input=[*history, {"type": "compaction_trigger"}])
+    assert response.status == "completed" and [item.type for item in response.output] == ["compaction"]
+    assert response.usage is not None and response.usage.input_tokens == 5  # the summary's
+    assert len(upstream.requests) == 1 and _is_summary_request(upstream.requests[0].body)
+    # The item carries on: the next request answers from it.
+    item = response.output[0].model_dump(exclude_none=True)
+    await client.responses.create(model="scripted", store=False, input=[item, {"role": "user", "content": "and?"}])
+    sent = json.dumps(upstream.requests[-1].body["messages"])
+    assert "SUMMARY of 3 messages" in sent and "Paris, in May." not in sent
+
+    response, raw = await post_stream(http, gateway, {"input": [*history, {"type": "compaction_trigger"}],
+                                                      "store": False})
+    assert response.status == 200
+    result = assert_valid_stream(raw)
+    events = [json.loads(line[6:])["type"] for line in raw.decode().splitlines() if line.startswith("data: ")]
+    assert events == ["response.created", "response.in_progress", "response.output_item.added",
+                      "response.output_item.done", "response.completed"]
+    assert result["status"] == "completed"
+
+
+async def test_malformed_context_management_is_a_400(upstream, gateway):
+    client = sdk(str(gateway.make_url("")).rstrip("/"))
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(model="scripted", input="x", extra_body={
+            "context_management": [{"type": "compaction", "compact_threshold": "lots"}]})
+    assert caught.value.body["param"] == "context_management[0].compact_threshold"
+    assert not upstream.requests
