@@ -368,7 +368,7 @@ class BackgroundRuns:
         if not record.get("resumable"):
             raise InvalidRequest("You can only start a new stream from a background response if you created it "
                                  "with stream=true.", param="stream")
-        after = _starting_after(request)
+        after = starting_after(request)
         _flag(request, "include_obfuscation")  # accepted; this gateway adds no obfuscation padding
         return await self.follow(request, response_id, after)
 
@@ -457,16 +457,14 @@ def wants_stream(request: web.Request) -> bool:
     return _flag(request, "stream")
 
 
-def _starting_after(request: web.Request) -> int:
-    raw = request.query.get("starting_after")
-    if raw is None:
+def starting_after(request: web.Request) -> int:
+    """The `starting_after` sequence number of a resume (-1: from the start); checked on every GET, so a
+    malformed one is a 400 even where it would not be used."""
+    given = request.query.getall("starting_after", [])
+    if not given:
         return -1
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -2
-    if value < -1:
-        raise InvalidRequest(f"Invalid 'starting_after': {raw!r} is not a sequence number.", param="starting_after",
-                             code="invalid_value")
-    return value
+    if len(given) > 1 or not given[0].isascii() or not given[0].isdigit():
+        raise InvalidRequest(f"Invalid 'starting_after': {', '.join(given)!r} is not a sequence number.",
+                             param="starting_after", code="invalid_value")
+    return int(given[0])
 

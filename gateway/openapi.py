@@ -15,6 +15,7 @@ from . import __version__
 
 _STRING = {"type": "string"}
 _INT = {"type": "integer"}
+_MAX_INTEGER = 2**53  # JSON numbers past it have no exact integer (translate.py refuses them)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -67,11 +68,11 @@ RESPONSE_REQUEST: dict[str, Any] = _object(
     parallel_tool_calls={"type": ["boolean", "null"]},
     temperature={"type": ["number", "null"], "minimum": 0, "maximum": 2},
     top_p={"type": ["number", "null"], "minimum": 0, "maximum": 1},
-    max_output_tokens={"type": ["integer", "null"], "minimum": 1},
+    max_output_tokens={"type": ["integer", "null"], "minimum": 1, "maximum": _MAX_INTEGER},
     presence_penalty={"type": ["number", "null"], "minimum": -2, "maximum": 2},
     frequency_penalty={"type": ["number", "null"], "minimum": -2, "maximum": 2},
     top_logprobs={"type": ["integer", "null"], "minimum": 0, "maximum": 20},
-    max_tool_calls={"type": ["integer", "null"], "minimum": 0},
+    max_tool_calls={"type": ["integer", "null"], "minimum": 0, "maximum": _MAX_INTEGER},
     service_tier={"enum": ["auto", "default", "flex", "scale", "priority", None]},
     safety_identifier={"type": ["string", "null"]},
     prompt_cache_key={"type": ["string", "null"]},
@@ -90,7 +91,8 @@ RESPONSE_REQUEST: dict[str, Any] = _object(
     truncation={"enum": ["auto", "disabled", None]},
     context_management={"type": ["array", "null"], "description": "compact first once the input passes a threshold",
                         "items": _object(["type"], type={"const": "compaction"},
-                                         compact_threshold={"type": ["integer", "null"], "minimum": 1})},
+                                         compact_threshold={"type": ["integer", "null"], "minimum": 1,
+                                                            "maximum": _MAX_INTEGER})},
     user=_STRING,
     include={"type": "array", "items": _STRING},
 )

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .background import wants_stream
+from .background import starting_after, wants_stream
 from .errors import InvalidRequest
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_sealer
 from .routes import json_response, read_json
@@ -114,6 +114,7 @@ def _items(body: dict[str, Any], service: StateService, required: bool = False) 
 @stored_routes.get(f"/v1/responses/{_RESPONSE_ID}")
 @stored_routes.get(f"/responses/{_RESPONSE_ID}")
 async def get_response(request: web.Request) -> web.StreamResponse:
+    starting_after(request)  # a malformed one is a 400 with or without `stream`
     if wants_stream(request):  # a background stream, replayed and followed (gateway/background.py)
         return await STATE.get(request.app).background.resume(request, request.match_info["response_id"],
                                                               owner_of(request))

@@ -322,8 +322,11 @@ def _function_tool(tool: dict[str, Any], param: str, names: _ToolNames, namespac
         function["parameters"] = parameters
     else:
         function["parameters"] = {"type": "object", "properties": {}}
-    if tool.get("strict") is not None:
-        function["strict"] = bool(tool["strict"])
+    strict = tool.get("strict")
+    if strict is not None:
+        if not isinstance(strict, bool):  # echoed back as given: a strict client reads a boolean
+            raise _fail(f"Invalid type for '{param}.strict': expected a boolean.", f"{param}.strict")
+        function["strict"] = strict
     return {"type": "function", "function": function}
 
 

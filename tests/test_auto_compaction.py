@@ -12,7 +12,7 @@ import pytest
 from gateway.compaction import SUMMARY_PREFIX, SUMMARY_PROMPT
 
 from .conftest import assert_valid_stream
-from .helpers import post_stream, sdk
+from .helpers import events_of, post_stream, sdk
 from .scripted_upstream import Reply, ScriptedUpstream, text_reply
 
 _FILLER = " lorem ipsum" * 15
@@ -84,7 +84,7 @@ async def test_compaction_trigger_answers_with_exactly_one_compaction_item(upstr
                                                       "store": False})
     assert response.status == 200
     result = assert_valid_stream(raw)
-    events = [json.loads(line[6:])["type"] for line in raw.decode().splitlines() if line.startswith("data: ")]
+    events = [event["type"] for event in events_of(raw)]
     assert events == ["response.created", "response.in_progress", "response.output_item.added",
                       "response.output_item.done", "response.completed"]
     assert result["status"] == "completed"

@@ -200,6 +200,20 @@ async def test_event_log_bound_run_finishes_resume_is_410(make_gateway, upstream
         assert (await response.json())["status"] == "completed"
 
 
+@pytest.mark.parametrize("query", ["stream=true&starting_after=-1", "stream=true&starting_after=x",
+                                   "starting_after=%5B%5D", "starting_after=1&starting_after=2", "starting_after=%C2%B2"])
+async def test_a_malformed_starting_after_is_400_with_or_without_stream(make_gateway, upstream, http, query):
+    gateway = await make_gateway(store={"url": "memory:"})
+    base = url_of(gateway)
+    status, body = await read_stream(http, f"{base}/v1/responses", json={"model": "scripted", "input": "x",
+                                                                        "background": True})
+    response_id = orjson.loads(body)["id"]
+    async with http.get(f"{base}/v1/responses/{response_id}?{query}",
+                        headers={"Authorization": "Bearer sk-alice"}) as response:
+        error = (await response.json())["error"]
+    assert response.status == 400 and error["param"] == "starting_after"
+
+
 async def test_hundreds_of_background_streams_lose_nothing(make_gateway, upstream, http):
     upstream.responder = lambda body: paced_reply(*[f"{body['messages'][-1]['content']}-{i} " for i in range(10)],
                                                    gap=0.05)

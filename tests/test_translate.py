@@ -395,6 +395,7 @@ def test_missing_or_wrong_model_and_input(body, param):
 
 
 @pytest.mark.parametrize("body, param", [
+    ({"tools": [{"type": "function", "name": "f", "strict": {}}]}, "tools[0].strict"),
     ({"stream": "yes"}, "stream"),
     ({"instructions": ["a"]}, "instructions"),
     ({"temperature": "hot"}, "temperature"),
