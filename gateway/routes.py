@@ -17,6 +17,7 @@ from .keys import forwarded_authorization, owner_of, request_key
 from .log import get_logger
 from .openapi import openapi_document
 from .pipeline import DebugLog, Run, Sink, Tee, run_pipeline
+from .tools.loop import ToolLoop
 from .request_context import current_request_id, log_finished, request_id_of
 from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
@@ -112,14 +113,15 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
         chat = routed.translate(with_context(body, turn))
+        loop = ToolLoop.for_request(body, chat, state.config.tools)
         if background:
-            return await state.background.submit(request, request_id, received, turn, chat, routed)
+            return await state.background.submit(request, request_id, received, turn, chat, routed, loop)
     except GatewayError as exc:
         if routed is not None:
             routed.release()
         await log_finished(state, request, received, exc.status, error=exc)
         raise
-    run = Run(request_id, chat)
+    run = Run(request_id, chat, loop)
     capture = start_capture(state, request, run, body, chat)
     watch = state.inspector.watch(run, routed.upstream_name) if state.inspector is not None else None
     sink = _sink(request, state, request_id, streaming=chat.stream,

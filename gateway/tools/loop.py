@@ -1,0 +1,222 @@
+"""The agentic loop: sample, run the hosted calls the model made, sample again, in one response.
+
+The pipeline drives it (`pipeline.Loop`): `prepare` before the stream's head, `head` right after it,
+`next_sample` after each sample. One `ResponseStream` runs across the samples, so output indexes,
+sequence numbers and usage run on and there is one terminal event. A hosted tool is a `HostedKind`
+the stream announces calls of; the MCP one is `McpKind` here.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from ..errors import GatewayError
+from ..ids import new_id
+from .egress import check_addresses, check_url
+from .mcp_client import ListedTool, ToolFailed, call_tool, list_tools
+from .mcp_request import McpServer, mcp_servers, upstream_name
+
+if TYPE_CHECKING:
+    from ..config import ToolsConfig
+    from ..pipeline import Run, Sink
+    from ..stream_processor import ResponseStream
+    from ..translate import ChatRequest
+
+class McpKind:
+    """How one MCP tool's calls look on the stream: `mcp_call` items."""
+
+    __slots__ = ("server", "tool")
+    delta_type = "response.mcp_call_arguments.delta"
+    done_type = "response.mcp_call_arguments.done"
+
+    def __init__(self, server: McpServer, tool: str) -> None:
+        self.server = server
+        self.tool = tool
+
+    def item(self, item_id: str, call_id: str, arguments: str) -> dict[str, Any]:
+        return {"id": item_id, "type": "mcp_call", "server_label": self.server.label, "name": self.tool,
+                "arguments": arguments, "output": None, "error": None, "status": "in_progress"}
+
+
+class ToolLoop:
+    """One response's loop over its hosted tools (see the module docstring)."""
+
+    def __init__(self, servers: list[McpServer], config: ToolsConfig, body: dict[str, Any],
+                 max_tool_calls: int | None) -> None:
+        self.servers = servers
+        self.config = config
+        self.body = body                  # the first sample's body: later samples extend its messages
+        self.messages: list[dict[str, Any]] = list(body["messages"])
+        self.max_tool_calls = max_tool_calls
+        self.listed: list[tuple[McpServer, list[ListedTool]]] = []
+        self.kinds: dict[str, McpKind] = {}  # upstream name → kind
+        self.by_tool: dict[tuple[str, str], tuple[str, McpKind]] = {}  # (label, tool) → (upstream name, kind)
+        self.rounds = 0                   # times hosted calls were run
+        self.calls = 0                    # hosted calls run
+        self.bound: str | None = None     # the bound that stopped the loop, if one did
+
+    @classmethod
+    def for_request(cls, request: Any, chat: ChatRequest, config: ToolsConfig) -> ToolLoop | None:
+        """The loop for a request with `mcp` tools (their URLs checked against the allow-list), else None."""
+        servers = mcp_servers(request.get("tools")) if isinstance(request, dict) else []
+        if not servers:
+            return None
+        for server in servers:
+            check_url(server.url, config.mcp.allowed_servers, server.param)
+        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"))
+
+    # ------------------------------------------------------------------ before the first sample
+    async def prepare(self, run: Run) -> None:
+        """Check every server's addresses and list its tools (concurrently); offer them upstream."""
+        mcp = self.config.mcp
+        for server in self.servers:
+            await check_addresses(server.url, mcp.allowed_servers, server.param)
+        listings = await asyncio.gather(*(self._list(server) for server in self.servers))
+        self.listed = list(zip(self.servers, listings))
+        taken = {tool["function"]["name"] for tool in self.body.get("tools", ())}
+        functions = []
+        for server, tools in self.listed:
+            for tool in tools:
+                if not server.offers(tool.name, tool.annotations):
+                    continue
+                name = upstream_name(server.label, tool.name)
+                while name in taken:  # a client function of that name: a name of ours that cannot clash
+                    name = upstream_name(server.label, f"{tool.name}_{hashlib.sha1(name.encode()).hexdigest()[:6]}")
+                taken.add(name)
+                self.kinds[name] = McpKind(server, tool.name)
+                self.by_tool[server.label, tool.name] = (name, self.kinds[name])
+                functions.append({"type": "function", "function": {
+                    "name": name, "description": tool.description or "", "parameters": tool.input_schema}})
+        if functions:
+            self.body["tools"] = [*self.body.get("tools", ()), *functions]
+        run.stream.host(self.kinds)
+
+    async def _list(self, server: McpServer) -> list[ListedTool]:
+        try:
+            return await list_tools(server, self.config.mcp.connect_timeout)
+        except Exception:
+            # Only the label: the URL may carry a token. (OpenAI answers 424 likewise.)
+            raise GatewayError(f"Error retrieving tool list from MCP server: {server.label!r}.", status=424,
+                               code="mcp_list_tools_failed", param=server.param) from None
+
+    def head(self, stream: ResponseStream) -> list[Any]:
+        """One `mcp_list_tools` item per server, after the stream's head."""
+        emit = stream.emitter()
+        for server, tools in self.listed:
+            index = stream.new_item_index()
+            item = {"id": new_id("mcpl"), "type": "mcp_list_tools", "server_label": server.label, "tools": []}
+            where = {"item_id": item["id"], "output_index": index}
+            emit("response.output_item.added", output_index=index, item=item)
+            emit("response.mcp_list_tools.in_progress", **where)
+            emit("response.mcp_list_tools.completed", **where)
+            offered = [tool.item() for tool in tools if server.offers(tool.name, tool.annotations)]
+            stream.item_done(index, {**item, "tools": offered})
+        return stream.take_batch()
+
+    # ------------------------------------------------------------------ after each sample
+    async def next_sample(self, run: Run, sink: Sink) -> dict[str, Any] | None:
+        stream = run.stream
+        calls, stream.hosted_calls = stream.hosted_calls, []
+        if not calls:
+            await sink.send(stream.finish(True))
+            return None
+        bound = self._bound(len(calls))
+        if bound is not None:
+            return await self._bounded(stream, sink, calls, bound)
+        self.rounds += 1
+        self.calls += len(calls)
+        emit = stream.emitter()
+        for index, item, _ in calls:
+            emit("response.mcp_call.in_progress", item_id=item["id"], output_index=index)
+        await sink.send(stream.take_batch())
+        results = await self._run_calls(run, [item for _, item, _ in calls])
+        emit = stream.emitter()
+        tool_calls, outputs = [], []
+        for (index, item, call_id), (output, error) in zip(calls, results):
+            done = {**item, "output": output, "error": error, "status": "failed" if error else "completed"}
+            emit("response.mcp_call.failed" if error else "response.mcp_call.completed", item_id=item["id"],
+                 output_index=index)
+            stream.item_done(index, done)
+            name, _ = self.by_tool[item["server_label"], item["name"]]
+            tool_calls.append({"id": call_id, "type": "function",
+                               "function": {"name": name, "arguments": item["arguments"] or "{}"}})
+            outputs.append({"role": "tool", "tool_call_id": call_id, "content": output if error is None
+                            else f"The tool call failed: {orjson.dumps(error).decode()}"})
+        await sink.send(stream.take_batch())
+        if stream.client_calls:  # the client's own tools: the response ends, as without hosted tools
+            await sink.send(stream.finish(True))
+            return None
+        return self._next_body(tool_calls, outputs)
+
+    def _next_body(self, tool_calls: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, Any]:
+        self.messages += [{"role": "assistant", "content": None, "tool_calls": tool_calls}, *outputs]
+        return {**self.body, "messages": self.messages}
+
+    async def _bounded(self, stream: ResponseStream, sink: Sink, calls: list[tuple[int, dict[str, Any], str]],
+                       bound: str) -> dict[str, Any]:
+        """A bound was reached, as OpenAI treats `max_tool_calls`: these calls are not run (their items end
+        `incomplete`, their error says which bound), the model is told so and samples once more without
+        the hosted tools (a call to one now is the client's to handle, as any unknown function)."""
+        self.bound = bound
+        error = {"type": "mcp_protocol_error", "code": -32000, "message": f"not run: {bound}"}
+        stream.emitter()
+        tool_calls, outputs = [], []
+        for index, item, call_id in calls:
+            stream.item_done(index, {**item, "status": "incomplete", "error": error})
+            tool_calls.append({"id": call_id, "type": "function", "function": {
+                "name": self.by_tool[item["server_label"], item["name"]][0], "arguments": item["arguments"] or "{}"}})
+            outputs.append({"role": "tool", "tool_call_id": call_id,
+                            "content": f"Not run: {bound}. Answer without calling tools of this server."})
+        await sink.send(stream.take_batch())
+        stream.host({})
+        body = self._next_body(tool_calls, outputs)
+        client_tools = [tool for tool in body.get("tools", ()) if tool["function"]["name"] not in self.kinds]
+        if client_tools:
+            body["tools"] = client_tools
+        else:
+            for key in ("tools", "tool_choice", "parallel_tool_calls"):
+                body.pop(key, None)
+        return body
+
+    def _bound(self, wanted: int) -> str | None:
+        """The bound these calls would pass, said as the unrun calls' error, else None."""
+        if self.max_tool_calls is not None and self.calls + wanted > self.max_tool_calls:
+            return f"the request's max_tool_calls ({self.max_tool_calls}) was reached"
+        if self.rounds >= self.config.max_rounds:
+            return f"the gateway's tools.max_rounds ({self.config.max_rounds}) was reached"
+        return None
+
+    async def _run_calls(self, run: Run, items: list[dict[str, Any]]) -> list[tuple[str | None, Any]]:
+        """Every call at once. `Run.stop` (shutdown, a background cancel) cancels them, as it cancels an open."""
+        if run.upstream is not None:
+            run.upstream.close()
+            run.upstream = None
+        run.opening = current = asyncio.current_task()
+        try:
+            return await asyncio.gather(*(self._call(item) for item in items))
+        except asyncio.CancelledError:
+            from ..pipeline import StreamStopped
+            if run.stop_cancelled and current is not None and current.uncancel() == 0:
+                raise StreamStopped from None
+            raise
+        finally:
+            run.opening = None
+
+    async def _call(self, item: dict[str, Any]) -> tuple[str | None, Any]:
+        _, kind = self.by_tool[item["server_label"], item["name"]]
+        try:
+            arguments = orjson.loads(item["arguments"] or "{}")
+        except orjson.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            return None, {"type": "mcp_protocol_error", "code": -32602,
+                          "message": "the arguments are not a JSON object"}
+        mcp = self.config.mcp
+        try:
+            return await call_tool(kind.server, kind.tool, arguments, timeout=mcp.call_timeout,
+                                   max_bytes=mcp.max_result_bytes), None
+        except ToolFailed as exc:
+            return None, exc.error

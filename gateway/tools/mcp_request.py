@@ -1,0 +1,127 @@
+"""The `mcp` tool of a request, in the openai SDK's shape, checked into an `McpServer` (no I/O)."""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidRequest
+
+_LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class McpServer:
+    """One `mcp` tool of a request. `headers` hold secrets: never logged, never echoed back."""
+
+    label: str
+    url: str
+    param: str                                      # where it is in the request, for errors
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    allowed: frozenset[str] | None = None           # tool names offered; None: all
+    read_only: bool = False                         # only tools annotated read-only
+    description: str | None = None
+
+    def offers(self, name: str, annotations: dict[str, Any] | None) -> bool:
+        if self.allowed is not None and name not in self.allowed:
+            return False
+        return not self.read_only or bool((annotations or {}).get("readOnlyHint"))
+
+
+def _bad(param: str, message: str) -> InvalidRequest:
+    return InvalidRequest(f"Invalid '{param}': {message}", param=param, code="invalid_value")
+
+
+def mcp_servers(tools: Any) -> list[McpServer]:
+    """The request's `mcp` tools (the rest of `tools` is translate.py's); duplicate labels are a 400."""
+    if not isinstance(tools, list):
+        return []
+    servers: list[McpServer] = []
+    for i, tool in enumerate(tools):
+        if isinstance(tool, dict) and tool.get("type") == "mcp":
+            servers.append(mcp_server(tool, f"tools[{i}]"))
+    labels = [server.label for server in servers]
+    for server in servers:
+        if labels.count(server.label) > 1:
+            raise _bad(f"{server.param}.server_label", f"the label {server.label!r} is used by two mcp tools.")
+    return servers
+
+
+def mcp_server(tool: dict[str, Any], param: str) -> McpServer:
+    if tool.get("connector_id") is not None:
+        raise InvalidRequest("OpenAI connectors ('connector_id') are not available through this gateway; "
+                             "give the MCP server's 'server_url' instead.", param=f"{param}.connector_id",
+                             code="unsupported_parameter")
+    label = tool.get("server_label")
+    if not isinstance(label, str) or not _LABEL.match(label):
+        raise _bad(f"{param}.server_label", "expected a name of letters, digits, '_' and '-' starting with a letter.")
+    url = tool.get("server_url")
+    if not isinstance(url, str) or not url:
+        raise InvalidRequest(f"Missing required parameter: '{param}.server_url'.", param=f"{param}.server_url",
+                             code="missing_required_parameter")
+    headers = _headers(tool.get("headers"), f"{param}.headers")
+    authorization = tool.get("authorization")
+    if authorization is not None:
+        if not isinstance(authorization, str) or not authorization:
+            raise _bad(f"{param}.authorization", "expected a string.")
+        headers["Authorization"] = f"Bearer {authorization}"
+    allowed, read_only = _allowed_tools(tool.get("allowed_tools"), f"{param}.allowed_tools")
+    _require_approval(tool.get("require_approval"), f"{param}.require_approval")
+    description = tool.get("server_description")
+    if description is not None and not isinstance(description, str):
+        raise _bad(f"{param}.server_description", "expected a string.")
+    return McpServer(label=label, url=url, param=f"{param}.server_url", headers=headers, allowed=allowed,
+                     read_only=read_only, description=description)
+
+
+def _headers(value: Any, param: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise _bad(param, "expected an object of string values.")
+    if any(not k or "\n" in k or "\r" in k or "\n" in v or "\r" in v for k, v in value.items()):
+        raise _bad(param, "header names and values must be single lines.")
+    return dict(value)
+
+
+def _names(value: Any, param: str) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise _bad(param, "expected an array of tool names.")
+    return frozenset(value)
+
+
+def _allowed_tools(value: Any, param: str) -> tuple[frozenset[str] | None, bool]:
+    """`allowed_tools` as a list of names or a filter {tool_names, read_only}."""
+    if value is None:
+        return None, False
+    if isinstance(value, list):
+        return _names(value, param), False
+    if not isinstance(value, dict):
+        raise _bad(param, "expected an array of tool names or a filter object.")
+    names = value.get("tool_names")
+    read_only = value.get("read_only")
+    if read_only is not None and not isinstance(read_only, bool):
+        raise _bad(f"{param}.read_only", "expected a boolean.")
+    return (None if names is None else _names(names, f"{param}.tool_names")), bool(read_only)
+
+
+def _require_approval(value: Any, param: str) -> None:
+    """Approvals are not run by this gateway yet: only a request that needs none is taken."""
+    if value == "never":
+        return
+    if isinstance(value, dict) and not (value.get("always") or {}).get("tool_names"):
+        return  # a filter that never asks
+    raise InvalidRequest("This gateway does not run MCP approvals yet: set 'require_approval' to 'never' "
+                         "(OpenAI's default is to ask for every call).", param=param, code="unsupported_parameter")
+
+
+def upstream_name(label: str, tool: str) -> str:
+    """The function name an MCP tool goes upstream as: `mcp__label__tool`, or a hashed form when that is
+    not a valid function name."""
+    name = f"mcp__{label}__{tool}"
+    if _NAME_OK.match(name):
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+    return f"mcp__{re.sub(r'[^A-Za-z0-9_-]', '_', name)[5:50]}_{digest}"

@@ -1,0 +1,350 @@
+"""Remote MCP tools run by the gateway inside one response (gateway/tools): a real MCP server
+(tests/mcp_server.py) on 127.0.0.1, a scripted upstream that calls its tools and then answers with
+their results, and the openai SDK (strict) streaming and not."""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.app import create_app
+from gateway.config import McpConfig, ToolsConfig
+from gateway.tools.egress import check_addresses, is_public
+
+from .conftest import assert_valid_stream, gateway_config
+from .helpers import events_of, post, post_stream, sdk
+from .mcp_server import running_mcp_server
+from .scripted_upstream import Reply, chunk, sse, text_reply, tool_reply, usage
+
+
+@pytest.fixture
+async def mcp_server() -> Any:
+    async with running_mcp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def tools_gateway(aiohttp_server: Any, upstream: Any, mcp_server: Any) -> Any:
+    async def start(allowed: tuple[str, ...] | None = None, **tools: Any) -> Any:
+        port = mcp_server.url.split(":")[2].split("/")[0]
+        patterns = (f"http://127.0.0.1:{port}/*",) if allowed is None else allowed
+        config = dataclasses.replace(gateway_config(upstream.url),
+                                     tools=ToolsConfig(mcp=McpConfig(allowed_servers=patterns), **tools))
+        return await aiohttp_server(create_app(config), host="127.0.0.1")
+    return start
+
+
+async def post_json(http: Any, gateway: Any, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    response, raw = await post(http, gateway, body)
+    return response.status, orjson.loads(raw)
+
+
+def mcp_tool(server: Any, **extra: Any) -> dict[str, Any]:
+    return {"type": "mcp", "server_label": "calc", "server_url": server.url, "require_approval": "never", **extra}
+
+
+def calls_reply(*calls: tuple[str, str]) -> Reply:
+    """One sample calling several tools at once (parallel tool calls)."""
+    chunks = [chunk({"role": "assistant", "content": None, "tool_calls": [
+        {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
+        for i, (name, arguments) in enumerate(calls)]}), chunk({}, finish="tool_calls"),
+        chunk(choices=False, usage=usage())]
+    return Reply([sse(*chunks)])
+
+
+def answer_with_results(body: dict[str, Any]) -> Reply:
+    """The second sample: the model answers with what the tools said."""
+    results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+    return text_reply("results: " + " | ".join(results))
+
+
+async def test_listed_then_called_streaming(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 2, "b": 3}'))
+    upstream.responder = answer_with_results
+    client = sdk(str(gateway.make_url("")))
+    async with client.responses.stream(model="m", input="what is 2+3?", tools=[mcp_tool(mcp_server)]) as stream:
+        kinds = [event.type async for event in stream]
+        final = await stream.get_final_response()
+    assert [item.type for item in final.output] == ["mcp_list_tools", "mcp_call", "message"]
+    listed, call, message = final.output
+    assert {tool.name for tool in listed.tools} == {"add", "sleep", "fail", "big", "whoami"}
+    assert (call.name, call.server_label, call.arguments, call.output, call.error) == \
+        ("add", "calc", '{"a": 2, "b": 3}', "5", None)
+    assert message.content[0].text == "results: 5"
+    assert final.status == "completed"
+    assert (final.usage.input_tokens, final.usage.output_tokens, final.usage.total_tokens) == (10, 14, 24)
+    for kind in ("response.mcp_list_tools.in_progress", "response.mcp_list_tools.completed",
+                 "response.mcp_call_arguments.delta", "response.mcp_call_arguments.done",
+                 "response.mcp_call.in_progress", "response.mcp_call.completed"):
+        assert kind in kinds
+    assert "response.function_call_arguments.delta" not in kinds
+    assert kinds.count("response.completed") == 1 and kinds[-1] == "response.completed"
+    first, second = (r.body for r in upstream.requests)
+    assert "mcp__calc__add" in {t["function"]["name"] for t in first["tools"]}
+    assert second["messages"][-2]["tool_calls"][0]["function"] == {"name": "mcp__calc__add",
+                                                                   "arguments": '{"a": 2, "b": 3}'}
+    assert second["messages"][-1] == {"role": "tool", "tool_call_id": "call_abc123", "content": "5"}
+    assert mcp_server.calls == [("add", 2, 3)]
+
+
+async def test_stream_is_valid_and_numbered_on(tools_gateway: Any, upstream: Any, http: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 1, "b": 1}'))
+    upstream.responder = answer_with_results
+    response, raw = await post_stream(http, gateway, {"model": "m", "input": "hi", "tools": [mcp_tool(mcp_server)]})
+    assert response.status == 200
+    assert_valid_stream(raw)
+    events = events_of(raw)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    added = [e["output_index"] for e in events if e["type"] == "response.output_item.added"]
+    assert added == [0, 1, 2]
+
+
+async def test_not_streaming(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 20, "b": 22}'))
+    upstream.responder = answer_with_results
+    response = await sdk(str(gateway.make_url(""))).responses.create(
+        model="m", input="sum", tools=[mcp_tool(mcp_server, headers={"X-Secret": "s3"}, authorization="tok")])
+    assert response.output[1].output == "42"
+    assert response.output[2].content[0].text == "results: 42"
+    echoed = response.tools[0].model_dump()
+    assert echoed.get("headers") is None and echoed.get("authorization") is None
+
+
+async def test_authorization_reaches_the_server(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__whoami", "{}"))
+    upstream.responder = answer_with_results
+    response = await sdk(str(gateway.make_url(""))).responses.create(
+        model="m", input="who", tools=[mcp_tool(mcp_server, authorization="tok-123")])
+    assert response.output[1].output == "Bearer tok-123"
+
+
+async def test_parallel_calls_run_concurrently(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(calls_reply(("mcp__calc__sleep", '{"seconds": 0.6}'), ("mcp__calc__sleep", '{"seconds": 0.6}')))
+    upstream.responder = answer_with_results
+    began = time.monotonic()
+    response = await sdk(str(gateway.make_url(""))).responses.create(
+        model="m", input="nap twice", tools=[mcp_tool(mcp_server)])
+    took = time.monotonic() - began
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "mcp_call", "message"]
+    assert response.output[3].content[0].text == "results: slept 0.6 | slept 0.6"
+    assert took < 1.15, f"two 0.6 s calls took {took:.2f} s: not concurrent"
+
+
+async def test_failing_tool_is_told_to_the_model(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__fail", '{"reason": "because"}'))
+    upstream.responder = answer_with_results
+    response = await sdk(str(gateway.make_url(""))).responses.create(
+        model="m", input="fail", tools=[mcp_tool(mcp_server)])
+    call = response.output[1]
+    assert call.status == "failed" and call.output is None
+    assert call.error.type == "mcp_tool_execution_error"
+    told = upstream.requests[1].body["messages"][-1]["content"]
+    assert told.startswith("The tool call failed") and "fail" in told
+    assert response.status == "completed"
+
+
+async def test_timeout_and_oversized_result(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    port = mcp_server.url.split(":")[2].split("/")[0]
+    config = dataclasses.replace(gateway_config(upstream.url), tools=ToolsConfig(mcp=McpConfig(
+        allowed_servers=(f"http://127.0.0.1:{port}/*",), call_timeout=0.3, max_result_bytes=1000)))
+    upstream.enqueue(calls_reply(("mcp__calc__sleep", '{"seconds": 3}'), ("mcp__calc__big", '{"size": 5000}')))
+    upstream.responder = answer_with_results
+    async with _served(config) as url:
+        began = time.monotonic()
+        response = await sdk(url).responses.create(model="m", input="x", tools=[mcp_tool(mcp_server)])
+    assert time.monotonic() - began < 2.5
+    slow, big = response.output[1], response.output[2]
+    assert slow.status == big.status == "failed"
+    assert "did not answer within 0.3s" in slow.error.message
+    assert "larger than 1000 bytes" in big.error.message
+
+
+async def test_max_tool_calls_stops_the_calls(tools_gateway: Any, upstream: Any, http: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(calls_reply(("mcp__calc__add", '{"a": 1, "b": 2}'), ("mcp__calc__add", '{"a": 3, "b": 4}')),
+                     text_reply("I could not add."))
+    response, raw = await post_stream(http, gateway, {"model": "m", "input": "x", "max_tool_calls": 1,
+                                                      "tools": [mcp_tool(mcp_server)]})
+    assert_valid_stream(raw)
+    final = events_of(raw)[-1]["response"]
+    assert final["status"] == "completed"
+    unrun = final["output"][1:3]
+    assert [item["status"] for item in unrun] == ["incomplete", "incomplete"]
+    assert "max_tool_calls (1) was reached" in unrun[0]["error"]["message"]
+    assert mcp_server.calls == []
+    last = upstream.requests[1].body
+    assert "tools" not in last and last["messages"][-1]["content"].startswith("Not run")
+
+
+async def test_max_rounds_stops_the_loop(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway(max_rounds=1)
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 1, "b": 2}'), tool_reply("mcp__calc__add", '{"a": 3, "b": 4}'),
+                     tool_reply("mcp__calc__add", '{"a": 5, "b": 6}'))
+    response = await sdk(str(gateway.make_url(""))).responses.create(
+        model="m", input="x", tools=[mcp_tool(mcp_server)])
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "mcp_call", "function_call"]
+    assert [response.output[1].status, response.output[2].status] == ["completed", "incomplete"]
+    assert "tools.max_rounds (1) was reached" in response.output[2].error.message
+    assert mcp_server.calls == [("add", 1, 2)] and len(upstream.requests) == 3
+
+
+async def test_client_function_ends_the_response(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(calls_reply(("mcp__calc__add", '{"a": 1, "b": 2}'), ("lookup", '{"q": "x"}')))
+    response = await sdk(str(gateway.make_url(""))).responses.create(
+        model="m", input="x", tools=[mcp_tool(mcp_server), {"type": "function", "name": "lookup",
+                                                            "parameters": {"type": "object"}}])
+    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "function_call"]
+    assert response.output[1].output == "3" and response.status == "completed"
+    assert len(upstream.requests) == 1
+
+
+async def test_names_cannot_collide_with_the_clients(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"q": 1}'))
+    response = await sdk(str(gateway.make_url(""))).responses.create(
+        model="m", input="x", tools=[mcp_tool(mcp_server), {"type": "function", "name": "mcp__calc__add",
+                                                            "parameters": {"type": "object"}}])
+    names = [t["function"]["name"] for t in upstream.requests[0].body["tools"]]
+    assert len(names) == len(set(names)) and names.count("mcp__calc__add") == 1
+    assert [item.type for item in response.output] == ["mcp_list_tools", "function_call"]  # the client's own
+
+
+async def test_allowed_tools_filter(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    client = sdk(str(gateway.make_url("")))
+    response = await client.responses.create(model="m", input="x",
+                                             tools=[mcp_tool(mcp_server, allowed_tools=["add", "big"])])
+    assert {t.name for t in response.output[0].tools} == {"add", "big"}
+    offered = {t["function"]["name"] for t in upstream.requests[0].body["tools"]}
+    assert offered == {"mcp__calc__add", "mcp__calc__big"}
+    await client.responses.create(model="m", input="x",
+                                  tools=[mcp_tool(mcp_server, allowed_tools={"read_only": True})])
+    assert {t["function"]["name"] for t in upstream.requests[1].body["tools"]} == {"mcp__calc__add"}
+
+
+@pytest.mark.parametrize(("tool", "param", "words"), [
+    ({"connector_id": "connector_gmail"}, "tools[0].connector_id", "connector"),
+    ({"require_approval": "always"}, "tools[0].require_approval", "approvals"),
+    ({"server_label": "9bad"}, "tools[0].server_label", "letters"),
+])
+async def test_bad_mcp_tools_are_400(tools_gateway: Any, http: Any, mcp_server: Any, tool: dict[str, Any],
+                                     param: str, words: str) -> None:
+    gateway = await tools_gateway()
+    status, body = await post_json(http, gateway, {"model": "m", "input": "x", "tools": [mcp_tool(mcp_server, **tool)]})
+    assert status == 400, body
+    assert body["error"]["param"] == param and words in body["error"]["message"]
+
+
+async def test_no_allowed_servers_refuses_every_mcp_tool(tools_gateway: Any, http: Any, upstream: Any,
+                                                          mcp_server: Any) -> None:
+    gateway = await tools_gateway(allowed=())
+    status, body = await post_json(http, gateway, {"model": "m", "input": "x", "tools": [mcp_tool(mcp_server)]})
+    assert status == 400 and "tools.mcp.allowed_servers" in body["error"]["message"]
+    assert body["error"]["param"] == "tools[0].server_url" and not upstream.requests
+
+
+async def test_server_outside_the_allow_list_is_refused(tools_gateway: Any, http: Any, upstream: Any,
+                                                        mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    other = {"type": "mcp", "server_label": "x", "server_url": "http://127.0.0.2:9/mcp", "require_approval": "never"}
+    status, body = await post_json(http, gateway, {"model": "m", "input": "x", "tools": [other]})
+    assert status == 400 and "tools.mcp.allowed_servers" in body["error"]["message"]
+    wildcard = await tools_gateway(allowed=("http://*",))  # a wildcard host never reaches loopback
+    status, body = await post_json(http, wildcard, {"model": "m", "input": "x", "tools": [mcp_tool(mcp_server)]})
+    assert status == 400 and "loopback" in body["error"]["message"] and not upstream.requests
+
+
+async def test_unreachable_server_is_424(tools_gateway: Any, http: Any, upstream: Any) -> None:
+    from .conftest import free_port
+    port = free_port()
+    gateway = await tools_gateway(allowed=(f"http://127.0.0.1:{port}/*",))
+    tool = {"type": "mcp", "server_label": "gone", "server_url": f"http://127.0.0.1:{port}/mcp",
+            "require_approval": "never"}
+    status, body = await post_json(http, gateway, {"model": "m", "input": "x", "tools": [tool]})
+    assert status == 424 and body["error"]["code"] == "mcp_list_tools_failed" and not upstream.requests
+
+
+async def test_history_mcp_call_reaches_the_model(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 2, "b": 2}'))
+    upstream.responder = answer_with_results
+    client = sdk(str(gateway.make_url("")))
+    first = await client.responses.create(model="m", input="2+2", tools=[mcp_tool(mcp_server)])
+    upstream.responder = None
+    await client.responses.create(model="m", input="and again?", previous_response_id=first.id,
+                                  tools=[mcp_tool(mcp_server)])
+    messages = upstream.requests[-1].body["messages"]
+    assert any(m.get("tool_calls") for m in messages)
+    assert {"role": "tool", "tool_call_id": first.output[1].id, "content": "4"} in messages
+
+
+# ---------------------------------------------------------------------- egress rules, in-process
+def stub(addresses: dict[str, list[str]]) -> Any:
+    async def resolve(host: str) -> list[str]:
+        if host not in addresses:
+            raise OSError("no such host")
+        return addresses[host]
+    return resolve
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+                                     "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "0.0.0.0",
+                                     "100.64.0.1", "224.0.0.1"])
+def test_non_public_addresses(address: str) -> None:
+    assert not is_public(address)
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:4700::1111", "::ffff:93.184.216.34"])
+def test_public_addresses(address: str) -> None:
+    assert is_public(address)
+
+
+async def test_resolved_names_are_checked() -> None:
+    patterns = ("https://*",)
+    resolver = stub({"good.example": ["93.184.216.34"], "sneaky.example": ["93.184.216.34", "10.0.0.5"],
+                     "metadata.example": ["169.254.169.254"]})
+    await check_addresses("https://good.example/mcp", patterns, "p", resolver)
+    for host in ("sneaky.example", "metadata.example", "missing.example"):
+        with pytest.raises(Exception) as refused:
+            await check_addresses(f"https://{host}/mcp", patterns, "p", resolver)
+        assert "tools.mcp.allowed_servers" in refused.value.message  # type: ignore[attr-defined]
+    for literal in ("https://[::1]/mcp", "https://10.0.0.1/mcp", "https://[::ffff:127.0.0.1]/mcp"):
+        with pytest.raises(Exception):
+            await check_addresses(literal, patterns, "p", resolver)
+
+
+async def test_a_pattern_naming_a_private_host_allows_it() -> None:
+    resolver = stub({"tools.internal": ["10.0.0.7"]})
+    await check_addresses("http://tools.internal/mcp", ("http://tools.internal/*",), "p", resolver)
+    with pytest.raises(Exception):
+        await check_addresses("http://tools.internal/mcp", ("http://*.internal/*",), "p", resolver)
+
+
+class _served:
+    """A gateway with `config` on 127.0.0.1 for one block (aiohttp's own runner)."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+        self.runner = web.AppRunner(create_app(self.config))
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await asyncio.wait_for(self.runner.cleanup(), 10)
