@@ -184,7 +184,12 @@ async def _logged_chunks(batches: AsyncIterator[list[Any]]) -> AsyncIterator[lis
 
 
 class Loop(Protocol):
-    """The agentic loop of a request with hosted tools (gateway/tools/loop.py), as the pipeline drives it."""
+    """The agentic loop of a request with hosted tools (gateway/tools/loop.py), as the pipeline drives it
+    (and the log line and metrics read it: `rounds` run, `calls` run, `records` of (server, outcome, seconds))."""
+
+    rounds: int
+    calls: int
+    records: list[tuple[str, str, float]]
 
     async def prepare(self, run: Run) -> None:
         """Before the stream's head: what must hold before the client sees anything (a GatewayError else)."""

@@ -348,3 +348,90 @@ class _served:
 
     async def __aexit__(self, *exc: Any) -> None:
         await asyncio.wait_for(self.runner.cleanup(), 10)
+
+
+async def test_metrics_and_log_line(tools_gateway: Any, upstream: Any, http: Any, mcp_server: Any,
+                                    log_capture: Any) -> None:
+    lines = log_capture()
+    gateway = await tools_gateway()
+    upstream.enqueue(calls_reply(("mcp__calc__add", '{"a": 1, "b": 2}'), ("mcp__calc__fail", '{"reason": "r"}')))
+    upstream.responder = answer_with_results
+    await sdk(str(gateway.make_url(""))).responses.create(
+        model="m", input="x", tools=[mcp_tool(mcp_server, authorization="very-secret-token")])
+    async with http.get(gateway.make_url("/metrics")) as response:
+        text = await response.text()
+    assert 'gateway_tool_calls_total{outcome="completed",server="127.0.0.1"} 1.0' in text
+    assert 'gateway_tool_calls_total{outcome="mcp_tool_execution_error",server="127.0.0.1"} 1.0' in text
+    assert "gateway_tool_rounds_count 1.0" in text
+    finished = [line for line in lines() if line.get("event") == "response.finished"]
+    assert finished[-1]["tool_rounds"] == 1 and finished[-1]["tool_calls"] == 2
+    assert b"very-secret-token" not in lines.raw.getvalue()
+
+
+async def test_agents_sdk_hosted_mcp_tool(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 40, "b": 2}'))
+    upstream.responder = answer_with_results
+    model = agents.OpenAIResponsesModel(model="m", openai_client=sdk(str(gateway.make_url(""))))
+    tool = agents.HostedMCPTool(tool_config={"type": "mcp", "server_label": "calc", "server_url": mcp_server.url,
+                                             "require_approval": "never"})
+    agent = agents.Agent(name="calc", instructions="Add with the tools.", model=model, tools=[tool])
+    result = await agents.Runner.run(agent, "What is 40 + 2?", max_turns=3)
+    assert result.final_output == "results: 42"
+    kinds = [item.type for item in result.new_items]
+    assert "mcp_list_tools_item" in kinds and "tool_call_item" in kinds
+    assert mcp_server.calls == [("add", 40, 2)]
+
+
+async def test_background_cancel_mid_call(tools_gateway: Any, upstream: Any, http: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__sleep", '{"seconds": 20}'))
+    status, queued = await post_json(http, gateway, {"model": "m", "input": "x", "background": True,
+                                                     "tools": [mcp_tool(mcp_server)]})
+    assert status == 200 and queued["status"] == "queued"
+    for _ in range(200):
+        if mcp_server.calls:
+            break
+        await asyncio.sleep(0.02)
+    assert mcp_server.calls == [("sleep", 20)]
+    began = time.monotonic()
+    async with http.post(gateway.make_url(f"/v1/responses/{queued['id']}/cancel")) as response:
+        cancelled = await response.json()
+    assert response.status == 200 and cancelled["status"] == "cancelled"
+    assert time.monotonic() - began < 2
+    assert len(upstream.requests) == 1  # no second sample after the cancel
+
+
+async def test_client_disconnect_mid_call_stops_the_loop(tools_gateway: Any, upstream: Any, http: Any,
+                                                         mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__sleep", '{"seconds": 1}'))
+    body = {"model": "m", "input": "x", "stream": True, "tools": [mcp_tool(mcp_server)]}
+    async with http.post(gateway.make_url("/v1/responses"), json=body) as response:
+        async for line in response.content:
+            if b"response.mcp_call.in_progress" in line:
+                break
+    await asyncio.sleep(1.5)  # past the call's end: a loop still running would sample again
+    assert len(upstream.requests) == 1
+
+
+async def test_redirect_to_an_unlisted_port_is_not_followed(tools_gateway: Any, upstream: Any, http: Any,
+                                                            mcp_server: Any, aiohttp_server: Any) -> None:
+    from aiohttp import web
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append(request.method)
+        raise web.HTTPTemporaryRedirect(mcp_server.url)
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", redirect)
+    redirector = await aiohttp_server(app, host="127.0.0.1")
+    gateway = await tools_gateway(allowed=(f"http://127.0.0.1:{redirector.port}/*",))
+    tool = {"type": "mcp", "server_label": "calc", "server_url": str(redirector.make_url("/mcp")),
+            "require_approval": "never"}
+    status, body = await post_json(http, gateway, {"model": "m", "input": "x", "tools": [tool]})
+    assert hits and status == 424 and body["error"]["code"] == "mcp_list_tools_failed"
+    assert not upstream.requests

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -57,6 +59,7 @@ class ToolLoop:
         self.rounds = 0                   # times hosted calls were run
         self.calls = 0                    # hosted calls run
         self.bound: str | None = None     # the bound that stopped the loop, if one did
+        self.records: list[tuple[str, str, float]] = []  # (server host, outcome, seconds) per call, for metrics
 
     @classmethod
     def for_request(cls, request: Any, chat: ChatRequest, config: ToolsConfig) -> ToolLoop | None:
@@ -215,8 +218,15 @@ class ToolLoop:
             return None, {"type": "mcp_protocol_error", "code": -32602,
                           "message": "the arguments are not a JSON object"}
         mcp = self.config.mcp
+        began = time.monotonic()
         try:
-            return await call_tool(kind.server, kind.tool, arguments, timeout=mcp.call_timeout,
-                                   max_bytes=mcp.max_result_bytes), None
+            output = await call_tool(kind.server, kind.tool, arguments, timeout=mcp.call_timeout,
+                                     max_bytes=mcp.max_result_bytes)
         except ToolFailed as exc:
+            self._record(kind.server, exc.error.get("type", "failed"), began)
             return None, exc.error
+        self._record(kind.server, "completed", began)
+        return output, None
+
+    def _record(self, server: McpServer, outcome: str, began: float) -> None:
+        self.records.append((urlsplit(server.url).hostname or "", outcome, time.monotonic() - began))
