@@ -112,8 +112,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
-        chat = routed.translate(with_context(body, turn))
-        loop = ToolLoop.for_request(body, chat, state.config.tools)
+        document = with_context(body, turn)  # with earlier items: approval requests are answered from them
+        chat = routed.translate(document)
+        loop = ToolLoop.for_request(document, chat, state.config.tools)
+        del document
         if background:
             return await state.background.submit(request, request_id, received, turn, chat, routed, loop)
     except GatewayError as exc:

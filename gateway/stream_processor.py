@@ -209,6 +209,8 @@ class HostedKind(Protocol):
 
     delta_type: str   # the arguments' delta event
     done_type: str    # the arguments' done event
+    streams: bool     # False: the item is made whole when the call ends (an approval request)
+    id_kind: str      # its item ids' prefix
 
     def item(self, item_id: str, call_id: str, arguments: str) -> dict[str, Any]: ...
 
@@ -727,7 +729,9 @@ class ResponseStream:
             call.custom = InputDecoder()
         hosted = self._hosted.get(call.name)
         if hosted is not None:
-            self._announce_hosted(call, hosted)
+            call.hosted = hosted
+            if hosted.streams:
+                self._announce_hosted(call, hosted)
             return
         mapped = self._tool_names.get(call.name)
         if mapped is not None:
@@ -746,13 +750,23 @@ class ResponseStream:
                            output_index=call.index, delta=fragment)
 
     def _announce_hosted(self, call: _Call, hosted: HostedKind) -> None:
-        call.hosted, call.delta_type = hosted, hosted.delta_type
-        call.id = self._new_id("mcp")
+        call.delta_type = hosted.delta_type
+        call.id = self._new_id(hosted.id_kind)
         call.index = self._take_index()
         call.announced = True
         self._emit("response.output_item.added", output_index=call.index, item=hosted.item(call.id, call.call_id, ""))
         for fragment in call.chunks:
             self._emit(call.delta_type, item_id=call.id, output_index=call.index, delta=fragment)
+
+    def _whole_hosted_item(self, call: _Call, status: str) -> None:
+        """A hosted call that does not stream (an approval request): its item, added and done at once."""
+        assert call.hosted is not None
+        call.index = self._take_index()
+        item = call.hosted.item(self._new_id(call.hosted.id_kind), call.call_id, call.chunks.value())
+        self._emit("response.output_item.added", output_index=call.index, item=item)
+        self._item_done(call.index, item)
+        if status == "completed":
+            self.hosted_calls.append((call.index, item, call.call_id))
 
     def _arguments(self, call: _Call, fragment: Any) -> None:
         if fragment is None or fragment == "":
@@ -790,6 +804,9 @@ class ResponseStream:
         return item
 
     def _close_call(self, call: _Call, status: str) -> None:
+        if call.hosted is not None and not call.announced:
+            self._whole_hosted_item(call, status)
+            return
         if not call.announced:
             call.name = call.name or "unknown_function"
             self.warnings.append(f"tool call {clip(call.call_id)} arrived without a name")

@@ -235,7 +235,7 @@ async def test_allowed_tools_filter(tools_gateway: Any, upstream: Any, mcp_serve
 
 @pytest.mark.parametrize(("tool", "param", "words"), [
     ({"connector_id": "connector_gmail"}, "tools[0].connector_id", "connector"),
-    ({"require_approval": "always"}, "tools[0].require_approval", "approvals"),
+    ({"require_approval": "sometimes"}, "tools[0].require_approval", "expected 'always'"),
     ({"server_label": "9bad"}, "tools[0].server_label", "letters"),
 ])
 async def test_bad_mcp_tools_are_400(tools_gateway: Any, http: Any, mcp_server: Any, tool: dict[str, Any],
@@ -435,3 +435,55 @@ async def test_redirect_to_an_unlisted_port_is_not_followed(tools_gateway: Any, 
     status, body = await post_json(http, gateway, {"model": "m", "input": "x", "tools": [tool]})
     assert hits and status == 424 and body["error"]["code"] == "mcp_list_tools_failed"
     assert not upstream.requests
+
+
+async def approval_round(tools_gateway: Any, upstream: Any, mcp_server: Any, approve: bool,
+                         stream: bool) -> tuple[Any, Any]:
+    """A call that needs approval, then the next request answering it by previous_response_id."""
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 5, "b": 6}'))
+    client = sdk(str(gateway.make_url("")))
+    tool = mcp_tool(mcp_server, require_approval={"always": {"tool_names": ["add"]}})
+    first = await client.responses.create(model="m", input="5+6", tools=[tool])
+    upstream.responder = answer_with_results
+    answer = [{"type": "mcp_approval_response", "approval_request_id": first.output[1].id, "approve": approve}]
+    if stream:
+        async with client.responses.stream(model="m", input=answer, previous_response_id=first.id,
+                                           tools=[tool]) as events:
+            [event async for event in events]
+            second = await events.get_final_response()
+    else:
+        second = await client.responses.create(model="m", input=answer, previous_response_id=first.id, tools=[tool])
+    return first, second
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_approval_round_trip(tools_gateway: Any, upstream: Any, mcp_server: Any, stream: bool) -> None:
+    first, second = await approval_round(tools_gateway, upstream, mcp_server, True, stream)
+    assert [item.type for item in first.output] == ["mcp_list_tools", "mcp_approval_request"]
+    request = first.output[1]
+    assert (request.name, request.server_label, request.arguments) == ("add", "calc", '{"a": 5, "b": 6}')
+    assert first.status == "completed" and len(upstream.requests) == 2  # one sample per response
+    told = upstream.requests[1].body["messages"]
+    assert told[-2]["tool_calls"][0] == {"id": request.id, "type": "function",
+                                         "function": {"name": "mcp__calc__add", "arguments": '{"a": 5, "b": 6}'}}
+    assert told[-1] == {"role": "tool", "tool_call_id": request.id, "content": "11"}
+    assert [item.type for item in second.output] == ["mcp_list_tools", "mcp_call", "message"]
+    call = second.output[1]
+    assert (call.approval_request_id, call.output, call.status) == (request.id, "11", "completed")
+    assert second.output[2].content[0].text == "results: 11"
+    assert mcp_server.calls == [("add", 5, 6)]
+
+
+async def test_denied_approval_is_told_to_the_model(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    first, second = await approval_round(tools_gateway, upstream, mcp_server, False, False)
+    assert [item.type for item in second.output] == ["mcp_list_tools", "message"]
+    assert second.output[1].content[0].text == "results: The user denied this call: it was not run."
+    assert mcp_server.calls == []
+
+
+async def test_approval_for_an_unknown_request_is_400(tools_gateway: Any, http: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    answer = [{"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}]
+    status, body = await post_json(http, gateway, {"model": "m", "input": answer, "tools": [mcp_tool(mcp_server)]})
+    assert status == 400 and body["error"]["param"] == "input[0].approval_request_id"

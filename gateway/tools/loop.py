@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import GatewayError
+from ..errors import GatewayError, InvalidRequest
 from ..ids import new_id
 from .egress import check_addresses, check_url
 from .mcp_client import ListedTool, ToolFailed, call_tool, list_tools
@@ -33,6 +33,8 @@ class McpKind:
     __slots__ = ("server", "tool")
     delta_type = "response.mcp_call_arguments.delta"
     done_type = "response.mcp_call_arguments.done"
+    streams = True
+    id_kind = "mcp"
 
     def __init__(self, server: McpServer, tool: str) -> None:
         self.server = server
@@ -43,12 +45,26 @@ class McpKind:
                 "arguments": arguments, "output": None, "error": None, "status": "in_progress"}
 
 
+class ApprovalKind(McpKind):
+    """An MCP tool whose calls need the client's approval: an `mcp_approval_request` item ends the response."""
+
+    __slots__ = ()
+    streams = False
+    id_kind = "mcpr"
+
+    def item(self, item_id: str, call_id: str, arguments: str) -> dict[str, Any]:
+        return {"id": item_id, "type": "mcp_approval_request", "server_label": self.server.label, "name": self.tool,
+                "arguments": arguments}
+
+
 class ToolLoop:
     """One response's loop over its hosted tools (see the module docstring)."""
 
     def __init__(self, servers: list[McpServer], config: ToolsConfig, body: dict[str, Any],
-                 max_tool_calls: int | None) -> None:
+                 max_tool_calls: int | None, answers: list[tuple[dict[str, Any], bool]] | None = None) -> None:
         self.servers = servers
+        self.answers = answers or []      # (approval request, approved) this request answers
+        self.approved: list[tuple[dict[str, Any], str | None, Any]] = []  # (mcp_call item, output, error)
         self.config = config
         self.body = body                  # the first sample's body: later samples extend its messages
         self.messages: list[dict[str, Any]] = list(body["messages"])
@@ -69,7 +85,8 @@ class ToolLoop:
             return None
         for server in servers:
             check_url(server.url, config.mcp.allowed_servers, server.param)
-        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"))
+        answers = approval_answers(request.get("input"), {server.label for server in servers})
+        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"), answers)
 
     # ------------------------------------------------------------------ before the first sample
     async def prepare(self, run: Run) -> None:
@@ -89,13 +106,44 @@ class ToolLoop:
                 while name in taken:  # a client function of that name: a name of ours that cannot clash
                     name = upstream_name(server.label, f"{tool.name}_{hashlib.sha1(name.encode()).hexdigest()[:6]}")
                 taken.add(name)
-                self.kinds[name] = McpKind(server, tool.name)
+                self.kinds[name] = (ApprovalKind if server.needs_approval(tool.name) else McpKind)(server, tool.name)
                 self.by_tool[server.label, tool.name] = (name, self.kinds[name])
                 functions.append({"type": "function", "function": {
                     "name": name, "description": tool.description or "", "parameters": tool.input_schema}})
         if functions:
             self.body["tools"] = [*self.body.get("tools", ()), *functions]
         run.stream.host(self.kinds)
+        await self._answer_approvals()
+
+    async def _answer_approvals(self) -> None:
+        """The calls this request approves run now (their items follow the listings); denied ones are told
+        to the model. Either way the model sees the call and its outcome before the first sample."""
+        approved: list[tuple[dict[str, Any], str]] = []   # (mcp_call item, upstream name)
+        told: dict[str, tuple[str, str]] = {}             # request id → (upstream name, what the model is told)
+        for request, approve in self.answers:
+            key = (request["server_label"], request["name"])
+            name, kind = self.by_tool.get(key, (upstream_name(*key), None))
+            if approve and kind is not None:
+                approved.append(({"id": new_id("mcp"), "type": "mcp_call", "server_label": key[0], "name": key[1],
+                                  "arguments": request["arguments"], "approval_request_id": request["id"],
+                                  "output": None, "error": None, "status": "in_progress"}, name))
+            elif approve:
+                told[request["id"]] = (name, f"The tool {key[1]!r} is no longer offered by the server {key[0]!r}.")
+            else:
+                told[request["id"]] = (name, "The user denied this call: it was not run.")
+        results = await asyncio.gather(*(self._call(item) for item, _ in approved))
+        self.calls += len(approved)
+        for (item, name), (output, error) in zip(approved, results):
+            self.approved.append((item, output, error))
+            told[item["approval_request_id"]] = (name, output if error is None else _failure(error))
+        for request, _ in self.answers:
+            name, content = told[request["id"]]
+            call = {"id": request["id"], "type": "function",
+                    "function": {"name": name, "arguments": request["arguments"] or "{}"}}
+            self.messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
+                              {"role": "tool", "tool_call_id": request["id"], "content": content}]
+        if self.answers:
+            self.body["messages"] = self.messages
 
     async def _list(self, server: McpServer) -> list[ListedTool]:
         try:
@@ -117,13 +165,23 @@ class ToolLoop:
             emit("response.mcp_list_tools.completed", **where)
             offered = [tool.item() for tool in tools if server.offers(tool.name, tool.annotations)]
             stream.item_done(index, {**item, "tools": offered})
+        for item, output, error in self.approved:
+            index = stream.new_item_index()
+            where = {"item_id": item["id"], "output_index": index}
+            emit("response.output_item.added", output_index=index, item=item)
+            emit("response.mcp_call.in_progress", **where)
+            emit("response.mcp_call.failed" if error else "response.mcp_call.completed", **where)
+            stream.item_done(index, {**item, "output": output, "error": error,
+                                     "status": "failed" if error else "completed"})
         return stream.take_batch()
 
     # ------------------------------------------------------------------ after each sample
     async def next_sample(self, run: Run, sink: Sink) -> dict[str, Any] | None:
         stream = run.stream
         calls, stream.hosted_calls = stream.hosted_calls, []
-        if not calls:
+        asked = any(item["type"] == "mcp_approval_request" for _, item, _ in calls)
+        calls = [call for call in calls if call[1]["type"] == "mcp_call"]
+        if not calls:  # nothing to run (approval requests end the response: the client answers them)
             await sink.send(stream.finish(True))
             return None
         bound = self._bound(len(calls))
@@ -146,10 +204,10 @@ class ToolLoop:
             name, _ = self.by_tool[item["server_label"], item["name"]]
             tool_calls.append({"id": call_id, "type": "function",
                                "function": {"name": name, "arguments": item["arguments"] or "{}"}})
-            outputs.append({"role": "tool", "tool_call_id": call_id, "content": output if error is None
-                            else f"The tool call failed: {orjson.dumps(error).decode()}"})
+            outputs.append({"role": "tool", "tool_call_id": call_id,
+                            "content": output if error is None else _failure(error)})
         await sink.send(stream.take_batch())
-        if stream.client_calls:  # the client's own tools: the response ends, as without hosted tools
+        if stream.client_calls or asked:  # the client's own tools or approvals: the response ends here
             await sink.send(stream.finish(True))
             return None
         return self._next_body(tool_calls, outputs)
@@ -230,3 +288,39 @@ class ToolLoop:
 
     def _record(self, server: McpServer, outcome: str, began: float) -> None:
         self.records.append((urlsplit(server.url).hostname or "", outcome, time.monotonic() - began))
+
+
+def _failure(error: Any) -> str:
+    """A failed call as the model is told it."""
+    return f"The tool call failed: {orjson.dumps(error).decode()}"
+
+
+def approval_answers(items: Any, labels: set[str]) -> list[tuple[dict[str, Any], bool]]:
+    """The `mcp_approval_response` items of a request's input (earlier items included) with the
+    `mcp_approval_request` each answers; one answered before (a call already in the input) is not answered
+    again. A response to an unknown request, or to a server this request does not name, is a 400."""
+    if not isinstance(items, list):
+        return []
+    requests = {item.get("id"): item for item in items
+                if isinstance(item, dict) and item.get("type") == "mcp_approval_request"}
+    done = {item.get("approval_request_id") for item in items if isinstance(item, dict) and item.get("type") == "mcp_call"}
+    answers = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or item.get("type") != "mcp_approval_response":
+            continue
+        param = f"input[{i}]"
+        request_id, approve = item.get("approval_request_id"), item.get("approve")
+        if not isinstance(approve, bool):
+            raise InvalidRequest(f"Invalid '{param}.approve': expected a boolean.", param=f"{param}.approve")
+        request = requests.get(request_id)
+        if request is None or not isinstance(request.get("name"), str) or not isinstance(request.get("arguments"), str):
+            raise InvalidRequest(f"No MCP approval request found with id {request_id!r}.",
+                                 param=f"{param}.approval_request_id")
+        if request.get("server_label") not in labels:
+            raise InvalidRequest(f"The approval request {request_id!r} is for the MCP server "
+                                 f"{request.get('server_label')!r}, which this request's tools do not name.",
+                                 param=f"{param}.approval_request_id")
+        if request_id not in done:
+            answers.append((request, approve))
+            done.add(request_id)
+    return answers

@@ -23,6 +23,16 @@ class McpServer:
     allowed: frozenset[str] | None = None           # tool names offered; None: all
     read_only: bool = False                         # only tools annotated read-only
     description: str | None = None
+    # (always, never) tool names; None: every tool. Default: every call asks (as OpenAI's).
+    approval: tuple[frozenset[str] | None, frozenset[str] | None] = (None, frozenset())
+
+    def needs_approval(self, name: str) -> bool:
+        always, never = self.approval
+        if never is None or name in never:
+            return False
+        if always is None or name in always:
+            return True
+        return bool(never)  # a filter naming only `always` tools lets the others run; naming `never` ones, not
 
     def offers(self, name: str, annotations: dict[str, Any] | None) -> bool:
         if self.allowed is not None and name not in self.allowed:
@@ -68,12 +78,12 @@ def mcp_server(tool: dict[str, Any], param: str) -> McpServer:
             raise _bad(f"{param}.authorization", "expected a string.")
         headers["Authorization"] = f"Bearer {authorization}"
     allowed, read_only = _allowed_tools(tool.get("allowed_tools"), f"{param}.allowed_tools")
-    _require_approval(tool.get("require_approval"), f"{param}.require_approval")
+    approval = _require_approval(tool.get("require_approval"), f"{param}.require_approval")
     description = tool.get("server_description")
     if description is not None and not isinstance(description, str):
         raise _bad(f"{param}.server_description", "expected a string.")
     return McpServer(label=label, url=url, param=f"{param}.server_url", headers=headers, allowed=allowed,
-                     read_only=read_only, description=description)
+                     read_only=read_only, description=description, approval=approval)
 
 
 def _headers(value: Any, param: str) -> dict[str, str]:
@@ -107,14 +117,23 @@ def _allowed_tools(value: Any, param: str) -> tuple[frozenset[str] | None, bool]
     return (None if names is None else _names(names, f"{param}.tool_names")), bool(read_only)
 
 
-def _require_approval(value: Any, param: str) -> None:
-    """Approvals are not run by this gateway yet: only a request that needs none is taken."""
+def _require_approval(value: Any, param: str) -> tuple[frozenset[str] | None, frozenset[str] | None]:
+    """`require_approval` as (always, never): "always" (the default), "never", or a filter
+    {"always": {"tool_names": [...]}, "never": {"tool_names": [...]}}."""
+    if value is None or value == "always":
+        return None, frozenset()
     if value == "never":
-        return
-    if isinstance(value, dict) and not (value.get("always") or {}).get("tool_names"):
-        return  # a filter that never asks
-    raise InvalidRequest("This gateway does not run MCP approvals yet: set 'require_approval' to 'never' "
-                         "(OpenAI's default is to ask for every call).", param=param, code="unsupported_parameter")
+        return frozenset(), None
+    if not isinstance(value, dict):
+        raise _bad(param, "expected 'always', 'never' or a filter object.")
+    lists = []
+    for key in ("always", "never"):
+        part = value.get(key)
+        if part is not None and not isinstance(part, dict):
+            raise _bad(f"{param}.{key}", "expected an object with 'tool_names'.")
+        names = (part or {}).get("tool_names")
+        lists.append(frozenset() if names is None else _names(names, f"{param}.{key}.tool_names"))
+    return lists[0], lists[1]
 
 
 def upstream_name(label: str, tool: str) -> str:
