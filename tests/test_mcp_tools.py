@@ -29,10 +29,10 @@ async def mcp_server() -> Any:
 
 @pytest.fixture
 def tools_gateway(aiohttp_server: Any, upstream: Any, mcp_server: Any) -> Any:
-    async def start(allowed: tuple[str, ...] | None = None, **tools: Any) -> Any:
+    async def start(allowed: tuple[str, ...] | None = None, store: str = "memory:", **tools: Any) -> Any:
         port = mcp_server.url.split(":")[2].split("/")[0]
         patterns = (f"http://127.0.0.1:{port}/*",) if allowed is None else allowed
-        config = dataclasses.replace(gateway_config(upstream.url),
+        config = dataclasses.replace(gateway_config(upstream.url, store={"url": store}),
                                      tools=ToolsConfig(mcp=McpConfig(allowed_servers=patterns), **tools))
         return await aiohttp_server(create_app(config), host="127.0.0.1")
     return start
@@ -487,3 +487,66 @@ async def test_approval_for_an_unknown_request_is_400(tools_gateway: Any, http: 
     answer = [{"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}]
     status, body = await post_json(http, gateway, {"model": "m", "input": answer, "tools": [mcp_tool(mcp_server)]})
     assert status == 400 and body["error"]["param"] == "input[0].approval_request_id"
+
+
+async def test_agents_sdk_on_approval_request(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 7, "b": 8}'))
+    upstream.responder = answer_with_results
+    asked: list[str] = []
+
+    def on_approval(request: Any) -> dict[str, Any]:
+        asked.append(request.data.name)
+        return {"approve": True}
+
+    model = agents.OpenAIResponsesModel(model="m", openai_client=sdk(str(gateway.make_url(""))))
+    tool = agents.HostedMCPTool(tool_config={"type": "mcp", "server_label": "calc", "server_url": mcp_server.url,
+                                             "require_approval": "always"}, on_approval_request=on_approval)
+    agent = agents.Agent(name="calc", instructions="Add with the tools.", model=model, tools=[tool])
+    result = await agents.Runner.run(agent, "What is 7 + 8?", max_turns=4)
+    assert asked == ["add"]
+    assert result.final_output == "results: 15"
+    assert mcp_server.calls == [("add", 7, 8)]
+
+
+async def test_approval_answered_on_another_instance(tools_gateway: Any, upstream: Any, mcp_server: Any,
+                                                     redis_url: str) -> None:
+    """Two gateways sharing Redis: the approval request made by one is answered through the other."""
+    first_gateway, second_gateway = await tools_gateway(store=redis_url), await tools_gateway(store=redis_url)
+    tool = mcp_tool(mcp_server, require_approval="always")
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 1, "b": 41}'))
+    first = await sdk(str(first_gateway.make_url(""))).responses.create(model="m", input="1+41", tools=[tool])
+    assert first.output[1].type == "mcp_approval_request"
+    upstream.responder = answer_with_results
+    answer = [{"type": "mcp_approval_response", "approval_request_id": first.output[1].id, "approve": True}]
+    second = await sdk(str(second_gateway.make_url(""))).responses.create(
+        model="m", input=answer, previous_response_id=first.id, tools=[tool])
+    assert second.output[1].approval_request_id == first.output[1].id and second.output[1].output == "42"
+    assert mcp_server.calls == [("add", 1, 41)]
+
+
+async def test_background_resumed_across_a_tool_call(tools_gateway: Any, upstream: Any, http: Any,
+                                                     mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__sleep", '{"seconds": 0.5}'))
+    upstream.responder = answer_with_results
+    body = {"model": "m", "input": "x", "stream": True, "background": True, "tools": [mcp_tool(mcp_server)]}
+    seen: list[dict[str, Any]] = []
+    async with http.post(gateway.make_url("/v1/responses"), json=body) as response:
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                seen.append(orjson.loads(line[6:]))
+                if seen[-1]["type"] == "response.mcp_call.in_progress":
+                    break
+    response_id, last = seen[0]["response"]["id"], seen[-1]["sequence_number"]
+    async with http.get(gateway.make_url(f"/v1/responses/{response_id}"),
+                        params={"stream": "true", "starting_after": str(last)}) as response:
+        rest = events_of(await response.read())
+    assert rest[0]["sequence_number"] == last + 1
+    assert [e["sequence_number"] for e in rest] == list(range(last + 1, last + 1 + len(rest)))
+    assert rest[-1]["type"] == "response.completed"
+    output = rest[-1]["response"]["output"]
+    assert [item["type"] for item in output] == ["mcp_list_tools", "mcp_call", "message"]
+    assert output[1]["output"] == "slept 0.5"
