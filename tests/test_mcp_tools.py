@@ -289,6 +289,26 @@ async def test_history_mcp_call_reaches_the_model(tools_gateway: Any, upstream: 
     assert {"role": "tool", "tool_call_id": first.output[1].id, "content": "4"} in messages
 
 
+async def test_an_earlier_listing_is_reused(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    client = sdk(str(gateway.make_url("")))
+    first = await client.responses.create(model="m", input="hi", tools=[mcp_tool(mcp_server)])
+    assert [item.type for item in first.output] == ["mcp_list_tools", "message"]
+    second = await client.responses.create(model="m", input="again", previous_response_id=first.id,
+                                           tools=[mcp_tool(mcp_server)])
+    assert [item.type for item in second.output] == ["message"]  # not listed again
+    offered = {t["function"]["name"] for t in upstream.requests[1].body["tools"]}
+    assert "mcp__calc__add" in offered
+    # A listing the client sends back (stateless, no store) counts too; one with an error does not.
+    listed = first.output[0].model_dump()
+    third = await client.responses.create(model="m", input=[listed, {"role": "user", "content": "x"}], store=False,
+                                          tools=[mcp_tool(mcp_server)])
+    assert [item.type for item in third.output] == ["message"]
+    fourth = await client.responses.create(model="m", input=[{**listed, "error": "boom"}], store=False,
+                                           tools=[mcp_tool(mcp_server)])
+    assert [item.type for item in fourth.output] == ["mcp_list_tools", "message"]
+
+
 # ---------------------------------------------------------------------- egress rules, in-process
 def stub(addresses: dict[str, list[str]]) -> Any:
     async def resolve(host: str) -> list[str]:
@@ -468,17 +488,17 @@ async def test_approval_round_trip(tools_gateway: Any, upstream: Any, mcp_server
     assert told[-2]["tool_calls"][0] == {"id": request.id, "type": "function",
                                          "function": {"name": "mcp__calc__add", "arguments": '{"a": 5, "b": 6}'}}
     assert told[-1] == {"role": "tool", "tool_call_id": request.id, "content": "11"}
-    assert [item.type for item in second.output] == ["mcp_list_tools", "mcp_call", "message"]
-    call = second.output[1]
+    assert [item.type for item in second.output] == ["mcp_call", "message"]  # the chain's listing is reused
+    call = second.output[0]
     assert (call.approval_request_id, call.output, call.status) == (request.id, "11", "completed")
-    assert second.output[2].content[0].text == "results: 11"
+    assert second.output[1].content[0].text == "results: 11"
     assert mcp_server.calls == [("add", 5, 6)]
 
 
 async def test_denied_approval_is_told_to_the_model(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
     first, second = await approval_round(tools_gateway, upstream, mcp_server, False, False)
-    assert [item.type for item in second.output] == ["mcp_list_tools", "message"]
-    assert second.output[1].content[0].text == "results: The user denied this call: it was not run."
+    assert [item.type for item in second.output] == ["message"]
+    assert second.output[0].content[0].text == "results: The user denied this call: it was not run."
     assert mcp_server.calls == []
 
 
@@ -523,7 +543,7 @@ async def test_approval_answered_on_another_instance(tools_gateway: Any, upstrea
     answer = [{"type": "mcp_approval_response", "approval_request_id": first.output[1].id, "approve": True}]
     second = await sdk(str(second_gateway.make_url(""))).responses.create(
         model="m", input=answer, previous_response_id=first.id, tools=[tool])
-    assert second.output[1].approval_request_id == first.output[1].id and second.output[1].output == "42"
+    assert second.output[0].approval_request_id == first.output[1].id and second.output[0].output == "42"
     assert mcp_server.calls == [("add", 1, 41)]
 
 

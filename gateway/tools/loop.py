@@ -61,8 +61,10 @@ class ToolLoop:
     """One response's loop over its hosted tools (see the module docstring)."""
 
     def __init__(self, servers: list[McpServer], config: ToolsConfig, body: dict[str, Any],
-                 max_tool_calls: int | None, answers: list[tuple[dict[str, Any], bool]] | None = None) -> None:
+                 max_tool_calls: int | None, answers: list[tuple[dict[str, Any], bool]] | None = None,
+                 earlier: dict[str, list[ListedTool]] | None = None) -> None:
         self.servers = servers
+        self.earlier = earlier or {}      # label → tools listed earlier in the context: not listed again
         self.answers = answers or []      # (approval request, approved) this request answers
         self.approved: list[tuple[dict[str, Any], str | None, Any]] = []  # (mcp_call item, output, error)
         self.config = config
@@ -70,6 +72,7 @@ class ToolLoop:
         self.messages: list[dict[str, Any]] = list(body["messages"])
         self.max_tool_calls = max_tool_calls
         self.listed: list[tuple[McpServer, list[ListedTool]]] = []
+        self.fresh: set[str] = set()      # labels listed by this response (an mcp_list_tools item each)
         self.kinds: dict[str, McpKind] = {}  # upstream name → kind
         self.by_tool: dict[tuple[str, str], tuple[str, McpKind]] = {}  # (label, tool) → (upstream name, kind)
         self.rounds = 0                   # times hosted calls were run
@@ -86,7 +89,8 @@ class ToolLoop:
         for server in servers:
             check_url(server.url, config.mcp.allowed_servers, server.param)
         answers = approval_answers(request.get("input"), {server.label for server in servers})
-        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"), answers)
+        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"), answers,
+                   earlier_listings(request.get("input")))
 
     # ------------------------------------------------------------------ before the first sample
     async def prepare(self, run: Run) -> None:
@@ -94,8 +98,11 @@ class ToolLoop:
         mcp = self.config.mcp
         for server in self.servers:
             await check_addresses(server.url, mcp.allowed_servers, server.param)
-        listings = await asyncio.gather(*(self._list(server) for server in self.servers))
-        self.listed = list(zip(self.servers, listings))
+        fresh = [server for server in self.servers if server.label not in self.earlier]
+        listings = dict(zip((server.label for server in fresh),
+                            await asyncio.gather(*(self._list(server) for server in fresh))))
+        self.listed = [(server, listings.get(server.label) or self.earlier[server.label]) for server in self.servers]
+        self.fresh = set(listings)
         taken = {tool["function"]["name"] for tool in self.body.get("tools", ())}
         functions = []
         for server, tools in self.listed:
@@ -157,6 +164,8 @@ class ToolLoop:
         """One `mcp_list_tools` item per server, after the stream's head."""
         emit = stream.emitter()
         for server, tools in self.listed:
+            if server.label not in self.fresh:
+                continue  # listed earlier in the context, as OpenAI reuses it
             index = stream.new_item_index()
             item = {"id": new_id("mcpl"), "type": "mcp_list_tools", "server_label": server.label, "tools": []}
             where = {"item_id": item["id"], "output_index": index}
@@ -324,3 +333,20 @@ def approval_answers(items: Any, labels: set[str]) -> list[tuple[dict[str, Any],
             answers.append((request, approve))
             done.add(request_id)
     return answers
+
+
+def earlier_listings(items: Any) -> dict[str, list[ListedTool]]:
+    """The last successful `mcp_list_tools` item per server label in a request's input (its context)."""
+    listings: dict[str, list[ListedTool]] = {}
+    for item in items if isinstance(items, list) else ():
+        if not isinstance(item, dict) or item.get("type") != "mcp_list_tools" or item.get("error"):
+            continue
+        tools = item.get("tools")
+        if isinstance(item.get("server_label"), str) and isinstance(tools, list) and all(
+                isinstance(tool, dict) and isinstance(tool.get("name"), str)
+                and isinstance(tool.get("input_schema"), dict) for tool in tools):
+            listings[item["server_label"]] = [
+                ListedTool(tool["name"], tool.get("description") if isinstance(tool.get("description"), str) else None,
+                           tool["input_schema"], tool.get("annotations") if isinstance(tool.get("annotations"), dict)
+                           else None) for tool in tools]
+    return listings
