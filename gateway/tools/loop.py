@@ -11,15 +11,19 @@ import asyncio
 import hashlib
 import time
 from urllib.parse import urlsplit
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from ..errors import GatewayError, InvalidRequest
 from ..ids import new_id
+from ..pipeline import StreamStopped
 from .egress import check_addresses, check_url
 from .mcp_client import ListedTool, ToolFailed, call_tool, list_tools
 from .mcp_request import McpServer, mcp_servers, upstream_name
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from ..config import ToolsConfig
@@ -99,8 +103,8 @@ class ToolLoop:
         for server in self.servers:
             await check_addresses(server.url, mcp.allowed_servers, server.param)
         fresh = [server for server in self.servers if server.label not in self.earlier]
-        listings = dict(zip((server.label for server in fresh),
-                            await asyncio.gather(*(self._list(server) for server in fresh))))
+        found = await stoppable(run, asyncio.gather(*(self._list(server) for server in fresh)))
+        listings = dict(zip((server.label for server in fresh), found))
         self.listed = [(server, listings.get(server.label) or self.earlier[server.label]) for server in self.servers]
         self.fresh = set(listings)
         taken = {tool["function"]["name"] for tool in self.body.get("tools", ())}
@@ -120,7 +124,7 @@ class ToolLoop:
         if functions:
             self.body["tools"] = [*self.body.get("tools", ()), *functions]
         run.stream.host(self.kinds)
-        await self._answer_approvals()
+        await stoppable(run, self._answer_approvals())
 
     async def _answer_approvals(self) -> None:
         """The calls this request approves run now (their items follow the listings); denied ones are told
@@ -260,20 +264,11 @@ class ToolLoop:
         return None
 
     async def _run_calls(self, run: Run, items: list[dict[str, Any]]) -> list[tuple[str | None, Any]]:
-        """Every call at once. `Run.stop` (shutdown, a background cancel) cancels them, as it cancels an open."""
+        """Every call at once."""
         if run.upstream is not None:
             run.upstream.close()
             run.upstream = None
-        run.opening = current = asyncio.current_task()
-        try:
-            return await asyncio.gather(*(self._call(item) for item in items))
-        except asyncio.CancelledError:
-            from ..pipeline import StreamStopped
-            if run.stop_cancelled and current is not None and current.uncancel() == 0:
-                raise StreamStopped from None
-            raise
-        finally:
-            run.opening = None
+        return await stoppable(run, asyncio.gather(*(self._call(item) for item in items)))
 
     async def _call(self, item: dict[str, Any]) -> tuple[str | None, Any]:
         _, kind = self.by_tool[item["server_label"], item["name"]]
@@ -350,3 +345,16 @@ def earlier_listings(items: Any) -> dict[str, list[ListedTool]]:
                            tool["input_schema"], tool.get("annotations") if isinstance(tool.get("annotations"), dict)
                            else None) for tool in tools]
     return listings
+
+
+async def stoppable(run: Run, work: Awaitable[T]) -> T:
+    """`work` in this task, which `Run.stop` (shutdown, a background cancel) cancels as it cancels an open."""
+    run.opening = current = asyncio.current_task()
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if run.stop_cancelled and current is not None and current.uncancel() == 0:
+            raise StreamStopped from None
+        raise
+    finally:
+        run.opening = None
