@@ -570,3 +570,9 @@ async def test_background_resumed_across_a_tool_call(tools_gateway: Any, upstrea
     output = rest[-1]["response"]["output"]
     assert [item["type"] for item in output] == ["mcp_list_tools", "mcp_call", "message"]
     assert output[1]["output"] == "slept 0.5"
+
+
+def test_capture_scrubs_an_mcp_tools_credentials() -> None:
+    from gateway.capture import scrub
+    tool = {"type": "mcp", "server_label": "x", "headers": {"X-Token": "t0ken"}, "authorization": "a-secret"}
+    assert scrub({"tools": [tool]}, ()) == {"tools": [{**tool, "headers": "[redacted]", "authorization": "[redacted]"}]}
