@@ -576,3 +576,16 @@ def test_capture_scrubs_an_mcp_tools_credentials() -> None:
     from gateway.capture import scrub
     tool = {"type": "mcp", "server_label": "x", "headers": {"X-Token": "t0ken"}, "authorization": "a-secret"}
     assert scrub({"tools": [tool]}, ()) == {"tools": [{**tool, "headers": "[redacted]", "authorization": "[redacted]"}]}
+
+
+def test_tools_config() -> None:
+    from gateway.config import ConfigError, parse_config
+    tools = parse_config({"tools": {"max_rounds": 3, "mcp": {"allowed_servers": ["https://mcp.example.com/*"],
+                                                              "call_timeout": 5}}}).tools
+    assert (tools.max_rounds, tools.mcp.allowed_servers, tools.mcp.call_timeout) == \
+        (3, ("https://mcp.example.com/*",), 5.0)
+    assert parse_config({}).tools.mcp.allowed_servers == ()
+    for bad, words in (({"max_rounds": 0}, "tools.max_rounds"), ({"mcp": {"nope": 1}}, "tools.mcp.nope"),
+                       ({"mcp": {"call_timeout": 0}}, "tools.mcp.call_timeout"), ({"rounds": 1}, "tools.rounds")):
+        with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+            parse_config({"tools": bad})
