@@ -589,3 +589,18 @@ def test_tools_config() -> None:
                        ({"mcp": {"call_timeout": 0}}, "tools.mcp.call_timeout"), ({"rounds": 1}, "tools.rounds")):
         with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
             parse_config({"tools": bad})
+
+
+async def test_over_the_websocket_transport(tools_gateway: Any, upstream: Any, http: Any, mcp_server: Any) -> None:
+    from .test_websocket import assert_valid_turn, create, turn_events
+    gateway = await tools_gateway()
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 9, "b": 9}'))
+    upstream.responder = answer_with_results
+    async with http.ws_connect(gateway.make_url("/v1/responses")) as ws:
+        await ws.send_str(orjson.dumps(create(tools=[mcp_tool(mcp_server)])).decode())
+        events = await turn_events(ws)
+    result = assert_valid_turn(events)
+    assert result["status"] == "completed" and result["text"] == "results: 18"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    output = events[-1]["response"]["output"]
+    assert [item["type"] for item in output] == ["mcp_list_tools", "mcp_call", "message"]
