@@ -249,6 +249,7 @@ class ResponseStream:
         self._earlier_usage: dict[str, Any] | None = None  # the usage of the samples before this one
         # (output_index, open item, call id) of this sample's hosted calls; the client's calls counted
         self.hosted_calls: list[tuple[int, dict[str, Any], str]] = []
+        self._running: dict[int, dict[str, Any]] = {}  # output index → hosted call item not yet done
         self.client_calls = 0
 
     # ------------------------------------------------------------------ public API
@@ -353,6 +354,7 @@ class ResponseStream:
         return self._take_index()
 
     def item_done(self, index: int, item: dict[str, Any]) -> None:
+        self._running.pop(index, None)
         self._item_done(index, item)
 
     def _usage_so_far(self) -> dict[str, Any]:
@@ -817,6 +819,7 @@ class ResponseStream:
             item = call.hosted.item(call.id, call.call_id, arguments)
             if status == "completed":  # the tool loop runs it and ends the item
                 self.hosted_calls.append((call.index, item, call.call_id))
+                self._running[call.index] = item
             else:  # the response ends without running it
                 self._item_done(call.index, {**item, "status": "incomplete"})
             return
@@ -856,6 +859,9 @@ class ResponseStream:
 
     def _fail(self, code: str, message: str) -> None:
         self._close_all("incomplete")
+        for index, item in sorted(self._running.items(), key=_first):  # hosted calls cut short
+            self._item_done(index, {**item, "status": "incomplete"})
+        self._running = {}
         response = self._snapshot("failed")
         response["error"] = {"code": code, "message": message}
         self._terminate("response.failed", response)

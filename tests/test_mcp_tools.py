@@ -421,6 +421,8 @@ async def test_background_cancel_mid_call(tools_gateway: Any, upstream: Any, htt
         cancelled = await response.json()
     assert response.status == 200 and cancelled["status"] == "cancelled"
     assert time.monotonic() - began < 2
+    call = cancelled["output"][1]
+    assert (call["type"], call["name"], call["status"]) == ("mcp_call", "sleep", "incomplete")
     assert len(upstream.requests) == 1  # no second sample after the cancel
 
 

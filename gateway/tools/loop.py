@@ -195,17 +195,17 @@ class ToolLoop:
         asked = any(item["type"] == "mcp_approval_request" for _, item, _ in calls)
         calls = [call for call in calls if call[1]["type"] == "mcp_call"]
         if not calls:  # nothing to run (approval requests end the response: the client answers them)
-            await sink.send(stream.finish(True))
+            await _send(run, sink, stream.finish(True))
             return None
         bound = self._bound(len(calls))
         if bound is not None:
-            return await self._bounded(stream, sink, calls, bound)
+            return await self._bounded(run, sink, calls, bound)
         self.rounds += 1
         self.calls += len(calls)
         emit = stream.emitter()
         for index, item, _ in calls:
             emit("response.mcp_call.in_progress", item_id=item["id"], output_index=index)
-        await sink.send(stream.take_batch())
+        await _send(run, sink, stream.take_batch())
         results = await self._run_calls(run, [item for _, item, _ in calls])
         emit = stream.emitter()
         tool_calls, outputs = [], []
@@ -219,9 +219,9 @@ class ToolLoop:
                                "function": {"name": name, "arguments": item["arguments"] or "{}"}})
             outputs.append({"role": "tool", "tool_call_id": call_id,
                             "content": output if error is None else _failure(error)})
-        await sink.send(stream.take_batch())
+        await _send(run, sink, stream.take_batch())
         if stream.client_calls or asked:  # the client's own tools or approvals: the response ends here
-            await sink.send(stream.finish(True))
+            await _send(run, sink, stream.finish(True))
             return None
         return self._next_body(tool_calls, outputs)
 
@@ -229,12 +229,13 @@ class ToolLoop:
         self.messages += [{"role": "assistant", "content": None, "tool_calls": tool_calls}, *outputs]
         return {**self.body, "messages": self.messages}
 
-    async def _bounded(self, stream: ResponseStream, sink: Sink, calls: list[tuple[int, dict[str, Any], str]],
+    async def _bounded(self, run: Run, sink: Sink, calls: list[tuple[int, dict[str, Any], str]],
                        bound: str) -> dict[str, Any]:
         """A bound was reached, as OpenAI treats `max_tool_calls`: these calls are not run (their items end
         `incomplete`, their error says which bound), the model is told so and samples once more without
         the hosted tools (a call to one now is the client's to handle, as any unknown function)."""
         self.bound = bound
+        stream = run.stream
         error = {"type": "mcp_protocol_error", "code": -32000, "message": f"not run: {bound}"}
         stream.emitter()
         tool_calls, outputs = [], []
@@ -244,7 +245,7 @@ class ToolLoop:
                 "name": self.by_tool[item["server_label"], item["name"]][0], "arguments": item["arguments"] or "{}"}})
             outputs.append({"role": "tool", "tool_call_id": call_id,
                             "content": f"Not run: {bound}. Answer without calling tools of this server."})
-        await sink.send(stream.take_batch())
+        await _send(run, sink, stream.take_batch())
         stream.host({})
         body = self._next_body(tool_calls, outputs)
         client_tools = [tool for tool in body.get("tools", ()) if tool["function"]["name"] not in self.kinds]
@@ -345,6 +346,12 @@ def earlier_listings(items: Any) -> dict[str, list[ListedTool]]:
                            tool["input_schema"], tool.get("annotations") if isinstance(tool.get("annotations"), dict)
                            else None) for tool in tools]
     return listings
+
+
+async def _send(run: Run, sink: Sink, events: list[Any]) -> None:
+    """A batch to the sinks, counted as delivered (a failure after it ends the items it opened)."""
+    await sink.send(events)
+    run.delivered = run.stream.events_emitted
 
 
 async def stoppable(run: Run, work: Awaitable[T]) -> T:
