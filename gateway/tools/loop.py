@@ -105,7 +105,8 @@ class ToolLoop:
         fresh = [server for server in self.servers if server.label not in self.earlier]
         found = await stoppable(run, asyncio.gather(*(self._list(server) for server in fresh)))
         listings = dict(zip((server.label for server in fresh), found))
-        self.listed = [(server, listings.get(server.label) or self.earlier[server.label]) for server in self.servers]
+        self.listed = [(server, listings[server.label] if server.label in listings else self.earlier[server.label])
+                       for server in self.servers]
         self.fresh = set(listings)
         taken = {tool["function"]["name"] for tool in self.body.get("tools", ())}
         functions = []
