@@ -114,6 +114,7 @@ class KeyConfig:
     models: tuple[str, ...] = ()       # empty: every model
     max_concurrent_streams: int = 0    # 0: only the server-wide limit
     admin: bool = False                # may use the live inspector (/debug)
+    mcp: bool = False                  # may have the gateway call remote MCP servers (`mcp` tools)
 
 
 @dataclass(frozen=True)

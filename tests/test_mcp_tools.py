@@ -606,3 +606,22 @@ async def test_over_the_websocket_transport(tools_gateway: Any, upstream: Any, h
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
     output = events[-1]["response"]["output"]
     assert [item["type"] for item in output] == ["mcp_list_tools", "mcp_call", "message"]
+
+
+async def test_gateway_keys_need_the_mcp_permission(aiohttp_server: Any, upstream: Any, http: Any,
+                                                    mcp_server: Any) -> None:
+    from gateway.config import AuthConfig, KeyConfig
+    from gateway.keys import hash_key
+    port = mcp_server.url.split(":")[2].split("/")[0]
+    keys = (KeyConfig(name="plain", sha256=hash_key("k-plain")), KeyConfig(name="tools", sha256=hash_key("k-tools"),
+                                                                            mcp=True))
+    config = dataclasses.replace(gateway_config(upstream.url), auth=AuthConfig(keys=keys), tools=ToolsConfig(
+        mcp=McpConfig(allowed_servers=(f"http://127.0.0.1:{port}/*",))))
+    gateway = await aiohttp_server(create_app(config), host="127.0.0.1")
+    body = {"model": "m", "input": "x", "tools": [mcp_tool(mcp_server)]}
+    response, raw = await post(http, gateway, body, headers={"Authorization": "Bearer k-plain"})
+    error = orjson.loads(raw)["error"]
+    assert response.status == 403 and error["code"] == "mcp_not_allowed" and error["param"] == "tools[0]"
+    assert not upstream.requests
+    response, raw = await post(http, gateway, body, headers={"Authorization": "Bearer k-tools"})
+    assert response.status == 200 and orjson.loads(raw)["output"][0]["type"] == "mcp_list_tools"

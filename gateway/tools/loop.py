@@ -27,6 +27,7 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     from ..config import ToolsConfig
+    from ..keys import Key
     from ..pipeline import Run, Sink
     from ..stream_processor import ResponseStream
     from ..translate import ChatRequest
@@ -85,11 +86,16 @@ class ToolLoop:
         self.records: list[tuple[str, str, float]] = []  # (server host, outcome, seconds) per call, for metrics
 
     @classmethod
-    def for_request(cls, request: Any, chat: ChatRequest, config: ToolsConfig) -> ToolLoop | None:
-        """The loop for a request with `mcp` tools (their URLs checked against the allow-list), else None."""
+    def for_request(cls, request: Any, chat: ChatRequest, config: ToolsConfig, key: Key | None) -> ToolLoop | None:
+        """The loop for a request with `mcp` tools (their URLs checked against the allow-list and the gateway
+        key's `mcp` permission), else None."""
         servers = mcp_servers(request.get("tools")) if isinstance(request, dict) else []
         if not servers:
             return None
+        if key is not None and not key.mcp:
+            raise GatewayError(f"The gateway key {key.name!r} may not use mcp tools (its 'mcp' permission in "
+                               "auth.keys is off).", status=403, code="mcp_not_allowed",
+                               param=servers[0].param.rsplit(".", 1)[0])
         for server in servers:
             check_url(server.url, config.mcp.allowed_servers, server.param)
         answers = approval_answers(request.get("input"), {server.label for server in servers})
