@@ -167,6 +167,16 @@ class McpConfig:
 
 
 @dataclass(frozen=True)
+class McpServerConfig:
+    """An MCP server the operator offers: clients name it by `server_label` alone (no `server_url`)."""
+
+    label: str = ""
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # ${VAR} from the environment
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class ToolsConfig:
     """The agentic loop: tools the gateway runs itself inside one response."""
 
@@ -185,6 +195,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
+    mcp_servers: tuple[McpServerConfig, ...] = ()
 
     @property
     def upstream_list(self) -> tuple[UpstreamConfig, ...]:
@@ -334,7 +345,18 @@ def _auth(raw: Any) -> AuthConfig:
     return AuthConfig(keys=keys, keys_file=keys_file)
 
 
-_SECTIONS = ("server", "upstream", "upstreams", "routing", "auth", "store", "debug", "tools")
+_SECTIONS = ("server", "upstream", "upstreams", "routing", "auth", "store", "debug", "tools", "mcp_servers")
+
+
+def _mcp_servers(raw: Any) -> tuple[McpServerConfig, ...]:
+    servers = _list("mcp_servers", McpServerConfig, raw)
+    for i, server in enumerate(servers):
+        if not server.label or not server.url.startswith(("http://", "https://")):
+            raise ConfigError(f"mcp_servers[{i}]: needs a label and an http:// or https:// url")
+    labels = [server.label for server in servers]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("mcp_servers: labels must be unique")
+    return servers
 
 
 def _tools(raw: Any) -> ToolsConfig:
@@ -371,7 +393,8 @@ def parse_config(raw: Any) -> Config:
                          upstream=_section("upstream", UpstreamConfig, raw.get("upstream")),
                          upstreams=upstreams, routing=_section("routing", RoutingConfig, raw.get("routing")),
                          auth=_auth(raw.get("auth")), store=_section("store", StoreConfig, raw.get("store")),
-                         debug=_section("debug", DebugConfig, raw.get("debug")), tools=_tools(raw.get("tools"))))
+                         debug=_section("debug", DebugConfig, raw.get("debug")), tools=_tools(raw.get("tools")),
+                         mcp_servers=_mcp_servers(raw.get("mcp_servers"))))
 
 
 def _read_yaml(path: str | Path, key: str) -> Any:

@@ -114,7 +114,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         turn = await state.stored.prepare(body, owner_of(request))
         document = with_context(body, turn)  # with earlier items: approval requests are answered from them
         chat = routed.translate(document)
-        loop = ToolLoop.for_request(document, chat, state.config.tools, request_key(request))
+        loop = ToolLoop.for_request(document, chat, state.config, request_key(request))
         del document
         if background:
             return await state.background.submit(request, request_id, received, turn, chat, routed, loop)

@@ -625,3 +625,23 @@ async def test_gateway_keys_need_the_mcp_permission(aiohttp_server: Any, upstrea
     assert not upstream.requests
     response, raw = await post(http, gateway, body, headers={"Authorization": "Bearer k-tools"})
     assert response.status == 200 and orjson.loads(raw)["output"][0]["type"] == "mcp_list_tools"
+
+
+async def test_operator_servers_by_label_alone(aiohttp_server: Any, upstream: Any, http: Any, mcp_server: Any,
+                                               monkeypatch: Any) -> None:
+    from gateway.config import parse_config
+    monkeypatch.setenv("OPS_MCP_TOKEN", "from-the-environment")
+    config = parse_config({"upstream": {"base_url": upstream.url, "retries": 0},
+                           "mcp_servers": [{"label": "ops", "url": mcp_server.url,
+                                            "headers": {"Authorization": "Bearer ${OPS_MCP_TOKEN}"}}]})
+    gateway = await aiohttp_server(create_app(config), host="127.0.0.1")  # no allowed_servers: only the operator's
+    upstream.enqueue(tool_reply("mcp__ops__whoami", "{}"))
+    upstream.responder = answer_with_results
+    tool = {"type": "mcp", "server_label": "ops", "require_approval": "never"}
+    response = await sdk(str(gateway.make_url(""))).responses.create(model="m", input="who", tools=[tool])
+    assert response.output[1].output == "Bearer from-the-environment"
+    assert response.tools[0].model_dump(exclude_none=True) == {"type": "mcp", "server_label": "ops",
+                                                               "require_approval": "never"}
+    status, body = await post_json(http, gateway, {"model": "m", "input": "x",
+                                                   "tools": [{**tool, "server_url": mcp_server.url}]})
+    assert status == 400 and body["error"]["param"] == "tools[0].server_url"

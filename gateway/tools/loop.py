@@ -26,7 +26,7 @@ from .mcp_request import McpServer, mcp_servers, upstream_name
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from ..config import ToolsConfig
+    from ..config import Config, ToolsConfig
     from ..keys import Key
     from ..pipeline import Run, Sink
     from ..stream_processor import ResponseStream
@@ -86,10 +86,12 @@ class ToolLoop:
         self.records: list[tuple[str, str, float]] = []  # (server host, outcome, seconds) per call, for metrics
 
     @classmethod
-    def for_request(cls, request: Any, chat: ChatRequest, config: ToolsConfig, key: Key | None) -> ToolLoop | None:
+    def for_request(cls, request: Any, chat: ChatRequest, gateway: Config, key: Key | None) -> ToolLoop | None:
         """The loop for a request with `mcp` tools (their URLs checked against the allow-list and the gateway
         key's `mcp` permission), else None."""
-        servers = mcp_servers(request.get("tools")) if isinstance(request, dict) else []
+        operator = {server.label: server for server in gateway.mcp_servers}
+        servers = mcp_servers(request.get("tools"), operator) if isinstance(request, dict) else []
+        config = gateway.tools
         if not servers:
             return None
         if key is not None and not key.mcp:
@@ -97,7 +99,8 @@ class ToolLoop:
                                "auth.keys is off).", status=403, code="mcp_not_allowed",
                                param=servers[0].param.rsplit(".", 1)[0])
         for server in servers:
-            check_url(server.url, config.mcp.allowed_servers, server.param)
+            if not server.operator:
+                check_url(server.url, config.mcp.allowed_servers, server.param)
         answers = approval_answers(request.get("input"), {server.label for server in servers})
         return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"), answers,
                    earlier_listings(request.get("input")))
@@ -107,7 +110,8 @@ class ToolLoop:
         """Check every server's addresses and list its tools (concurrently); offer them upstream."""
         mcp = self.config.mcp
         for server in self.servers:
-            await check_addresses(server.url, mcp.allowed_servers, server.param)
+            if not server.operator:
+                await check_addresses(server.url, mcp.allowed_servers, server.param)
         fresh = [server for server in self.servers if server.label not in self.earlier]
         found = await stoppable(run, asyncio.gather(*(self._list(server) for server in fresh)))
         listings = dict(zip((server.label for server in fresh), found))

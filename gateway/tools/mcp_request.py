@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from ..config import McpServerConfig
 
 _LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -23,6 +27,7 @@ class McpServer:
     allowed: frozenset[str] | None = None           # tool names offered; None: all
     read_only: bool = False                         # only tools annotated read-only
     description: str | None = None
+    operator: bool = False                          # from `mcp_servers:`: the operator's choice, not egress-checked
     # (always, never) tool names; None: every tool. Default: every call asks (as OpenAI's).
     approval: tuple[frozenset[str] | None, frozenset[str] | None] = (None, frozenset())
 
@@ -44,14 +49,15 @@ def _bad(param: str, message: str) -> InvalidRequest:
     return InvalidRequest(f"Invalid '{param}': {message}", param=param, code="invalid_value")
 
 
-def mcp_servers(tools: Any) -> list[McpServer]:
-    """The request's `mcp` tools (the rest of `tools` is translate.py's); duplicate labels are a 400."""
+def mcp_servers(tools: Any, operator: Mapping[str, McpServerConfig] | None = None) -> list[McpServer]:
+    """The request's `mcp` tools (the rest of `tools` is translate.py's); duplicate labels are a 400.
+    A tool naming one of the `operator` servers by label alone gets its URL and headers."""
     if not isinstance(tools, list):
         return []
     servers: list[McpServer] = []
     for i, tool in enumerate(tools):
         if isinstance(tool, dict) and tool.get("type") == "mcp":
-            servers.append(mcp_server(tool, f"tools[{i}]"))
+            servers.append(mcp_server(tool, f"tools[{i}]", operator or {}))
     labels = [server.label for server in servers]
     for server in servers:
         if labels.count(server.label) > 1:
@@ -59,7 +65,7 @@ def mcp_servers(tools: Any) -> list[McpServer]:
     return servers
 
 
-def mcp_server(tool: dict[str, Any], param: str) -> McpServer:
+def mcp_server(tool: dict[str, Any], param: str, operator: Mapping[str, McpServerConfig]) -> McpServer:
     if tool.get("connector_id") is not None:
         raise InvalidRequest("OpenAI connectors ('connector_id') are not available through this gateway; "
                              "give the MCP server's 'server_url' instead.", param=f"{param}.connector_id",
@@ -68,6 +74,16 @@ def mcp_server(tool: dict[str, Any], param: str) -> McpServer:
     if not isinstance(label, str) or not _LABEL.match(label):
         raise _bad(f"{param}.server_label", "expected a name of letters, digits, '_' and '-' starting with a letter.")
     url = tool.get("server_url")
+    configured = operator.get(label)
+    if configured is not None:
+        if url is not None:
+            raise _bad(f"{param}.server_url", f"{label!r} is a server this gateway offers: name it by server_label "
+                                             "alone.")
+        allowed, read_only = _allowed_tools(tool.get("allowed_tools"), f"{param}.allowed_tools")
+        return McpServer(label=label, url=configured.url, param=f"{param}.server_label",
+                         headers=dict(configured.headers), allowed=allowed, read_only=read_only,
+                         description=configured.description or None, operator=True,
+                         approval=_require_approval(tool.get("require_approval"), f"{param}.require_approval"))
     if not isinstance(url, str) or not url:
         raise InvalidRequest(f"Missing required parameter: '{param}.server_url'.", param=f"{param}.server_url",
                              code="missing_required_parameter")
