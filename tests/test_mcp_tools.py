@@ -645,3 +645,14 @@ async def test_operator_servers_by_label_alone(aiohttp_server: Any, upstream: An
     status, body = await post_json(http, gateway, {"model": "m", "input": "x",
                                                    "tools": [{**tool, "server_url": mcp_server.url}]})
     assert status == 400 and body["error"]["param"] == "tools[0].server_url"
+
+
+def test_a_pattern_host_wildcard_stays_in_the_host() -> None:
+    from gateway.tools.egress import matching_patterns
+    patterns = ("https://*.example.com/*",)
+    assert matching_patterns("https://mcp.example.com/mcp", patterns) == list(patterns)
+    for url in ("https://evil.org/.example.com/mcp", "http://mcp.example.com/mcp", "https://example.com.evil.org/x"):
+        assert matching_patterns(url, patterns) == [], url
+    assert matching_patterns("http://127.0.0.1:8123/mcp", ("http://127.0.0.1:8123/*",))
+    assert not matching_patterns("http://127.0.0.1:8124/mcp", ("http://127.0.0.1:8123/*",))
+    assert matching_patterns("https://a.example/mcp", ("https://*",)) == ["https://*"]

@@ -11,6 +11,7 @@ import fnmatch
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import InvalidRequest
@@ -36,7 +37,16 @@ def _pattern_host(pattern: str) -> str | None:
 
 
 def matching_patterns(url: str, patterns: tuple[str, ...]) -> list[str]:
-    return [pattern for pattern in patterns if fnmatch.fnmatchcase(url, pattern)]
+    """The patterns `url` matches: scheme, host[:port] and path each matched on their own, so that a `*`
+    in a pattern's host never reaches into the path (`https://*.example.com/*` is no `https://evil.org/.example.com/`)."""
+    parts = urlsplit(url)
+    path = parts.path or "/"
+    return [pattern for pattern in patterns if _matches(parts.scheme, parts.netloc.lower(), path, urlsplit(pattern))]
+
+
+def _matches(scheme: str, netloc: str, path: str, pattern: Any) -> bool:
+    return (scheme == pattern.scheme and fnmatch.fnmatchcase(netloc, pattern.netloc.lower())
+            and fnmatch.fnmatchcase(path, pattern.path or "/*"))
 
 
 def is_public(address: str) -> bool:
