@@ -24,7 +24,7 @@ run: $(STAMP)
 # chunks and take the full path either way; tests/test_fast_path.py compares the two paths directly.
 FULL_PATH_TESTS ?= tests/test_clients.py tests/test_faults.py tests/test_quirks.py tests/test_reasoning.py \
 	tests/test_routes.py tests/test_smoke.py tests/test_stored_responses.py tests/test_background.py \
-	tests/test_compaction.py tests/test_websocket.py
+	tests/test_compaction.py tests/test_websocket.py tests/test_mcp_tools.py
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	GATEWAY_FAST_PATH=0 $(BIN)/python -m pytest -q $(or $(PYTEST_ARGS),$(FULL_PATH_TESTS))

@@ -29,7 +29,7 @@ from .errors import GatewayError, InvalidRequest
 from .event_stream import EventStream, json_response
 from .keys import forwarded_authorization
 from .log import get_logger
-from .pipeline import Observer, Run, Tee, run_pipeline
+from .pipeline import Loop, Observer, Run, Tee, run_pipeline
 from .request_context import current_request_id, log_finished
 from .sse import encode_events
 from .stream_processor import TERMINAL_TYPES
@@ -206,7 +206,7 @@ class BackgroundRuns:
 
     # ------------------------------------------------------------------ create
     async def submit(self, request: web.Request, request_id: str, received: float, turn: Turn | None,
-                     chat: ChatRequest, routed: RoutedRequest) -> web.StreamResponse:
+                     chat: ChatRequest, routed: RoutedRequest, loop: Loop | None = None) -> web.StreamResponse:
         """Store the response as queued, queue its run, answer: the queued Response, or the stream."""
         if turn is None or not turn.store:
             raise InvalidRequest("Background mode requires store=true: a background response is kept so it can "
@@ -218,7 +218,7 @@ class BackgroundRuns:
             raise GatewayError("Too many background responses waiting on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         turn.resumable = chat.stream
-        run = Run(request_id, chat)
+        run = Run(request_id, chat, loop)
         job = Job(run, turn, request, received, routed,
                   EventLog(self.service, turn, run.stream.response_id, self.service.config.max_event_log_bytes))
         queued = run.stream.queued()

@@ -46,7 +46,9 @@ def scrub(value: Any, secrets: Iterable[str]) -> Any:
 
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: "[redacted]" if str(k).lower() in SECRET_KEYS else walk(v) for k, v in node.items()}
+            mcp = node.get("type") == "mcp"  # an mcp tool's headers carry the client's credentials
+            return {k: "[redacted]" if str(k).lower() in SECRET_KEYS or (mcp and k == "headers") else walk(v)
+                    for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v) for v in node]
         if isinstance(node, str):

@@ -55,6 +55,7 @@ FAMILIES = {f"response.{name}": family for name, family in {
     "reasoning_summary_text": Family("summary", "reasoning", "summary_index", "text", None),
     "function_call_arguments": Family("arguments", "function_call", None, "arguments", None),
     "custom_tool_call_input": Family("input", "custom_tool_call", None, "input", None),
+    "mcp_call_arguments": Family("mcp_arguments", "mcp_call", None, "arguments", None),
 }.items()}
 # Where an item's final text lives, per family kind: (list field of the item, part type, text key).
 FINAL_TEXT = {"text": ("content", "output_text", "text"), "refusal": ("content", "refusal", "refusal"),
@@ -73,6 +74,9 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "response.reasoning_summary_part.done": (*_ITEM_EVENT, "summary_index", "part"),
     "response.output_text.annotation.added": (*_ITEM_EVENT, "content_index", "annotation_index"),
     "error": ("message",),
+    **{f"response.{kind}.{stage}": _ITEM_EVENT for kind, stages in (
+        ("mcp_list_tools", ("in_progress", "completed", "failed")),
+        ("mcp_call", ("in_progress", "completed", "failed"))) for stage in stages},
 }
 for _name, _family in FAMILIES.items():
     _index = (_family.index_field,) if _family.index_field else ()
@@ -320,9 +324,10 @@ class StreamValidator:
         for name in IDENTITY_FIELDS:
             if name in item.added and item.added[name] != done.get(name):
                 self.fail(f"output_item.done changes `{name}` from {item.added[name]!r} to {done.get(name)!r}")
-        # Reasoning and compaction items have no status of their own (the openai SDK's types agree).
-        default_status = "completed" if item.type in ("reasoning", "compaction") else None
-        if done.get("status", default_status) not in ("completed", "incomplete"):
+        # Reasoning, compaction and MCP listing items have no status of their own (the openai SDK's types agree).
+        default_status = "completed" if item.type in ("reasoning", "compaction", "mcp_list_tools") else None
+        ended = ("completed", "incomplete", "failed") if item.type == "mcp_call" else ("completed", "incomplete")
+        if done.get("status", default_status) not in ended:
             self.fail(f"output_item.done: status {done.get('status')!r}, expected completed or incomplete")
         self._item_fields("output_item.done", done)
         for kind, position, text in _final_texts(done):
@@ -498,6 +503,8 @@ def _final_texts(item: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         return [("arguments", None, item.get("arguments"))]
     if kind == "custom_tool_call":
         return [("input", None, item.get("input"))]
+    if kind == "mcp_call":
+        return [("mcp_arguments", None, item.get("arguments"))]
     out = []
     for family_kind, (field, part_type, key) in FINAL_TEXT.items():
         if (kind == "message") != (family_kind in ("text", "refusal")):

@@ -121,6 +121,7 @@ class KeyConfig:
     models: tuple[str, ...] = ()       # empty: every model
     max_concurrent_streams: int = 0    # 0: only the server-wide limit
     admin: bool = False                # may use the live inspector (/debug)
+    mcp: bool = False                  # may have the gateway call remote MCP servers (`mcp` tools)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,36 @@ class DebugConfig:
 
 
 @dataclass(frozen=True)
+class McpConfig:
+    """Remote MCP servers the gateway calls on a client's behalf (gateway/tools, README "MCP tools")."""
+
+    # URL patterns (shell-style, e.g. https://mcp.example.com/*) a request's server_url must match; empty:
+    # no MCP server at all. A loopback, private or link-local address must be named by a pattern's host.
+    allowed_servers: tuple[str, ...] = ()
+    connect_timeout: float = 10.0      # seconds to connect and list a server's tools
+    call_timeout: float = 60.0         # seconds one tool call may take
+    max_result_bytes: int = 1024 * 1024  # a larger result is an error told to the model
+
+
+@dataclass(frozen=True)
+class McpServerConfig:
+    """An MCP server the operator offers: clients name it by `server_label` alone (no `server_url`)."""
+
+    label: str = ""
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # ${VAR} from the environment
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ToolsConfig:
+    """The agentic loop: tools the gateway runs itself inside one response."""
+
+    max_rounds: int = 8                # samples after tool calls in one response; past it: incomplete
+    mcp: McpConfig = field(default_factory=McpConfig)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -170,6 +201,8 @@ class Config:
     upstreams: tuple[UpstreamConfig, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    mcp_servers: tuple[McpServerConfig, ...] = ()
 
     @property
     def upstream_list(self) -> tuple[UpstreamConfig, ...]:
@@ -319,7 +352,33 @@ def _auth(raw: Any) -> AuthConfig:
     return AuthConfig(keys=keys, keys_file=keys_file)
 
 
-_SECTIONS = ("server", "upstream", "upstreams", "routing", "auth", "store", "debug")
+_SECTIONS = ("server", "upstream", "upstreams", "routing", "auth", "store", "debug", "tools", "mcp_servers")
+
+
+def _mcp_servers(raw: Any) -> tuple[McpServerConfig, ...]:
+    servers = _list("mcp_servers", McpServerConfig, raw)
+    for i, server in enumerate(servers):
+        if not server.label or not server.url.startswith(("http://", "https://")):
+            raise ConfigError(f"mcp_servers[{i}]: needs a label and an http:// or https:// url")
+    labels = [server.label for server in servers]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("mcp_servers: labels must be unique")
+    return servers
+
+
+def _tools(raw: Any) -> ToolsConfig:
+    if raw is None:
+        return ToolsConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"tools: must be a mapping, got {type(raw).__name__}")
+    tools = _section("tools", ToolsConfig, {key: value for key, value in raw.items() if key != "mcp"})
+    tools = dataclasses.replace(tools, mcp=_section("tools.mcp", McpConfig, raw.get("mcp")))
+    if tools.max_rounds < 1:
+        raise ConfigError("tools.max_rounds: must be at least 1")
+    for key in ("connect_timeout", "call_timeout", "max_result_bytes"):
+        if getattr(tools.mcp, key) <= 0:
+            raise ConfigError(f"tools.mcp.{key}: must be positive")
+    return tools
 
 
 def parse_config(raw: Any) -> Config:
@@ -341,7 +400,8 @@ def parse_config(raw: Any) -> Config:
                          upstream=_section("upstream", UpstreamConfig, raw.get("upstream")),
                          upstreams=upstreams, routing=_section("routing", RoutingConfig, raw.get("routing")),
                          auth=_auth(raw.get("auth")), store=_section("store", StoreConfig, raw.get("store")),
-                         debug=_section("debug", DebugConfig, raw.get("debug"))))
+                         debug=_section("debug", DebugConfig, raw.get("debug")), tools=_tools(raw.get("tools")),
+                         mcp_servers=_mcp_servers(raw.get("mcp_servers"))))
 
 
 def _read_yaml(path: str | Path, key: str) -> Any:

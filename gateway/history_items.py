@@ -4,11 +4,11 @@ A Chat Completions upstream knows function calls and their outputs, and text. So
 - the client-run tools (Codex's `local_shell_call`, `shell_call`, `apply_patch_call`, a `computer_call`,
   a `program`, a client `tool_search_call`) become the function calls they are, named after the tool, with
   their arguments as JSON, and their outputs the tool messages answering them;
-- the hosted tools OpenAI ran (`web_search_call`, `file_search_call`, `mcp_call`, `image_generation_call`,
+- the hosted tools OpenAI ran (`web_search_call`, `file_search_call`, `image_generation_call`,
   `code_interpreter_call`, a server `tool_search_call`/`tool_search_output`) become readable context: a line
   of assistant text saying what was done and what came back;
-- items with nothing the model could use (`mcp_list_tools`, MCP approvals, `configuration_update`) are
-  dropped with a warning.
+- items with nothing the model could use (`configuration_update`) are dropped with a warning.
+MCP items are the gateway's own tool loop's (gateway/tools): translate.py places them.
 
 Each function returns a `Call`, an `Output`, a `Context` line or a `Drop` reason; translate.py places them.
 """
@@ -182,15 +182,6 @@ def _file_search(item: dict[str, Any]) -> Translated:
     return Context("\n".join(lines))
 
 
-def _mcp_call(item: dict[str, Any]) -> Translated:
-    head = f"[MCP tool {_str(item, 'server_label')}.{_str(item, 'name')}({_cut(_str(item, 'arguments'))})"
-    error = item.get("error")
-    if error:
-        return Context(f"{head} failed: {_cut(error if isinstance(error, str) else _json(error))}]")
-    output = item.get("output")
-    return Context(f"{head} returned: {_cut(output)}]" if isinstance(output, str) else f"{head}]")
-
-
 def _image_generation(item: dict[str, Any]) -> Translated:
     prompt = item.get("revised_prompt")
     # The image itself (base64 in `result`) is not text an upstream could read back.
@@ -219,11 +210,8 @@ HANDLERS: dict[str, Any] = {
     "computer_call": _computer_call, "computer_call_output": _computer_output,
     "program": _program, "program_output": _program_output,
     "tool_search_call": _tool_search_call, "tool_search_output": _tool_search_output,
-    "web_search_call": _web_search, "file_search_call": _file_search, "mcp_call": _mcp_call,
+    "web_search_call": _web_search, "file_search_call": _file_search,
     "image_generation_call": _image_generation, "code_interpreter_call": _code_interpreter,
-    "mcp_list_tools": _dropped("a list of an MCP server's tools, which this gateway cannot call"),
-    "mcp_approval_request": _dropped("an MCP approval request: this gateway runs no MCP tools"),
-    "mcp_approval_response": _dropped("an MCP approval response: this gateway runs no MCP tools"),
     "configuration_update": _dropped("a configuration update, which has no Chat Completions equivalent"),
 }
 

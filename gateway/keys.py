@@ -35,6 +35,7 @@ class Key:
     models: tuple[str, ...] = ()        # exact names or globs; empty: all
     max_concurrent_streams: int = 0     # 0: no per-key limit
     admin: bool = False                 # may use the live inspector (/debug)
+    mcp: bool = False                   # may have the gateway call remote MCP servers (`mcp` tools)
 
     def allows(self, model: str) -> bool:
         return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
@@ -46,7 +47,7 @@ _KEY: Any = web.RequestKey("gateway_key", Key) if hasattr(web, "RequestKey") els
 
 class KeyRing:
     def __init__(self, auth: AuthConfig) -> None:
-        self._by_hash = {k.sha256: Key(k.name, k.models, k.max_concurrent_streams, k.admin) for k in auth.keys}
+        self._by_hash = {k.sha256: Key(k.name, k.models, k.max_concurrent_streams, k.admin, k.mcp) for k in auth.keys}
 
     @property
     def enabled(self) -> bool:

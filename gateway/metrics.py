@@ -18,7 +18,7 @@ from .breaker import CLOSED, HALF_OPEN, OPEN, Breaker
 from .state import STATE
 
 if TYPE_CHECKING:
-    from .pipeline import Run
+    from .pipeline import Loop, Run
     from .routing import RoutedRequest
 
 # Seconds: a local model's prompt processing can take minutes before the first token.
@@ -57,6 +57,12 @@ class Metrics:
         self.panics = Counter("gateway_upstream_panic", "Attempts sent to an upstream although its breaker was "
                               "open or a 429 paused it, because no other upstream of the route could take them",
                               (_UPSTREAM,), registry=registry)
+        self.tool_calls = Counter("gateway_tool_calls", "Hosted tool calls (gateway/tools) by server host and outcome",
+                                  ("server", "outcome"), registry=registry)
+        self.tool_duration = Histogram("gateway_tool_call_duration", "Hosted tool call latency, by server host",
+                                       ("server",), unit="seconds", buckets=DURATION_BUCKETS, registry=registry)
+        self.tool_rounds = Histogram("gateway_tool_rounds", "Rounds of hosted tool calls per response with hosted "
+                                     "tools", buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16), registry=registry)
         registry.register(_BreakerCollector(breakers))
         # Labelled children by (metric, label values): `labels()` costs more than the observation itself.
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -101,10 +107,18 @@ class Metrics:
             tokens = usage.get(f"{kind}_tokens")
             if isinstance(tokens, int):
                 self._child(self.tokens, run.model, upstream, key, kind).observe(tokens)
+        if run.loop is not None:
+            self._tools(run.loop)
         # Failures before an answer were counted per attempt; count what went wrong after it.
         upstream_fault = routed.answered is not None or (code == "upstream_timeout" and not routed.failed)
         if code and code not in _GATEWAY_CODES and upstream_fault:
             self.upstream_error(upstream, code)
+
+    def _tools(self, loop: Loop) -> None:
+        self.tool_rounds.observe(loop.rounds)
+        for server, outcome, seconds in loop.records:
+            self._child(self.tool_calls, server, outcome).inc()
+            self._child(self.tool_duration, server).observe(seconds)
 
     def passthrough(self, route: str, model: Any, routed: RoutedRequest, http_status: int, started: float) -> None:
         if not self.enabled:

@@ -183,6 +183,25 @@ async def _logged_chunks(batches: AsyncIterator[list[Any]]) -> AsyncIterator[lis
         yield batch
 
 
+class Loop(Protocol):
+    """The agentic loop of a request with hosted tools (gateway/tools/loop.py), as the pipeline drives it
+    (and the log line and metrics read it: `rounds` run, `calls` run, `records` of (server, outcome, seconds))."""
+
+    rounds: int
+    calls: int
+    records: list[tuple[str, str, float]]
+
+    async def prepare(self, run: Run) -> None:
+        """Before the stream's head: what must hold before the client sees anything (a GatewayError else)."""
+
+    def head(self, stream: ResponseStream) -> list[Any]:
+        """The events that follow the stream's head, before the first sample."""
+
+    async def next_sample(self, run: Run, sink: Sink) -> dict[str, Any] | None:
+        """A sample ended (not terminal): run its hosted calls, sending their events to `sink`; the next
+        upstream body, or None once the stream reached its terminal event."""
+
+
 class StreamStopped(Exception):
     """Raised inside a running pipeline when the server stops it (shutdown)."""
 
@@ -191,9 +210,10 @@ class Run:
     """The state of one pipeline run, shared with the route (logging) and the app (shutdown)."""
 
     __slots__ = ("request_id", "body", "model", "streaming", "warnings", "started_at", "first_output_at", "stream",
-                 "upstream", "opening", "stop_reason", "stop_cancelled", "client_disconnected", "tap", "delivered")
+                 "upstream", "opening", "stop_reason", "stop_cancelled", "client_disconnected", "tap", "delivered",
+                 "loop")
 
-    def __init__(self, request_id: str, chat: ChatRequest) -> None:
+    def __init__(self, request_id: str, chat: ChatRequest, loop: Loop | None = None) -> None:
         self.request_id = request_id
         # Only what outlives the upstream request is kept from `chat`: the body (the whole
         # conversation, often the largest thing a request holds) is dropped once it was sent.
@@ -211,6 +231,7 @@ class Run:
         self.client_disconnected = False
         self.tap: Callable[[bytes], None] | None = None  # sees the upstream's raw reads (debug capture)
         self.delivered = 0  # events every sink has taken: a crash gives the numbers after them back
+        self.loop = loop  # samples again after running hosted tools (gateway/tools); None: one sample
 
     def stop(self, code: str, message: str) -> None:
         """Ask the run to end now with response.failed(code): closing the upstream wakes its read."""
@@ -268,12 +289,31 @@ async def run_pipeline(run: Run, client: RoutedRequest, sink: Sink, *, keepalive
 
 async def _stream(run: Run, client: RoutedRequest, sink: Sink, keepalive_interval: float,
                   client_authorization: str | None, debug: bool) -> None:
+    loop = run.loop
+    if loop is not None:
+        await loop.prepare(run)
+        await _start(run, sink)
+        await sink.send(loop.head(run.stream))
+        run.delivered = run.stream.events_emitted
+    while True:
+        await _sample(run, client, sink, keepalive_interval, client_authorization, debug, headed=loop is not None)
+        if loop is None or run.stream.terminal is not None:
+            return
+        run.body = await loop.next_sample(run, sink)
+        run.delivered = run.stream.events_emitted
+        if run.body is None:
+            return
+
+
+async def _sample(run: Run, client: RoutedRequest, sink: Sink, keepalive_interval: float,
+                  client_authorization: str | None, debug: bool, headed: bool) -> None:
+    """One upstream call, its chunks to the sink; its end is the stream's unless a tool loop goes on."""
     stream = run.stream
     run.upstream = await _open(run, client, sink, keepalive_interval, client_authorization)
     run.body = None  # sent: not needed for the rest of the stream
     if run.stop_reason is not None:
         raise StreamStopped  # stopped as the headers arrived
-    if not sink.started:
+    if not sink.started and not headed:
         await _start(run, sink)
     feed = stream.feed
     batches = run.upstream.batches()
@@ -298,7 +338,10 @@ async def _stream(run: Run, client: RoutedRequest, sink: Sink, keepalive_interva
         raise StreamStopped
     if run.upstream.skipped_warning:
         run.warnings.append(run.upstream.skipped_warning)
-    await sink.send(stream.finish(run.upstream.saw_done))
+    if run.loop is None:
+        await sink.send(stream.finish(run.upstream.saw_done))
+    else:
+        await sink.send(stream.end_sample(run.upstream.saw_done))
     run.delivered = stream.events_emitted
 
 
@@ -370,7 +413,7 @@ async def _open(run: Run, client: RoutedRequest, sink: Sink, keepalive_interval:
     def start_early() -> None:
         early.append(loop.create_task(_start(run, sink)))
 
-    timer = loop.call_later(keepalive_interval, start_early) if sink.streaming else None
+    timer = loop.call_later(keepalive_interval, start_early) if sink.streaming and not sink.started else None
     try:
         upstream = await _await_upstream(run, client, client_authorization)
     except BaseException as exc:

@@ -73,6 +73,8 @@ async def log_finished(state: AppState, request: web.Request, received: float, h
             error_message=(failure.get("message") or fields["error_message"] or "")[:500] or None,
             ttft_ms=run.ttft_ms, events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
             output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected)
+        if run.loop is not None:  # hosted tools (gateway/tools): how far the loop went
+            fields.update(tool_rounds=run.loop.rounds, tool_calls=run.loop.calls)
     if routed is not None:
         fields.update(routed.log_fields())
     if run is not None and routed is not None:

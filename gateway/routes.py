@@ -19,6 +19,7 @@ from .keys import forwarded_authorization, owner_of, request_key
 from .log import get_logger
 from .openapi import openapi_document
 from .pipeline import DebugLog, Run, Sink, Tee, run_pipeline
+from .tools.loop import ToolLoop
 from .request_context import current_request_id, log_finished, request_id_of
 from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
@@ -114,21 +115,22 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
-        document = with_context(body, turn)
+        document = with_context(body, turn)  # with earlier items: approval requests are answered from them
         chat = routed.translate(document)
         asked = compaction_asked(document)
         if asked is not None:  # context_management or a compaction_trigger (gateway/auto_compaction.py)
             compacted = await compact_in_request(state, request, routed, document, chat, asked)
             chat, settled = compacted.chat, compacted.settled
+        loop = ToolLoop.for_request(document, chat, state.config, request_key(request))
         del document
         if background:
-            return await state.background.submit(request, request_id, received, turn, chat, routed)
+            return await state.background.submit(request, request_id, received, turn, chat, routed, loop)
     except GatewayError as exc:
         if routed is not None:
             routed.release()
         await log_finished(state, request, received, exc.status, error=exc)
         raise
-    run = Run(request_id, chat)
+    run = Run(request_id, chat, loop)
     capture = start_capture(state, request, run, body, chat)
     watch = state.inspector.watch(run, routed.upstream_name) if state.inspector is not None else None
     sink = _sink(request, state, request_id, streaming=chat.stream,

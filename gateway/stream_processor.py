@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -187,7 +187,7 @@ class _Reasoning:
 
 class _Call:
     __slots__ = ("id", "index", "call_id", "name", "namespace", "chunks", "extra", "announced", "custom",
-                 "fast_frame")
+                 "fast_frame", "hosted", "delta_type")
 
     def __init__(self, call_id: str, name: str) -> None:
         self.id = ""                  # set when announced: it may carry `extra`
@@ -200,6 +200,20 @@ class _Call:
         self.announced = False        # output_item.added sent (needs the name)
         self.custom: InputDecoder | None = None  # a custom tool's call: streams the decoded `input`
         self.fast_frame = b""         # the delta frame, a `%` format (fast path)
+        self.hosted: HostedKind | None = None  # a call the gateway runs itself (gateway/tools)
+        self.delta_type = _ARGS_TYPE
+
+
+class HostedKind(Protocol):
+    """How the calls of a tool the gateway runs itself (gateway/tools) look on the stream: the stream
+    announces them and streams their arguments; the tool loop ends their items once they ran."""
+
+    delta_type: str   # the arguments' delta event
+    done_type: str    # the arguments' done event
+    streams: bool     # False: the item is made whole when the call ends (an approval request)
+    id_kind: str      # its item ids' prefix
+
+    def item(self, item_id: str, call_id: str, arguments: str) -> dict[str, Any]: ...
 
 
 class ResponseStream:
@@ -233,6 +247,12 @@ class ResponseStream:
         self.terminal: Event | None = None
         self.has_output = False
         self.warnings: list[str] = []
+        self._hosted: Mapping[str, HostedKind] = {}  # upstream name → kind, for the tool loop's tools
+        self._earlier_usage: dict[str, Any] | None = None  # the usage of the samples before this one
+        # (output_index, open item, call id) of this sample's hosted calls; the client's calls counted
+        self.hosted_calls: list[tuple[int, dict[str, Any], str]] = []
+        self._running: dict[int, dict[str, Any]] = {}  # output index → hosted call item not yet done
+        self.client_calls = 0
 
     # ------------------------------------------------------------------ public API
     def retarget(self, options: StreamOptions) -> None:
@@ -308,6 +328,54 @@ class ResponseStream:
             response["completed_at"] = int(self._clock())
         self._terminate(f"response.{status}", response)
         return out
+
+    # ------------------------------------------------------------------ the tool loop (gateway/tools)
+    def host(self, kinds: Mapping[str, HostedKind]) -> None:
+        """Calls to these upstream names are the gateway's own (announced as their kind, left open)."""
+        self._hosted = kinds
+
+    def end_sample(self, saw_done: bool) -> list[Event]:
+        """One sample of several ended: its items are closed (hosted calls stay open, in `hosted_calls`),
+        its usage is kept for the sum, and the stream goes on with the next sample's chunks."""
+        out = self._out = []
+        if self.terminal is not None:
+            return out
+        if self._status is None and not saw_done:
+            self._fail("upstream_truncated", "the upstream closed the stream before a finish_reason or [DONE]")
+            return out
+        self._close_all("completed")
+        self._earlier_usage = self._usage_so_far()
+        self._usage, self._status = None, None
+        return out
+
+    def emitter(self) -> Callable[..., Event]:
+        """A fresh batch for the tool loop's own events: the returned `emit(type, **fields)` appends to it
+        (read it with `take_batch`), numbered on with the stream's events."""
+        self._out = []
+        return self._emit
+
+    def take_batch(self) -> list[Event]:
+        out, self._out = self._out, []
+        return out
+
+    def new_item_index(self) -> int:
+        return self._take_index()
+
+    def item_done(self, index: int, item: dict[str, Any]) -> None:
+        self._running.pop(index, None)
+        self._item_done(index, item)
+
+    def _usage_so_far(self) -> dict[str, Any]:
+        usage = map_usage(self._usage, self.warnings)
+        earlier = self._earlier_usage
+        if earlier is None:
+            return usage
+        total = {key: earlier[key] + usage[key] for key in ("input_tokens", "output_tokens", "total_tokens")}
+        total["input_tokens_details"] = {key: earlier["input_tokens_details"][key] + value
+                                         for key, value in usage["input_tokens_details"].items()}
+        total["output_tokens_details"] = {"reasoning_tokens": earlier["output_tokens_details"]["reasoning_tokens"]
+                                          + usage["output_tokens_details"]["reasoning_tokens"]}
+        return total
 
     def fail(self, code: str, message: str) -> list[Event]:
         """End the stream with response.failed (timeouts, disconnects, shutdown)."""
@@ -393,7 +461,7 @@ class ResponseStream:
                 call = self._calls_by_key.get(("index", index))
             else:
                 call = self._calls[-1] if self._calls else None
-            if call is None or not call.announced or call.custom is not None:
+            if call is None or not call.announced or call.custom is not None or call.hosted is not None:
                 return None
             if not call.fast_frame:
                 call.fast_frame = delta_frame(_ARGS_TYPE, call.id, call.index, None, b'"}\n\n')
@@ -669,6 +737,12 @@ class ResponseStream:
             self._close_reasoning()
         if call.name in self._custom_tools:
             call.custom = InputDecoder()
+        hosted = self._hosted.get(call.name)
+        if hosted is not None:
+            call.hosted = hosted
+            if hosted.streams:
+                self._announce_hosted(call, hosted)
+            return
         mapped = self._tool_names.get(call.name)
         if mapped is not None:
             call.name, call.namespace = mapped
@@ -685,6 +759,25 @@ class ResponseStream:
                 self._emit("response.function_call_arguments.delta", item_id=call.id,
                            output_index=call.index, delta=fragment)
 
+    def _announce_hosted(self, call: _Call, hosted: HostedKind) -> None:
+        call.delta_type = hosted.delta_type
+        call.id = self._new_id(hosted.id_kind)
+        call.index = self._take_index()
+        call.announced = True
+        self._emit("response.output_item.added", output_index=call.index, item=hosted.item(call.id, call.call_id, ""))
+        for fragment in call.chunks:
+            self._emit(call.delta_type, item_id=call.id, output_index=call.index, delta=fragment)
+
+    def _whole_hosted_item(self, call: _Call, status: str) -> None:
+        """A hosted call that does not stream (an approval request): its item, added and done at once."""
+        assert call.hosted is not None
+        call.index = self._take_index()
+        item = call.hosted.item(self._new_id(call.hosted.id_kind), call.call_id, call.chunks.value())
+        self._emit("response.output_item.added", output_index=call.index, item=item)
+        self._item_done(call.index, item)
+        if status == "completed":
+            self.hosted_calls.append((call.index, item, call.call_id))
+
     def _arguments(self, call: _Call, fragment: Any) -> None:
         if fragment is None or fragment == "":
             return
@@ -700,7 +793,7 @@ class ResponseStream:
             self._custom_input_delta(call, call.custom.feed(fragment))
         elif call.announced:
             self._seq += 1
-            self._out.append({"type": "response.function_call_arguments.delta",
+            self._out.append({"type": call.delta_type,
                               "sequence_number": self._seq - 1, "item_id": call.id,
                               "output_index": call.index, "delta": fragment})
 
@@ -721,11 +814,24 @@ class ResponseStream:
         return item
 
     def _close_call(self, call: _Call, status: str) -> None:
+        if call.hosted is not None and not call.announced:
+            self._whole_hosted_item(call, status)
+            return
         if not call.announced:
             call.name = call.name or "unknown_function"
             self.warnings.append(f"tool call {clip(call.call_id)} arrived without a name")
             self._announce(call)
         arguments = call.chunks.value()
+        if call.hosted is not None:
+            self._emit(call.hosted.done_type, item_id=call.id, output_index=call.index, arguments=arguments)
+            item = call.hosted.item(call.id, call.call_id, arguments)
+            if status == "completed":  # the tool loop runs it and ends the item
+                self.hosted_calls.append((call.index, item, call.call_id))
+                self._running[call.index] = item
+            else:  # the response ends without running it
+                self._item_done(call.index, {**item, "status": "incomplete"})
+            return
+        self.client_calls += 1
         if call.custom is not None:
             tail, text = call.custom.finish(arguments)
             self._custom_input_delta(call, tail)
@@ -761,6 +867,9 @@ class ResponseStream:
 
     def _fail(self, code: str, message: str) -> None:
         self._close_all("incomplete")
+        for index, item in sorted(self._running.items(), key=_first):  # hosted calls cut short
+            self._item_done(index, {**item, "status": "incomplete"})
+        self._running = {}
         response = self._snapshot("failed")
         response["error"] = {"code": code, "message": message}
         self._terminate("response.failed", response)
@@ -792,7 +901,8 @@ class ResponseStream:
         response["status"] = status
         if status != "in_progress":
             response["output"] = [item for _, item in sorted(self._done_items, key=_first)]
-            response["usage"] = map_usage(self._usage, self.warnings)
+            response["usage"] = (map_usage(self._usage, self.warnings) if self._earlier_usage is None
+                                 else self._usage_so_far())
         return response
 
 

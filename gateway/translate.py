@@ -23,6 +23,7 @@ from .history_items import HANDLERS, BadItem, Call, Context, Drop, Output, trans
 from .provider_metadata import extra_from_item_id
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_input_text, reasoning_sealer
 from .stream_processor import StreamOptions, response_defaults
+from .tools.mcp_request import upstream_name
 
 _TOOL_NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOOL_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -251,6 +252,8 @@ def _echo_tool(tool: Any) -> Any:
         return tool
     if tool.get("type") == "function":
         return {"type": "function", "description": None, "parameters": None, "strict": None, **tool}
+    if tool.get("type") == "mcp":  # its headers and authorization are secrets: never echoed
+        return {key: value for key, value in tool.items() if key not in ("headers", "authorization")}
     if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
         return {**tool, "tools": [_echo_tool(inner) for inner in tool["tools"]]}
     return tool
@@ -298,6 +301,8 @@ def _tools(tools: Any, names: _ToolNames, config: UpstreamConfig, warnings: list
                     warnings.append(f"dropped non-function tool {sub_param} inside namespace {namespace!r}")
                     continue
                 out.append(_function_tool(sub, sub_param, names, namespace))
+        elif kind == "mcp":
+            continue  # the gateway runs it (gateway/tools): its functions are added once it is listed
         elif config.hosted_tools == "reject":
             raise _fail(f"Tool type '{kind}' is not supported by this gateway's upstream.", f"{param}.type")
         else:
@@ -516,6 +521,10 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         pass  # acted on before translation when it ends the input (gateway/auto_compaction.py); else a past one
     elif kind == "additional_tools":
         pass  # its tools were added to the request's tools
+    elif kind == "mcp_call":
+        _mcp_call_item(conversation, item, param)
+    elif kind in ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response"):
+        pass  # the gateway's tool loop lists again; the model sees only the calls
     elif isinstance(kind, str) and kind in HANDLERS:
         _tool_history_item(conversation, item, param)
     elif kind == "item_reference":
@@ -561,6 +570,21 @@ def _tool_history_item(conversation: _Conversation, item: dict[str, Any], param:
     else:
         assert isinstance(done, Drop)
         conversation.warnings.append(f"dropped {param} ({item['type']}): {done.reason}")
+
+
+def _mcp_call_item(conversation: _Conversation, item: dict[str, Any], param: str) -> None:
+    """An earlier MCP call (gateway/tools) as the function call and output the model saw then."""
+    label, name, arguments = item.get("server_label"), item.get("name"), item.get("arguments")
+    for key, value in (("server_label", label), ("name", name), ("arguments", arguments)):
+        if not isinstance(value, str):
+            raise _fail(f"Invalid '{param}.{key}': expected a string.", f"{param}.{key}")
+    call_id = item.get("id") if isinstance(item.get("id"), str) else f"{param}"
+    conversation.add_call({"id": call_id, "type": "function",
+                           "function": {"name": upstream_name(label, name), "arguments": arguments or "{}"}})
+    output = item.get("output")
+    if not isinstance(output, str):
+        output = f"The tool call failed: {item.get('error')}"
+    conversation.add({"role": "tool", "tool_call_id": call_id, "content": output})
 
 
 def _compaction_item(conversation: _Conversation, item: dict[str, Any], param: str) -> None:

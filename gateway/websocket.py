@@ -43,6 +43,7 @@ from .pipeline import Run, Sink, run_pipeline
 from .request_context import current_request_id, log_finished
 from .routes import consumers, start_capture
 from .routing import RoutedRequest, route_request
+from .tools.loop import ToolLoop
 from .sse import Joined
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
@@ -304,6 +305,7 @@ class Connection:
             routed = route_request(state, request, body.get("model"), hold=False)  # the connection holds it
             turn, body = await self._context(body)
             chat = routed.translate({**body, "stream": True})  # events stream on the socket, always
+            loop = ToolLoop.for_request(body, chat, state.config, request_key(request))
             context = normalize_items(body["input"])
         except GatewayError as exc:
             if routed is not None:
@@ -311,7 +313,7 @@ class Connection:
             self._evict(previous)
             await self._refused(received, exc)
             return
-        run = Run(request_id, chat)
+        run = Run(request_id, chat, loop)
         capture = start_capture(state, request, run, body, chat)
         watch = state.inspector.watch(run, routed.upstream_name) if state.inspector is not None else None
         sink = consumers(state, WebSocketSink(self.socket, request.protocol),
