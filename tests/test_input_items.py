@@ -106,7 +106,7 @@ SAMPLES: dict[str, tuple[list[dict[str, typing.Any]], str, str]] = {
                            "results": [{"filename": "plan.md", "text": "the budget is 3"}]}],
                          "context", "plan.md: the budget is 3"),
     "mcp_call": ([{"type": "mcp_call", "id": "mcp_1", "server_label": "git", "name": "log", "arguments": "{}",
-                   "output": "3 commits"}], "context", "MCP tool git.log({}) returned: 3 commits"),
+                   "output": "3 commits"}], "call", "mcp__git__log"),  # as the gateway's tool loop ran it
     "mcp_list_tools": ([{"type": "mcp_list_tools", "id": "mcpl_1", "server_label": "git", "tools": []}], "drop", ""),
     "mcp_approval_request": ([{"type": "mcp_approval_request", "id": "mcpr_1", "server_label": "git",
                                "name": "push", "arguments": "{}"}], "drop", ""),
