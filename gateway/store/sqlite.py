@@ -17,7 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable, chain_in_two_reads
+import orjson
+
+from .base import (CHAIN_KEY, DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable,
+                   chain_of, chain_suffix_lengths)
 
 SWEEP_INTERVAL = 300.0
 T = TypeVar("T")
@@ -37,6 +40,17 @@ CREATE TABLE IF NOT EXISTS response_events (
     response_id TEXT NOT NULL, seq INTEGER NOT NULL, frame BLOB NOT NULL, PRIMARY KEY (response_id, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, instance TEXT NOT NULL, deadline REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS cancels (id TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID;
+"""
+# The ancestors of a chain (?2: JSON [[id, trailing chain bytes], …]), each cut before its trailing
+# `,"chain":[…]` (?1) when that sits where expected (base.chain_suffix_lengths), without the closing
+# brace, which the caller adds back; the third column says whether it was cut.
+_ANCESTORS = """
+WITH wanted AS (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS suffix FROM json_each(?2)),
+found AS (SELECT r.id, r.record, length(r.record) - w.suffix AS start FROM wanted w JOIN responses r ON r.id = w.id
+          WHERE r.expires_at > ?3),
+checked AS (SELECT id, record, start, start > 1 AND substr(record, start, length(?1)) = ?1
+                                        AND substr(record, -2) = CAST(']}' AS BLOB) AS cut FROM found)
+SELECT id, CASE WHEN cut THEN substr(record, 1, start - 1) ELSE record END, cut FROM checked
 """
 # Followers poll this often for events written by another process on the same file; a write by
 # this process wakes them at once (Notifier).
@@ -166,7 +180,21 @@ class SQLiteStore:
         return {rid: bytes(record) for rid, record in rows}
 
     async def get_chain(self, response_id: str) -> dict[str, bytes]:
-        return await chain_in_two_reads(self, response_id)
+        return await self._run(self._get_chain, response_id, time.time())
+
+    def _get_chain(self, response_id: str, now: float) -> dict[str, bytes]:
+        """On the store's thread, so one hop: the record, then its ancestors' without their chains
+        (`chain_suffix_lengths`): SQLite cuts them, so the D² bytes of a D-turn chain are not copied out."""
+        rows = self._query("SELECT record FROM responses WHERE id = ? AND expires_at > ?", (response_id, now))
+        if not rows:
+            return {}
+        found = {response_id: bytes(rows[0][0])}
+        chain = chain_of(found[response_id])
+        if chain:
+            wanted = orjson.dumps(list(zip(chain, chain_suffix_lengths(chain))))
+            for rid, record, cut in self._query(_ANCESTORS, (CHAIN_KEY, wanted, now)):
+                found[rid] = bytes(record) + b"}" if cut else bytes(record)
+        return found
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         if response_ids:
