@@ -369,3 +369,26 @@ async def test_chains_of_records_written_before_chain_came_last_load_whole(store
     service = StateService(store, StoreConfig())
     turn = await service.prepare({"model": "m", "input": "next", "previous_response_id": new[-1][0]}, "alice")
     assert [item["id"] for item in turn.context] == [f"msg_{i}" for i in range(6)]
+
+
+async def test_a_sqlite_file_of_the_earlier_schema_is_upgraded_and_its_records_read(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)   # the responses table before records kept their chain in a column of its own
+    old.execute("CREATE TABLE responses (id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL) "
+                "WITHOUT ROWID")
+    records = _chain_records(3)
+    old.executemany("INSERT INTO responses VALUES (?, ?, 4e9)", [(rid, orjson.dumps(r)) for rid, r in records])
+    old.commit()
+    old.close()
+    store = open_store_url(f"sqlite:{path}")
+    await store.open()
+    try:
+        found = await store.get_chain(records[-1][0])
+        assert {rid: orjson.loads(raw) for rid, raw in found.items()} == dict(records)
+        new = _chain_records(4)[3]
+        await store.put_response(new[0], orjson.dumps(new[1]), ttl=60)
+        found = await store.get_chain(new[0])
+        assert found[new[0]] == orjson.dumps(new[1]) and found[records[0][0]] == orjson.dumps(records[0][1])
+        assert [d.record for d in [d async for d in store.dump()] if d.id == new[0]] == [orjson.dumps(new[1])]
+    finally:
+        await store.close()
