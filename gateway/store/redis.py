@@ -7,7 +7,9 @@ sorted set `co:{id}` and a counter `cn:{id}`. Background responses: the event lo
 `lease:{id}` (the instance) plus its deadline in the sorted set `runs`, a cancel request the key
 `x:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
 removes expired state by itself. A response and the conversation items it adds are written in one
-MULTI/EXEC transaction; so are a burst of background creates and run starts (`write_run`).
+MULTI/EXEC transaction; so are a burst of background creates and run starts (`write_run`). A
+`previous_response_id` chain is read by one script (`_GET_CHAIN`), which cuts each ancestor's own
+list of ids before it leaves Redis; it builds the ancestors' keys itself, so it needs a single node.
 """
 from __future__ import annotations
 

@@ -5,6 +5,10 @@ multi-statement transaction is never interleaved with another coroutine's statem
 event loop never waits on the disk. `synchronous=NORMAL` (WAL): a committed response survives a
 crash or restart of the gateway; a power loss may lose the last transactions. Expired rows are
 filtered on every read and deleted by a sweep every `SWEEP_INTERVAL` seconds.
+
+A response record's trailing `,"chain":[…]}` (its ancestors' ids, gateway/store/service.py) is kept
+in the column `chain`, last in the row, and joined back on read: a chain's ancestors are read
+without it, and SQLite does not even load those bytes. Records of another layout keep `chain` NULL.
 """
 from __future__ import annotations
 
