@@ -423,7 +423,7 @@ class Bench:
                     self.record("memory", target.name, 0, result)
 
     async def chains(self) -> None:
-        """CPU per request and added TTFT at the tip of previous_response_id chains, on SQLite and Redis."""
+        """CPU per request and added TTFT at the tip of previous_response_id chains, on SQLite, Redis and PostgreSQL."""
         direct = f"http://{LOOPBACK}:{self.upstream.port}/v1/chat/completions"
         for rep in range(self.profile.reps):
             for target in STORE_TARGETS[1:]:
@@ -516,7 +516,7 @@ def store_table(runs: list[Result]) -> str:
 def chains_table(runs: list[Result]) -> str:
     lines = ["| chain (median) | turns | CPU ms / request | µs / further history item | added TTFT p50 ms |",
              "|---|---|---|---|---|"]
-    for target, label in (("gateway-sqlite", "sqlite"), ("gateway-redis", "redis")):
+    for target, label in (("gateway-sqlite", "sqlite"), ("gateway-redis", "redis"), ("gateway-postgres", "postgres")):
         for depth in CHAIN_DEPTHS:
             scenario = f"chain-{depth}"
             lines.append(f"| {label} | {depth:,} | {fmt(median_of(runs, scenario, target, 'cpu_ms_per_request'))} | "

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -329,3 +330,65 @@ async def test_a_background_create_is_one_redis_round_trip(redis_url):
         await store.close()
         assert proxy.server is not None
         proxy.server.close()
+
+
+def _chain_records(n: int, *, chain_last: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """A chain of `n` response records, each listing its ancestors (chain last, or in the layout before)."""
+    ids = [f"resp_{'x' * (i % 3)}{i}" for i in range(n)]   # ids of several lengths
+    records = []
+    for i, rid in enumerate(ids):
+        record: dict[str, Any] = {"owner": "alice", "input": [{"type": "message", "role": "user", "id": f"msg_{i}",
+                                                                "content": [{"type": "input_text", "text": f"turn {i}"}]}],
+                                  "response": {"id": rid, "output": []}}
+        record = {**record, "resumable": False, "chain": ids[:i]} if chain_last else {**record, "chain": ids[:i],
+                                                                                         "resumable": False}
+        records.append((rid, record))
+    return records
+
+
+async def test_chain_ancestors_come_without_their_trailing_chain(store):
+    records = _chain_records(5)
+    for rid, record in records:
+        await store.put_response(rid, orjson.dumps(record), ttl=60)
+    found = await store.get_chain(records[-1][0])
+    assert found[records[-1][0]] == orjson.dumps(records[-1][1])   # the response itself whole
+    for rid, record in records[:-1]:   # its ancestors without the D ids each of them lists
+        assert found[rid] == orjson.dumps({k: v for k, v in record.items() if k != "chain"})
+
+
+async def test_chains_of_records_written_before_chain_came_last_load_whole(store):
+    old = _chain_records(4, chain_last=False)
+    new = _chain_records(6)[4:]   # continued after an upgrade: these end with their chain, their ancestors do not
+    for rid, record in [*old, *new]:
+        await store.put_response(rid, orjson.dumps(record), ttl=60)
+    found = await store.get_chain(old[-1][0])
+    assert {rid: orjson.loads(raw) for rid, raw in found.items()} == dict(old)
+    found = await store.get_chain(new[-1][0])
+    assert {rid: orjson.loads(raw) for rid, raw in found.items()} == {**dict(old), new[0][0]: {
+        k: v for k, v in new[0][1].items() if k != "chain"}, new[1][0]: new[1][1]}
+    service = StateService(store, StoreConfig())
+    turn = await service.prepare({"model": "m", "input": "next", "previous_response_id": new[-1][0]}, "alice")
+    assert [item["id"] for item in turn.context] == [f"msg_{i}" for i in range(6)]
+
+
+async def test_a_sqlite_file_of_the_earlier_schema_is_upgraded_and_its_records_read(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)   # the responses table before records kept their chain in a column of its own
+    old.execute("CREATE TABLE responses (id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL) "
+                "WITHOUT ROWID")
+    records = _chain_records(3)
+    old.executemany("INSERT INTO responses VALUES (?, ?, 4e9)", [(rid, orjson.dumps(r)) for rid, r in records])
+    old.commit()
+    old.close()
+    store = open_store_url(f"sqlite:{path}")
+    await store.open()
+    try:
+        found = await store.get_chain(records[-1][0])
+        assert {rid: orjson.loads(raw) for rid, raw in found.items()} == dict(records)
+        new = _chain_records(4)[3]
+        await store.put_response(new[0], orjson.dumps(new[1]), ttl=60)
+        found = await store.get_chain(new[0])
+        assert found[new[0]] == orjson.dumps(new[1]) and found[records[0][0]] == orjson.dumps(records[0][1])
+        assert [d.record for d in [d async for d in store.dump()] if d.id == new[0]] == [orjson.dumps(new[1])]
+    finally:
+        await store.close()

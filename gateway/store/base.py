@@ -148,14 +148,60 @@ class Batcher(Generic[T]):
             self._flushing = False
 
 
+CHAIN_KEY = b',"chain":['   # a record's `chain`, its last key (gateway/store/service.py encode_response)
+
+
+def trailing_chain(record: bytes) -> list[str] | None:
+    """The ids of a record's `chain` when it is the record's last key, found without parsing the
+    rest of the record; None for a record of another layout."""
+    cut = record.rfind(CHAIN_KEY)
+    if cut < 0 or not record.endswith(b"]}"):
+        return None
+    try:
+        chain = orjson.loads(record[cut + len(CHAIN_KEY) - 1:-1])
+    except orjson.JSONDecodeError:
+        return None
+    return chain if isinstance(chain, list) and all(isinstance(rid, str) for rid in chain) else None
+
+
+def chain_suffix_lengths(chain: list[str]) -> list[int]:
+    """For each ancestor of `chain` (oldest first), the bytes its record's trailing `,"chain":[…]`
+    takes before the record's closing brace. Ancestor k's chain is `chain[:k]` (a chain never
+    changes once stored), so a backend can hand it out without that part: each record of a
+    D-turn chain lists up to D ids, and reading them all made loading the chain cost D² bytes.
+    A backend checks that `,"chain":[` sits where expected and returns the record whole if not."""
+    lengths, ids = [], 0
+    for k, rid in enumerate(chain):
+        lengths.append(len(CHAIN_KEY) + ids + max(k - 1, 0) + 1)   # key, quoted ids, commas, "]"
+        ids += len(rid.encode()) + 2
+    return lengths
+
+
+def without_chain(record: bytes, suffix: int) -> bytes:
+    """`record` without its trailing chain of `suffix` bytes (chain_suffix_lengths), or whole when its
+    layout differs (a record written before `chain` came last)."""
+    start = len(record) - 1 - suffix
+    if start > 0 and record.startswith(CHAIN_KEY, start) and record.endswith(b"]}"):
+        return record[:start] + b"}"
+    return record
+
+
 async def chain_in_two_reads(store: "Store", response_id: str) -> dict[str, bytes]:
     """`get_chain` for key-value backends: the record, then its ancestors in one multi-get."""
     found = await store.get_responses([response_id])
     if response_id in found:
-        chain = orjson.loads(found[response_id]).get("chain") or []
+        chain = chain_of(found[response_id])
         if chain:
-            found.update(await store.get_responses(chain))
+            ancestors = await store.get_responses(chain)
+            found.update((rid, without_chain(ancestors[rid], suffix))
+                         for rid, suffix in zip(chain, chain_suffix_lengths(chain)) if rid in ancestors)
     return found
+
+
+def chain_of(record: bytes) -> list[str]:
+    """A record's `chain`, read from its end when it comes last, else from the whole record."""
+    chain = trailing_chain(record)
+    return chain if chain is not None else orjson.loads(record).get("chain") or []
 
 
 class Store(Protocol):
@@ -179,7 +225,8 @@ class Store(Protocol):
 
     async def get_chain(self, response_id: str) -> dict[str, bytes]:
         """The record of `response_id` and those of the ids it lists under `chain` (its ancestors): a whole
-        `previous_response_id` chain. The one place a backend looks into a record."""
+        `previous_response_id` chain. The one place a backend looks into a record. An ancestor's record
+        may come without its own `chain` when that is its last key (`chain_suffix_lengths`)."""
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         """Extend the expiry of records still in use (a chain being continued)."""

@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from .base import DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable
+from .base import CHAIN_KEY, DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -218,8 +218,8 @@ class PostgresStore:
         return {row[0]: row[1] for row in rows}
 
     async def get_chain(self, response_id: str) -> dict[str, bytes]:
-        rows = await self._fetch(_GET_CHAIN, response_id)
-        return {row[0]: row[1] for row in rows}
+        rows = await self._fetch(_GET_CHAIN, response_id, CHAIN_KEY, b"]}")
+        return {rid: record + b"}" if cut else record for rid, record, cut in rows}
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         if response_ids:
@@ -421,12 +421,20 @@ _WRITE_RUNS = (
     "ON CONFLICT (id) DO UPDATE SET instance = excluded.instance, deadline = excluded.deadline), "
     f"e AS ({_INSERT_EVENTS.format('$7', '$8', '$9')}) "
     "SELECT count(pg_notify($10, id)) FROM (SELECT DISTINCT unnest($7::text[]) AS id) ids")
-# A whole chain in one round trip: the response, and the ancestors its record lists (JSON `chain`).
+# A whole chain in one round trip: the response, and the ancestors its record lists (JSON `chain`), each cut
+# before its own trailing `,"chain":[…]` ($2) when that sits where expected (base.chain_suffix_lengths: the
+# key, the quoted ids before it with their commas, "]"), without the closing brace the caller adds back.
 _GET_CHAIN = (
-    "WITH p AS (SELECT id, record FROM responses WHERE id = $1 AND expires_at > now()) "
-    "SELECT id, record FROM p UNION ALL SELECT r.id, r.record FROM p "
-    "CROSS JOIN LATERAL jsonb_array_elements_text(convert_from(p.record, 'UTF8')::jsonb -> 'chain') AS c(id) "
-    "JOIN responses r ON r.id = c.id AND r.expires_at > now()")
+    "WITH p AS (SELECT id, record FROM responses WHERE id = $1 AND expires_at > now()), "
+    "c AS (SELECT c.id, (octet_length($2::bytea) + coalesce(sum(octet_length(c.id) + 2) OVER w, 0) + greatest(c.k - 2, 0) + 1)"
+    "::int AS suffix FROM p CROSS JOIN LATERAL jsonb_array_elements_text(convert_from(p.record, 'UTF8')::jsonb -> 'chain') "
+    "WITH ORDINALITY AS c(id, k) WINDOW w AS (ORDER BY c.k ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)), "
+    "a AS (SELECT r.id, r.record, octet_length(r.record) - c.suffix AS start FROM c "
+    "JOIN responses r ON r.id = c.id AND r.expires_at > now()), "
+    "t AS (SELECT id, record, start, start > 1 AND substring(record FROM start FOR octet_length($2::bytea)) = $2::bytea "
+    "AND substring(record FROM octet_length(record) - 1) = $3::bytea AS cut FROM a) "
+    "SELECT id, record, false FROM p UNION ALL "
+    "SELECT id, CASE WHEN cut THEN substring(record FROM 1 FOR start - 1) ELSE record END, cut FROM t")
 _SWEEP_RESPONSES = (
     "WITH gone AS (DELETE FROM responses WHERE id IN (SELECT id FROM responses WHERE expires_at <= now() "
     "LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id), "

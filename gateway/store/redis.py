@@ -7,7 +7,9 @@ sorted set `co:{id}` and a counter `cn:{id}`. Background responses: the event lo
 `lease:{id}` (the instance) plus its deadline in the sorted set `runs`, a cancel request the key
 `x:{id}`. Every key carries its own expiry (PEXPIRE), so Redis
 removes expired state by itself. A response and the conversation items it adds are written in one
-MULTI/EXEC transaction; so are a burst of background creates and run starts (`write_run`).
+MULTI/EXEC transaction; so are a burst of background creates and run starts (`write_run`). A
+`previous_response_id` chain is read by one script (`_GET_CHAIN`), which cuts each ancestor's own
+list of ids before it leaves Redis; it builds the ancestors' keys itself, so it needs a single node.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .base import DUMP_PAGE, Appends, Batcher, Dumped, Entries, Order, RunWrite, StoreUnavailable, chain_in_two_reads
+from .base import CHAIN_KEY, DUMP_PAGE, Appends, Batcher, Dumped, Entries, Order, RunWrite, StoreUnavailable, chain_in_two_reads
 
 T = TypeVar("T")
 
@@ -47,6 +49,30 @@ _TAKE_LAPSED = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for _, id in ipairs(ids) do redis.call('ZREM', KEYS[1], id) end
 return ids
+"""
+# KEYS: the response. ARGV: the prefix of response keys, the key that starts a record's trailing chain.
+# Returns the record, then (id, record) of each ancestor found, cut before its own trailing chain when
+# that sits where expected (see base.chain_suffix_lengths); an empty string first when the record's
+# chain is not last. Ancestor keys come from the record, so this script needs a single Redis node.
+_GET_CHAIN = """
+local tip = redis.call('GET', KEYS[1])
+if not tip then return {} end
+local ids = string.match(tip, ',"chain":%[([^%]]*)%]}$')
+if not ids then return {''} end
+local out, used, k = {tip}, 0, 0
+for id in string.gmatch(ids, '"([^"]*)"') do
+  local record = redis.call('GET', ARGV[1] .. id)
+  if record then
+    local start = #record - (#ARGV[2] + used + math.max(k - 1, 0) + 1)
+    if start > 1 and string.sub(record, start, start + #ARGV[2] - 1) == ARGV[2] and string.sub(record, -2) == ']}' then
+      record = string.sub(record, 1, start - 1) .. '}'
+    end
+    out[#out + 1] = id
+    out[#out + 1] = record
+  end
+  used, k = used + #id + 2, k + 1
+end
+return out
 """
 # KEYS: the event log stream. ARGV: ttl ms, then (entry id, frame) pairs. An entry already there (a
 # write retried after a reconnect) is skipped: pcall keeps XADD's "equal or smaller" error to itself.
@@ -153,7 +179,17 @@ class RedisStore:
         return {rid: value for rid, value in zip(response_ids, values) if value is not None}
 
     async def get_chain(self, response_id: str) -> dict[str, bytes]:
-        return await chain_in_two_reads(self, response_id)
+        """One round trip: a script reads the record and its ancestors', each without its trailing
+        chain (base.chain_suffix_lengths), so the D² bytes of a D-turn chain stay in Redis."""
+        found = await self._call(self._redis.eval(_GET_CHAIN, 1, f"{self.prefix}r:{response_id}",
+                                                  f"{self.prefix}r:", CHAIN_KEY))
+        if not found:
+            return {}
+        if found[0] == b"":   # a record whose chain is not its last key (an older layout)
+            return await chain_in_two_reads(self, response_id)
+        records = {response_id: found[0]}
+        records.update((rid.decode(), record) for rid, record in zip(found[1::2], found[2::2]))
+        return records
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         pipe = self._redis.pipeline(transaction=False)

@@ -4,7 +4,8 @@ Records are JSON (orjson):
 - a response: `{"owner", "response": <final Response>, "input": [items], "resumable", "chain": [ancestor
   ids]}` (`resumable`: a background response created with `stream`, its event log kept);
   `chain` lists every earlier response of its `previous_response_id` chain, oldest first, so a
-  chain is read back with one multi-get; it comes last, so that an ancestor is read without it;
+  chain is read back in one store round trip (`Store.get_chain`); it comes last, so that the store hands
+  out an ancestor without it (base.chain_suffix_lengths) and the reader does not parse it;
 - a conversation: `{"owner", "conversation": <Conversation object>}`, its items stored apart.
 An object of another owner is treated exactly like a missing one.
 """

@@ -5,6 +5,10 @@ multi-statement transaction is never interleaved with another coroutine's statem
 event loop never waits on the disk. `synchronous=NORMAL` (WAL): a committed response survives a
 crash or restart of the gateway; a power loss may lose the last transactions. Expired rows are
 filtered on every read and deleted by a sweep every `SWEEP_INTERVAL` seconds.
+
+A response record's trailing `,"chain":[…]}` (its ancestors' ids, gateway/store/service.py) is kept
+in the column `chain`, last in the row, and joined back on read: a chain's ancestors are read
+without it, and SQLite does not even load those bytes. Records of another layout keep `chain` NULL.
 """
 from __future__ import annotations
 
@@ -17,14 +21,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable, chain_in_two_reads
+from .base import (CHAIN_KEY, DUMP_PAGE, Appends, Batcher, Dumped, Entries, Notifier, Order, RunWrite, StoreUnavailable,
+                   chain_of, trailing_chain)
 
 SWEEP_INTERVAL = 300.0
 T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
-    id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
+    id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL, chain BLOB) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at);
 CREATE TABLE IF NOT EXISTS conversations (
     id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
@@ -73,6 +78,8 @@ class SQLiteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        if "chain" not in {row[1] for row in db.execute("PRAGMA table_info(responses)")}:
+            db.execute("ALTER TABLE responses ADD COLUMN chain BLOB")   # a file of an earlier version
         self._db = db
 
     async def open(self) -> None:
@@ -134,14 +141,16 @@ class SQLiteStore:
     async def dump(self) -> AsyncIterator[Dumped]:
         for kind, table in (("response", "responses"), ("conversation", "conversations")):
             after = ""
-            while rows := await self._run(self._query, f"SELECT id, record, expires_at - ? FROM {table} WHERE id > ? "
-                                          "AND expires_at > ? ORDER BY id LIMIT ?",
+            tail = "chain" if table == "responses" else "NULL"
+            while rows := await self._run(self._query, f"SELECT id, record, expires_at - ?, {tail} FROM {table} "
+                                          "WHERE id > ? AND expires_at > ? ORDER BY id LIMIT ?",
                                           (time.time(), after, time.time(), DUMP_PAGE)):
-                for object_id, record, ttl in rows:
+                for object_id, head, ttl, chain in rows:
+                    record = _joined(head, chain)
                     items = [] if kind == "response" else [(i, bytes(r)) for i, r in await self._run(
                         self._query, "SELECT id, record FROM conversation_items WHERE conversation_id = ? "
                         "ORDER BY seq", (object_id,))]
-                    yield Dumped(kind, object_id, bytes(record), ttl, items)  # type: ignore[arg-type]
+                    yield Dumped(kind, object_id, record, ttl, items)  # type: ignore[arg-type]
                 after = rows[-1][0]
 
     # ------------------------------------------------------------------ responses
@@ -152,8 +161,8 @@ class SQLiteStore:
     def _put_response(self, response_id: str, record: bytes, ttl: float,
                       conversation: tuple[str, list[tuple[str, bytes]]] | None) -> None:
         with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO responses (id, record, expires_at) VALUES (?, ?, ?)",
-                       (response_id, record, time.time() + ttl))
+            db.execute("INSERT OR REPLACE INTO responses (id, record, chain, expires_at) VALUES (?, ?, ?, ?)",
+                       (response_id, *_split(record), time.time() + ttl))
             if conversation is not None:
                 self._append(db, *conversation, ttl)
 
@@ -161,12 +170,27 @@ class SQLiteStore:
         if not response_ids:
             return {}
         marks = ",".join("?" * len(response_ids))
-        rows = await self._run(self._query, f"SELECT id, record FROM responses WHERE id IN ({marks}) "
+        rows = await self._run(self._query, f"SELECT id, record, chain FROM responses WHERE id IN ({marks}) "
                                "AND expires_at > ?", (*response_ids, time.time()))
-        return {rid: bytes(record) for rid, record in rows}
+        return {rid: _joined(head, chain) for rid, head, chain in rows}
 
     async def get_chain(self, response_id: str) -> dict[str, bytes]:
-        return await chain_in_two_reads(self, response_id)
+        return await self._run(self._get_chain, response_id, time.time())
+
+    def _get_chain(self, response_id: str, now: float) -> dict[str, bytes]:
+        """On the store's thread, so one hop: the record, then its ancestors' without their chains, which
+        SQLite does not even read (the `chain` column comes after the others in each row)."""
+        rows = self._query("SELECT record, chain FROM responses WHERE id = ? AND expires_at > ?", (response_id, now))
+        if not rows:
+            return {}
+        found = {response_id: _joined(*rows[0])}
+        chain = chain_of(found[response_id])
+        if chain:
+            marks = ",".join("?" * len(chain))
+            for rid, head, cut in self._query(f"SELECT id, record, chain IS NOT NULL FROM responses "
+                                              f"WHERE id IN ({marks}) AND expires_at > ?", (*chain, now)):
+                found[rid] = bytes(head) + b"}" if cut else bytes(head)
+        return found
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
         if response_ids:
@@ -292,8 +316,8 @@ class SQLiteStore:
         """One transaction for a burst of creates and run starts: each one's record, entries and lease."""
         now = time.time()
         with self._transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO responses (id, record, expires_at) VALUES (?, ?, ?)",
-                           [(run.response_id, run.record, now + run.ttl) for run in batch])
+            db.executemany("INSERT OR REPLACE INTO responses (id, record, chain, expires_at) VALUES (?, ?, ?, ?)",
+                           [(run.response_id, *_split(run.record), now + run.ttl) for run in batch])
             db.executemany("INSERT OR REPLACE INTO runs (id, instance, deadline) VALUES (?, ?, ?)",
                            [(run.response_id, run.claim[0], now + run.claim[1]) for run in batch if run.claim])
             db.executemany("INSERT OR REPLACE INTO response_events (response_id, seq, frame) VALUES (?, ?, ?)",
@@ -336,3 +360,16 @@ class SQLiteStore:
         marks = ",".join("?" * len(response_ids))
         rows = await self._run(self._query, f"SELECT id FROM cancels WHERE id IN ({marks})", tuple(response_ids))
         return {row[0] for row in rows}
+
+
+def _split(record: bytes) -> tuple[bytes, bytes | None]:
+    """A response record as its two columns: all but a trailing `,"chain":[…]}` (base.CHAIN_KEY), and that
+    (None when the record has another layout), so an ancestor is read without the ids it lists."""
+    if trailing_chain(record) is None:
+        return record, None
+    cut = record.rfind(CHAIN_KEY)
+    return record[:cut], record[cut:]
+
+
+def _joined(head: bytes, chain: bytes | None) -> bytes:
+    return bytes(head) + bytes(chain) if chain is not None else bytes(head)
