@@ -528,6 +528,8 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
     elif isinstance(kind, str) and kind in HANDLERS:
         _tool_history_item(conversation, item, param)
     elif kind == "item_reference":
+        if not isinstance(item.get("id"), str):
+            raise _fail(f"Invalid type for '{param}.id': expected a string.", f"{param}.id")
         # Resolved from the store before translation (gateway/store/service.py); left only without one.
         raise InvalidRequest(f"Item with id '{item.get('id')}' not found: an item_reference needs a stored "
                              "response or conversation holding the item (store, previous_response_id or "
