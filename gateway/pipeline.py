@@ -41,8 +41,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .bounds import encode_bounded
 from .errors import GatewayError, UpstreamError, UpstreamTimeout, internal_error_message
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from .routing import RoutedRequest
 
 Events = Sequence[Any]  # see the sink contract above
+T = TypeVar("T")
 
 
 class Sink(Protocol):
@@ -432,17 +433,24 @@ async def _open(run: Run, client: RoutedRequest, sink: Sink, keepalive_interval:
 
 async def _await_upstream(run: Run, client: RoutedRequest, client_authorization: str | None) -> UpstreamStream:
     timeout = client.first_byte_deadline
-    current = run.opening = asyncio.current_task()
     assert run.body is not None
     try:
         async with asyncio.timeout(timeout):
-            upstream = await client.open(run.body, request_id=run.request_id,
-                                         client_authorization=client_authorization, tap=run.tap)
-        if client.options is not None:  # a fallback with its own translation answered
-            run.stream.retarget(client.options)
-        return upstream
+            upstream = await stoppable(run, client.open(run.body, request_id=run.request_id,
+                                                        client_authorization=client_authorization, tap=run.tap))
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {timeout:g}s") from None
+    if client.options is not None:  # a fallback with its own translation answered
+        run.stream.retarget(client.options)
+    return upstream
+
+
+async def stoppable(run: Run, work: Awaitable[T]) -> T:
+    """`work` in this task, which `Run.stop` (shutdown, a background cancel) cancels while no upstream
+    stream is open to close: waiting for headers, or a tool loop's calls (gateway/tools)."""
+    run.opening = current = asyncio.current_task()
+    try:
+        return await work
     except asyncio.CancelledError:
         # Run.stop() cancels this task; a client disconnect (aiohttp) may cancel it too.
         if run.stop_cancelled and current is not None and current.uncancel() == 0:

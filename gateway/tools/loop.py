@@ -10,20 +10,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from ..errors import GatewayError, InvalidRequest
 from ..ids import new_id
-from ..pipeline import StreamStopped
+from ..pipeline import stoppable
 from .egress import check_addresses, check_url
 from .mcp_client import ListedTool, ToolFailed, call_tool, list_tools
 from .mcp_request import McpServer, mcp_servers, upstream_name
-
-T = TypeVar("T")
 
 if TYPE_CHECKING:
     from ..config import Config, ToolsConfig
@@ -319,7 +316,8 @@ def approval_answers(items: Any, labels: set[str]) -> list[tuple[dict[str, Any],
         return []
     requests = {item.get("id"): item for item in items
                 if isinstance(item, dict) and item.get("type") == "mcp_approval_request"}
-    done = {item.get("approval_request_id") for item in items if isinstance(item, dict) and item.get("type") == "mcp_call"}
+    done = {item.get("approval_request_id") for item in items
+            if isinstance(item, dict) and item.get("type") == "mcp_call"}
     answers = []
     for i, item in enumerate(items):
         if not isinstance(item, dict) or item.get("type") != "mcp_approval_response":
@@ -363,16 +361,3 @@ async def _send(run: Run, sink: Sink, events: list[Any]) -> None:
     """A batch to the sinks, counted as delivered (a failure after it ends the items it opened)."""
     await sink.send(events)
     run.delivered = run.stream.events_emitted
-
-
-async def stoppable(run: Run, work: Awaitable[T]) -> T:
-    """`work` in this task, which `Run.stop` (shutdown, a background cancel) cancels as it cancels an open."""
-    run.opening = current = asyncio.current_task()
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if run.stop_cancelled and current is not None and current.uncancel() == 0:
-            raise StreamStopped from None
-        raise
-    finally:
-        run.opening = None
