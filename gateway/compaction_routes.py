@@ -7,17 +7,22 @@ summary from the run's final response.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
 
 from .auto_compaction import summarise
-from .compaction import (CompactRequest, compacted_response, kept_user_messages, parse_compact_request, seal_window,
-                         summary_request)
+from .compaction import (
+    CompactRequest,
+    compacted_response,
+    kept_user_messages,
+    parse_compact_request,
+    seal_window,
+    summary_request,
+)
 from .errors import GatewayError
 from .keys import owner_of
-from .log import get_logger
+from .request_context import finished_line
 from .routes import json_response, read_json
 from .routing import route_request
 from .state import STATE, AppState
@@ -30,11 +35,9 @@ compaction_routes = web.RouteTableDef()
 @compaction_routes.post("/responses/compact")
 async def compact_response(request: web.Request) -> web.Response:
     state = STATE.get(request.app)
-    received = time.monotonic()
     fields: dict[str, Any] = {"model": None, "upstream": None, "kept": None, "input_tokens": None,
                               "output_tokens": None, "error_code": None}
-    http_status = 500
-    try:
+    with finished_line("compaction.finished", fields) as outcome:
         if state.shutting_down:
             raise GatewayError("The gateway is shutting down; retry the request.", status=503,
                                code="server_shutting_down", headers={"Retry-After": "1"})
@@ -53,14 +56,8 @@ async def compact_response(request: web.Request) -> web.Response:
             fields["upstream"] = routed.upstream_name
         fields.update(kept=len(kept), input_tokens=usage.get("input_tokens"),
                       output_tokens=usage.get("output_tokens"))
-        http_status = 200
+        outcome["http_status"] = 200
         return json_response(compacted_response(seal_window(summary, kept, key), usage))
-    except GatewayError as exc:
-        http_status, fields["error_code"] = exc.status, exc.code
-        raise
-    finally:
-        get_logger().info("compaction.finished", http_status=http_status,
-                          duration_ms=round((time.monotonic() - received) * 1000, 1), **fields)
 
 
 async def _window(state: AppState, compact: CompactRequest, owner: str) -> list[dict[str, Any]]:

@@ -7,15 +7,14 @@ of the chat messages and tools the upstream would get (how: gateway/token_count.
 """
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
 
-from .errors import GatewayError, InvalidRequest
+from .errors import InvalidRequest
 from .event_stream import json_response
 from .keys import forwarded_authorization, owner_of
-from .log import get_logger
+from .request_context import finished_line
 from .routes import read_json
 from .routing import route_request
 from .state import STATE
@@ -29,11 +28,9 @@ input_tokens_routes = web.RouteTableDef()
 @input_tokens_routes.post("/responses/input_tokens")
 async def count_input_tokens(request: web.Request) -> web.Response:
     state = STATE.get(request.app)
-    received = time.monotonic()
     fields: dict[str, Any] = {"model": None, "upstream": None, "source": None, "input_tokens": None,
                               "error_code": None}
-    http_status = 500
-    try:
+    with finished_line("input_tokens.finished", fields) as outcome:
         body = await read_json(request, state)
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.")
@@ -53,12 +50,6 @@ async def count_input_tokens(request: web.Request) -> web.Response:
         finally:
             routed.release()
         fields.update(source=source, input_tokens=count)
-        http_status = 200
+        outcome["http_status"] = 200
         return json_response({"object": "response.input_tokens", "input_tokens": count},
                              headers={"X-Input-Tokens-Source": source})
-    except GatewayError as exc:
-        http_status, fields["error_code"] = exc.status, exc.code
-        raise
-    finally:
-        get_logger().info("input_tokens.finished", http_status=http_status,
-                          duration_ms=round((time.monotonic() - received) * 1000, 1), **fields)

@@ -7,8 +7,10 @@ puts it on every line.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import time
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -91,3 +93,20 @@ async def log_finished(state: AppState, request: web.Request, received: float, h
         state.inspector.end(watch, {**outcome, "upstream": fields["upstream"]}, kept)
     log.info("response.finished", http_status=http_status,
              duration_ms=round((time.monotonic() - received) * 1000, 1), **fields)
+
+
+@contextlib.contextmanager
+def finished_line(event: str, fields: dict[str, Any]) -> Iterator[dict[str, int]]:
+    """The one `event` line of a side endpoint (compaction, token counts): `fields` as the handler filled
+    them, its status (set `http_status` in the yielded dict on success; a GatewayError sets its own and
+    `error_code`; anything else is a 500) and its duration."""
+    received = time.monotonic()
+    outcome = {"http_status": 500}
+    try:
+        yield outcome
+    except GatewayError as exc:
+        outcome["http_status"], fields["error_code"] = exc.status, exc.code
+        raise
+    finally:
+        get_logger().info(event, http_status=outcome["http_status"],
+                          duration_ms=round((time.monotonic() - received) * 1000, 1), **fields)
