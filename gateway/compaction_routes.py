@@ -12,14 +12,8 @@ from typing import Any
 from aiohttp import web
 
 from .auto_compaction import summarise
-from .compaction import (
-    CompactRequest,
-    compacted_response,
-    kept_user_messages,
-    parse_compact_request,
-    seal_window,
-    summary_request,
-)
+from .compaction import (CompactRequest, compacted_response, kept_user_messages, parse_compact_request, seal_window,
+                         summary_request)
 from .errors import GatewayError
 from .keys import owner_of
 from .request_context import finished_line
