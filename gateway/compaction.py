@@ -25,7 +25,7 @@ from typing import Any
 from .errors import InvalidRequest
 from .ids import new_id, new_response_id
 from .sealing import sealer_for
-from .stream_processor import map_usage
+from .usage import map_usage
 
 # Asked of the upstream as the last user message after the whole conversation. The summary is
 # all that is left of the assistant's side of the conversation, so it must carry state, not prose.

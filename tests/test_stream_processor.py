@@ -598,8 +598,9 @@ def test_unknown_finish_reason_is_stop_with_warning():
 
 # ---------------------------------------------------------------------------------------- purity
 def test_stream_processor_imports_no_io_library():
-    source = (ROOT / "gateway" / "stream_processor.py").read_text()
-    assert "aiohttp" not in source and "asyncio" not in source
+    for module in ("stream_processor", "emitter", "output_items", "usage"):  # the core and its parts
+        source = (ROOT / "gateway" / f"{module}.py").read_text()
+        assert "aiohttp" not in source and "asyncio" not in source, module
     code = ("import sys, gateway.stream_processor; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'aiohttp_sse', 'structlog')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30,
