@@ -324,8 +324,10 @@ class StreamValidator:
         for name in IDENTITY_FIELDS:
             if name in item.added and item.added[name] != done.get(name):
                 self.fail(f"output_item.done changes `{name}` from {item.added[name]!r} to {done.get(name)!r}")
-        # Reasoning, compaction and MCP listing items have no status of their own (the openai SDK's types agree).
-        default_status = "completed" if item.type in ("reasoning", "compaction", "mcp_list_tools") else None
+        # Reasoning, compaction, MCP listing and approval request items have no status of their own (the openai
+        # SDK's types agree).
+        no_status = ("reasoning", "compaction", "mcp_list_tools", "mcp_approval_request")
+        default_status = "completed" if item.type in no_status else None
         ended = ("completed", "incomplete", "failed") if item.type == "mcp_call" else ("completed", "incomplete")
         if done.get("status", default_status) not in ended:
             self.fail(f"output_item.done: status {done.get('status')!r}, expected completed or incomplete")

@@ -327,12 +327,12 @@ class ToolCallItem:
     def close(self, status: str, kinds: CallKinds) -> HostedCall | None:
         """Done. A hosted call's (index, item, call id) comes back: its item stays open for the tool loop
         when it streamed and `status` is completed; None for a client's call."""
-        if self.hosted is not None and not self.announced:
-            return self._whole_hosted_item()
-        if not self.announced:
+        if not self.announced and self.hosted is None:
             self.name = self.name or "unknown_function"
             self.warnings.append(f"tool call {clip(self.call_id)} arrived without a name")
             self.announce(kinds)
+        if self.hosted is not None and not self.announced:  # also one named only after its first fragment
+            return self._whole_hosted_item()
         arguments = self.chunks.value()
         if self.hosted is not None:
             self.emitter.emit(self.hosted.done_type, item_id=self.id, output_index=self.index, arguments=arguments)

@@ -656,3 +656,22 @@ def test_a_pattern_host_wildcard_stays_in_the_host() -> None:
     assert matching_patterns("http://127.0.0.1:8123/mcp", ("http://127.0.0.1:8123/*",))
     assert not matching_patterns("http://127.0.0.1:8124/mcp", ("http://127.0.0.1:8123/*",))
     assert matching_patterns("https://a.example/mcp", ("https://*",)) == ["https://*"]
+
+
+async def test_approval_request_named_after_its_first_arguments(tools_gateway: Any, upstream: Any, mcp_server: Any,
+                                                                http: Any) -> None:
+    """A call whose name comes after its first fragment is still one whole approval request at its index."""
+    gateway = await tools_gateway()
+    upstream.enqueue(Reply([sse(
+        chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                               "function": {"arguments": '{"a": 5, '}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"name": "mcp__calc__add", "arguments": '"b": 6}'}}]}),
+        chunk({}, finish="tool_calls"), chunk(choices=False, usage=usage()))]))
+    tool = mcp_tool(mcp_server, require_approval={"always": {"tool_names": ["add"]}})
+    response, raw = await post_stream(http, gateway, {"model": "m", "input": "5+6", "tools": [tool]})
+    result = assert_valid_stream(raw)
+    output = events_of(raw)[-1]["response"]["output"]
+    assert result["status"] == "completed" and [item["type"] for item in output] == ["mcp_list_tools",
+                                                                                    "mcp_approval_request"]
+    assert output[1]["id"].startswith("mcpr") and output[1]["arguments"] == '{"a": 5, "b": 6}'
+    assert not any(event.get("output_index") == -1 for event in events_of(raw))
