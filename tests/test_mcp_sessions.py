@@ -54,6 +54,19 @@ async def test_one_session_per_server_until_idle(aiohttp_server: Any, upstream: 
     assert len(mcp_server.handshakes) == 3
 
 
+async def test_a_full_pool_closes_the_session_idle_longest(aiohttp_server: Any, upstream: Any,
+                                                           mcp_server: Any) -> None:
+    gateway = await aiohttp_server(create_app(tools_config(upstream, allowing(mcp_server), max_sessions=1)),
+                                   host="127.0.0.1")
+    client, pool = sdk(str(gateway.make_url(""))), STATE.get(gateway.app).mcp_sessions
+    await client.responses.create(model="m", input="x", tools=[mcp_tool(mcp_server, authorization="a")])
+    [first] = pool.sessions.values()
+    await client.responses.create(model="m", input="x", tools=[mcp_tool(mcp_server, authorization="b")])
+    [second] = pool.sessions.values()
+    await asyncio.wait_for(first.task, 5)  # closed to make room
+    assert second is not first and not second.task.done()
+
+
 async def test_parallel_calls_share_the_session_concurrently(aiohttp_server: Any, upstream: Any,
                                                              mcp_server: Any) -> None:
     gateway = await aiohttp_server(create_app(tools_config(upstream, allowing(mcp_server))), host="127.0.0.1")
@@ -204,3 +217,17 @@ async def test_a_fallback_of_another_kind_is_offered_the_listed_tools(three_upst
     sent = second.requests[0].body
     assert sent["max_completion_tokens"] == 99  # translated for the second's options
     assert "mcp__calc__add" in {tool["function"]["name"] for tool in sent["tools"]}
+
+
+@pytest.mark.parametrize("sse", [False, True])
+async def test_a_restarted_server_gets_a_new_session(aiohttp_server: Any, upstream: Any, sse: bool) -> None:
+    """A pooled session whose server went away (a legacy server's session is gone with it) is not used again."""
+    async with running_mcp_server(sse=sse) as before:
+        gateway = await aiohttp_server(create_app(tools_config(upstream, allowing(before))), host="127.0.0.1")
+        client = sdk(str(gateway.make_url("")))
+        await client.responses.create(model="m", input="x", tools=[mcp_tool(before)])
+    async with running_mcp_server(sse=sse, port=before.port) as after:
+        upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 3, "b": 3}'))
+        upstream.responder = answer_with_results
+        response = await client.responses.create(model="m", input="y", tools=[mcp_tool(after)])
+    assert response.output[0].error is None and response.output[1].output == "6"

@@ -613,11 +613,13 @@ def test_tools_config() -> None:
     from gateway.config import ConfigError, parse_config
     tools = parse_config({"tools": {"max_rounds": 3, "mcp": {"allowed_servers": ["https://mcp.example.com/*"],
                                                               "call_timeout": 5}}}).tools
-    assert (tools.max_rounds, tools.mcp.allowed_servers, tools.mcp.call_timeout) == \
-        (3, ("https://mcp.example.com/*",), 5.0)
+    assert (tools.max_rounds, tools.mcp.allowed_servers, tools.mcp.call_timeout, tools.mcp.idle_timeout) == \
+        (3, ("https://mcp.example.com/*",), 5.0, 60.0)
     assert parse_config({}).tools.mcp.allowed_servers == ()
     for bad, words in (({"max_rounds": 0}, "tools.max_rounds"), ({"mcp": {"nope": 1}}, "tools.mcp.nope"),
-                       ({"mcp": {"call_timeout": 0}}, "tools.mcp.call_timeout"), ({"rounds": 1}, "tools.rounds")):
+                       ({"mcp": {"call_timeout": 0}}, "tools.mcp.call_timeout"), ({"rounds": 1}, "tools.rounds"),
+                       ({"mcp": {"idle_timeout": 0}}, "tools.mcp.idle_timeout"),
+                       ({"mcp": {"max_sessions": 0}}, "tools.mcp.max_sessions")):
         with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
             parse_config({"tools": bad})
 

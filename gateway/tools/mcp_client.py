@@ -110,13 +110,13 @@ async def _enter(stack: AsyncExitStack, pool: SessionPool, server: McpServer, pi
 
 @asynccontextmanager
 async def _session(pool: SessionPool, server: McpServer, pins: tuple[str, ...] | None,
-                   config: McpConfig) -> AsyncIterator[Client]:
+                   config: McpConfig) -> AsyncIterator[tuple[Session, Client]]:
     """A pooled client for `server`; a transport failure closes the session, so the next call opens anew."""
     session: Session | None = None
     try:
         async with pool.client(pool_key(server.url, server.headers), _opener(pool, server, pins, config),
                                config.idle_timeout) as (session, client):
-            yield client
+            yield session, client
     except MCPError as exc:
         if exc.error.code == CONNECTION_CLOSED and session is not None:
             session.close()
@@ -131,18 +131,32 @@ async def _session(pool: SessionPool, server: McpServer, pins: tuple[str, ...] |
 
 async def list_tools(pool: SessionPool, server: McpServer, pins: tuple[str, ...] | None,
                      config: McpConfig) -> list[ListedTool]:
-    """The server's tools (every page); raises on any failure, within `config.connect_timeout`."""
-    async with asyncio.timeout(config.connect_timeout), _session(pool, server, pins, config) as client:
-        tools: list[ListedTool] = []
-        cursor = None
-        while True:
-            page = await client.list_tools(cursor=cursor)
-            for tool in page.tools:
-                annotations = tool.annotations.model_dump(by_alias=True, exclude_none=True) if tool.annotations else None
-                tools.append(ListedTool(tool.name, tool.description, tool.input_schema, annotations))
-            cursor = page.next_cursor
-            if not cursor:
-                return tools
+    """The server's tools (every page); raises on any failure, within `config.connect_timeout`. A session
+    used before that fails is closed and the listing tried once more on a new one: its server may have
+    restarted since (a legacy server's sessions go with it); listing twice is harmless, unlike a call."""
+    async with asyncio.timeout(config.connect_timeout):
+        for retry in (False, True):
+            async with _session(pool, server, pins, config) as (session, client):
+                try:
+                    return await _pages(client)
+                except Exception:
+                    if retry or session.uses == 1:
+                        raise
+                    session.close()
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+async def _pages(client: Client) -> list[ListedTool]:
+    tools: list[ListedTool] = []
+    cursor = None
+    while True:
+        page = await client.list_tools(cursor=cursor)
+        for tool in page.tools:
+            annotations = tool.annotations.model_dump(by_alias=True, exclude_none=True) if tool.annotations else None
+            tools.append(ListedTool(tool.name, tool.description, tool.input_schema, annotations))
+        cursor = page.next_cursor
+        if not cursor:
+            return tools
 
 
 async def call_tool(pool: SessionPool, server: McpServer, pins: tuple[str, ...] | None, name: str,
@@ -150,7 +164,7 @@ async def call_tool(pool: SessionPool, server: McpServer, pins: tuple[str, ...] 
     """The call's output as text; `ToolFailed` with the item's error for anything else."""
     timeout = config.call_timeout
     try:
-        async with asyncio.timeout(timeout), _session(pool, server, pins, config) as client:
+        async with asyncio.timeout(timeout), _session(pool, server, pins, config) as (_, client):
             result = await client.call_tool(name, arguments)
     except TimeoutError:
         raise ToolFailed(_protocol_error(REQUEST_TIMEOUT, f"the tool did not answer within {timeout:g}s")) from None

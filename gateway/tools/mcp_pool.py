@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from mcp import Client
 
+from ..log import get_logger
+
 Key = tuple[str, str]   # (url, fingerprint of the headers): the headers themselves are never kept as a key
 Opener = Callable[[], AbstractAsyncContextManager[Client]]
-log = logging.getLogger(__name__)
 
 
 def pool_key(url: str, headers: dict[str, str]) -> Key:
@@ -53,7 +53,7 @@ class Session:
         except Exception as exc:  # opening failed, or the transport broke: the next call opens anew
             if not self.ready.done():
                 self.ready.set_exception(exc)
-            log.debug("mcp session ended: %s", type(exc).__name__)  # the type only: texts may carry URLs
+            get_logger().debug("mcp.session_ended", error=type(exc).__name__)  # the type only: texts may carry URLs
         finally:
             self.close()
             if not self.ready.done():
