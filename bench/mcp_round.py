@@ -1,6 +1,8 @@
 """What one MCP tool round costs through the gateway, against calling the same MCP server directly.
 
-    python -m bench.mcp_round [--requests 50]
+    python -m bench.mcp_round [--requests 50] [--json]
+
+(`make bench` runs it as its `mcp` scenario, bench/run.py.)
 
 In one process, on 127.0.0.1: the `mcp` package's MCPServer (one `add` tool) over streamable HTTP, a
 Chat Completions upstream answering at once (a tool call, then text), and the gateway. Three loads,
@@ -8,8 +10,8 @@ one request at a time, median wall milliseconds of each:
 
 - `plain`: a response without tools (one sample);
 - `round`: a response with the mcp tool that lists, calls `add` once and samples again;
-- `direct`: what the round needs from the MCP server, called directly (list the tools, call `add`,
-  each in its own session, as the gateway does).
+- `direct`: what the round needs from the MCP server, called directly on one open session (list the
+  tools, call `add`), as the gateway's pooled session does.
 
 `round - plain - direct` is the second sample plus the loop's own work. Wall time only: the MCP
 server, the upstream and the gateway share the process (and its CPU), so it is an upper bound.
@@ -31,8 +33,7 @@ from mcp.server.mcpserver import MCPServer
 from gateway.app import create_app
 from gateway.config import Config, McpConfig, ServerConfig, ToolsConfig, UpstreamConfig
 from gateway.log import configure_logging
-from gateway.tools.mcp_client import call_tool, list_tools
-from gateway.tools.mcp_request import McpServer
+from mcp import Client
 
 
 def _sse(*chunks: dict[str, Any]) -> bytes:
@@ -73,7 +74,8 @@ async def _timed(n: int, once: Any) -> float:
     return statistics.median(times)
 
 
-async def main(requests: int) -> None:
+async def measure(requests: int) -> dict[str, float]:
+    """Median wall milliseconds of `plain`, `round` and `direct` (see the module docstring)."""
     configure_logging("json", "warning")
     mcp = MCPServer("bench", log_level="WARNING")
 
@@ -97,17 +99,16 @@ async def main(requests: int) -> None:
     gateway_runner, gateway_port = await _serve(create_app(config))
     url = f"http://127.0.0.1:{gateway_port}/v1/responses"
     tool = {"type": "mcp", "server_label": "calc", "server_url": mcp_url, "require_approval": "never"}
-    target = McpServer("calc", mcp_url, "bench")
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession() as http, Client(mcp_url) as session:
             async def post(body: dict[str, Any]) -> None:
                 async with http.post(url, json=body) as response:
                     assert response.status == 200, await response.text()
                     await response.read()
 
             async def direct() -> None:
-                await list_tools(target, 10)
-                assert await call_tool(target, "add", {"a": 1, "b": 2}, timeout=10, max_bytes=1 << 20) == "3"
+                await session.list_tools()
+                assert (await session.call_tool("add", {"a": 1, "b": 2})).content[0].text == "3"  # type: ignore[union-attr]
 
             plain_body = {"model": "m", "input": "1+2", "store": False}
             round_body = {**plain_body, "tools": [tool]}
@@ -123,11 +124,22 @@ async def main(requests: int) -> None:
         await upstream_runner.cleanup()
         server.should_exit = True
         await serving
-    print(f"median ms over {requests} requests: plain {plain:.1f}, round {one_round:.1f}, direct {called:.1f}; "
-          f"round - plain - direct = {one_round - plain - called:.1f} ms (second sample + loop)")
+    return {"requests": requests, "plain_ms": round(plain, 2), "round_ms": round(one_round, 2),
+            "direct_ms": round(called, 2), "loop_ms": round(one_round - plain - called, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = parser.parse_args()
+    result = asyncio.run(measure(args.requests))
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"median ms over {args.requests} requests: plain {result['plain_ms']:.1f}, round {result['round_ms']:.1f}, "
+          f"direct {result['direct_ms']:.1f}; round - plain - direct = {result['loop_ms']:.1f} ms (second sample + loop)")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=50)
-    asyncio.run(main(parser.parse_args().requests))
+    main()

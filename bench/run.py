@@ -43,9 +43,11 @@ GAP_LIMIT_MS = 250.0  # capacity: the largest load with no error and gap p99 wit
 Result = dict[str, object]
 Load = Callable[[Endpoint, int | None], Awaitable[Result]]
 SCENARIOS = frozenset({"fast-text", "fast-tool", "ttft", "paced", "capacity", "store", "background", "websocket",
-                       "memory", "chains"})
+                       "memory", "chains", "mcp"})
+MCP_REQUESTS = 50  # per load of the mcp scenario (bench/mcp_round.py)
 SHOWN = ("errors", "tokens_per_s", "cpu_s_per_mtok", "ttft_p50_ms", "gap_p99_ms", "capacity_streams", "rss_idle_mb",
-         "cpu_ms_per_request", "us_per_history_item", "rss_burst1_mb", "rss_burst2_mb", "burst1_ratio", "burst2_ratio", "rss_peak_mb", "burst_s")
+         "cpu_ms_per_request", "us_per_history_item", "rss_burst1_mb", "rss_burst2_mb", "burst1_ratio", "burst2_ratio", "rss_peak_mb", "burst_s",
+         "round_ms", "direct_ms", "loop_ms")
 
 
 @dataclass(frozen=True)
@@ -434,6 +436,20 @@ class Bench:
                     self.record(f"chain-{result['depth']}", target.name, rep, result)
         await remove_bench_keys()
 
+    async def mcp(self) -> None:
+        """One remote MCP tool round through the gateway against the same MCP calls made directly, in a
+        process of its own (bench/mcp_round.py: MCP server, upstream and gateway share it)."""
+        for rep in range(self.profile.reps):
+            argv = [sys.executable, "-m", "bench.mcp_round", "--json", "--requests", str(MCP_REQUESTS)]
+            process = await asyncio.create_subprocess_exec(*argv, cwd=ROOT, stdout=subprocess.PIPE,
+                                                           env={**os.environ, "PYTHONPATH": python_path()})
+            out, _ = await process.communicate()
+            if process.returncode != 0:
+                self.failed["mcp"] = f"bench.mcp_round exited {process.returncode}"
+                print(f"  ! {self.failed['mcp']}", file=sys.stderr, flush=True)
+                return
+            self.record("mcp", "gateway", rep, json.loads(out.decode().strip().splitlines()[-1]))
+
     async def run_all(self, scenarios: frozenset[str] = SCENARIOS) -> None:
         p = self.profile
         if "fast-text" in scenarios:
@@ -464,6 +480,10 @@ class Bench:
             print(f"previous_response_id chains of {', '.join(map(str, CHAIN_DEPTHS))} turns on SQLite and Redis",
                   flush=True)
             await self.chains()
+        if "mcp" in scenarios:
+            print(f"mcp: a remote MCP tool round against the same MCP calls made directly ({MCP_REQUESTS} each)",
+                  flush=True)
+            await self.mcp()
         if "memory" in scenarios:
             print(f"memory: RSS after bursts of {p.memory_streams} hostile streams, {MEMORY_CONCURRENCY} at a time",
                   flush=True)
@@ -554,6 +574,16 @@ def websocket_table(runs: list[Result]) -> str:
         ttft = median_of(runs, "websocket-ttft", target, "added_ttft_p50_ms")
         errors = sum(number(r.get("errors")) or 0 for r in runs if r["target"] == target)
         lines.append(f"| {label} | {fmt(cpu)} | {fmt(rate)} | {fmt(ttft)} | {fmt(errors)} |")
+    return "\n".join(lines)
+
+
+def mcp_table(runs: list[Result]) -> str:
+    """The mcp scenario's medians: what a tool round costs through the gateway beyond the MCP calls themselves."""
+    keys = ("plain_ms", "round_ms", "direct_ms", "loop_ms")
+    lines = ["| remote MCP tool round (median ms) | response without tools | response with one round | "
+             "the round's MCP calls made directly | round - plain - direct (second sample + loop) |",
+             "|---|---|---|---|---|",
+             "| gateway | " + " | ".join(fmt(median_of(runs, "mcp", "gateway", key)) for key in keys) + " |"]
     return "\n".join(lines)
 
 
@@ -735,6 +765,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 f"\n\n{store_table(bench.runs)}\n\n{chains_table(bench.runs)}"
                 f"\n\n{background_table(bench.runs, profile)}"
                 f"\n\n{websocket_table(bench.runs)}"
+                f"\n\n{mcp_table(bench.runs)}"
                 f"\n\n{memory_table(bench.runs, profile)}")
     report: Result = {"date": started_at.isoformat(timespec="seconds"), "machine": info, "profile": asdict(profile),
               "targets": [t.name for t in targets], "failed_to_start": bench.failed, "runs": bench.runs}  # fmt: skip

@@ -25,6 +25,7 @@ from .state import STATE, AppState
 from .store import StoreUnavailable, display_url, open_store_url
 from .store.service import StateService
 from .stored_routes import stored_routes
+from .tools.mcp_pool import SessionPool
 from .websocket import close_sockets
 from .websocket import routes as websocket_routes
 
@@ -49,6 +50,7 @@ def create_app(config: Config) -> web.Application:
                      capture=CaptureStore(config) if config.debug.capture != "off" else None,
                      inspector=Inspector(config.debug.inspector_recent) if config.debug.inspector else None)
     state.background = BackgroundRuns(state)
+    state.mcp_sessions = SessionPool(config.tools.mcp.max_sessions)
     state.trimmer = Trimmer(lambda: state.active, malloc_trim())
     app[STATE.key] = state
     app.add_routes(routes)
@@ -67,6 +69,7 @@ def create_app(config: Config) -> web.Application:
     app.on_shutdown.append(_stop_background)
     app.on_cleanup.append(_close_upstream)
     app.on_cleanup.append(_close_store)
+    app.on_cleanup.append(_close_mcp_sessions)
     return app
 
 
@@ -91,6 +94,10 @@ async def _stop_background(app: web.Application) -> None:
 
 async def _close_store(app: web.Application) -> None:
     await STATE.get(app).stored.store.close()
+
+
+async def _close_mcp_sessions(app: web.Application) -> None:
+    await STATE.get(app).mcp_sessions.close()
 
 
 async def _start_upstream(app: web.Application) -> None:

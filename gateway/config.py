@@ -171,6 +171,8 @@ class McpConfig:
     connect_timeout: float = 10.0      # seconds to connect and list a server's tools
     call_timeout: float = 60.0         # seconds one tool call may take
     max_result_bytes: int = 1024 * 1024  # a larger result is an error told to the model
+    idle_timeout: float = 60.0         # seconds a pooled MCP session stays open without a call
+    max_sessions: int = 64             # MCP sessions kept open at once (per server and headers)
 
 
 @dataclass(frozen=True)
@@ -375,7 +377,7 @@ def _tools(raw: Any) -> ToolsConfig:
     tools = dataclasses.replace(tools, mcp=_section("tools.mcp", McpConfig, raw.get("mcp")))
     if tools.max_rounds < 1:
         raise ConfigError("tools.max_rounds: must be at least 1")
-    for key in ("connect_timeout", "call_timeout", "max_result_bytes"):
+    for key in ("connect_timeout", "call_timeout", "max_result_bytes", "idle_timeout", "max_sessions"):
         if getattr(tools.mcp, key) <= 0:
             raise ConfigError(f"tools.mcp.{key}: must be positive")
     return tools

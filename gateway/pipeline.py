@@ -202,6 +202,9 @@ class Loop(Protocol):
         """A sample ended (not terminal): run its hosted calls, sending their events to `sink`; the next
         upstream body, or None once the stream reached its terminal event."""
 
+    def carry(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A body translated anew for a fallback upstream, with what the loop added to the first one."""
+
 
 class StreamStopped(Exception):
     """Raised inside a running pipeline when the server stops it (shutdown)."""
@@ -437,7 +440,8 @@ async def _await_upstream(run: Run, client: RoutedRequest, client_authorization:
     try:
         async with asyncio.timeout(timeout):
             upstream = await stoppable(run, client.open(run.body, request_id=run.request_id,
-                                                        client_authorization=client_authorization, tap=run.tap))
+                                                        client_authorization=client_authorization, tap=run.tap,
+                                                        carry=run.loop.carry if run.loop is not None else None))
     except TimeoutError:
         raise UpstreamTimeout(f"the upstream did not answer within {timeout:g}s") from None
     if client.options is not None:  # a fallback with its own translation answered

@@ -121,7 +121,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         if asked is not None:  # context_management or a compaction_trigger (gateway/auto_compaction.py)
             compacted = await compact_in_request(state, request, routed, document, chat, asked)
             chat, settled = compacted.chat, compacted.settled
-        loop = ToolLoop.for_request(document, chat, state.config, request_key(request))
+        loop = ToolLoop.for_request(document, chat, state.config, request_key(request), state.mcp_sessions)
         del document
         if background:
             return await state.background.submit(request, request_id, received, turn, chat, routed, loop)

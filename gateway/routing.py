@@ -334,18 +334,20 @@ class RoutedRequest:
                 self.metrics.open_streams.dec()
 
     async def open(self, body: dict[str, Any], *, request_id: str, client_authorization: str | None = None,
-                   tap: Callable[[bytes], None] | None = None) -> UpstreamStream:
+                   tap: Callable[[bytes], None] | None = None,
+                   carry: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> UpstreamStream:
         """Open the first target that answers; `body` is the translation for the first target's options.
 
         A fallback whose options translate differently (`UpstreamConfig.translation`) gets its own
-        translation, and `options` then holds the stream options the answer must be read with.
+        translation, with what `carry` adds to it (a tool loop's listed tools), and `options` then holds
+        the stream options the answer must be read with.
         """
         async def attempt(target: Target, last: bool) -> UpstreamStream:
             config = target.upstream.config
             chat = None
             if self.retranslate is not None and config.translation != self.config.translation:
                 chat = self.retranslate(config)
-            sent = body if chat is None else chat.body
+            sent = body if chat is None else chat.body if carry is None else carry(chat.body)
             sent["model"] = target.model
             client = target.upstream.client
             stream = await send_fitting(sent, self.truncation, config.context_window, target.upstream.name,

@@ -13,6 +13,7 @@ from .inspector import Inspector
 from .memory import Trimmer
 from .pipeline import Run
 from .store.service import StateService
+from .tools.mcp_pool import SessionPool
 
 if TYPE_CHECKING:
     from .keys import KeyRing, StreamLimits
@@ -43,6 +44,7 @@ class AppState:
     inspector: Inspector | None = None    # debug.inspector on
     background: BackgroundRuns = field(init=False)  # set by create_app
     trimmer: Trimmer | None = None        # gives freed memory back after bursts (set by create_app)
+    mcp_sessions: SessionPool = field(default_factory=SessionPool)  # open MCP sessions (gateway/tools)
 
     @property
     def active(self) -> int:

@@ -305,7 +305,7 @@ class Connection:
             routed = route_request(state, request, body.get("model"), hold=False)  # the connection holds it
             turn, body = await self._context(body)
             chat = routed.translate({**body, "stream": True})  # events stream on the socket, always
-            loop = ToolLoop.for_request(body, chat, state.config, request_key(request))
+            loop = ToolLoop.for_request(body, chat, state.config, request_key(request), state.mcp_sessions)
             context = normalize_items(body["input"])
         except GatewayError as exc:
             if routed is not None:

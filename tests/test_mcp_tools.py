@@ -265,14 +265,36 @@ async def test_server_outside_the_allow_list_is_refused(tools_gateway: Any, http
     assert status == 400 and "loopback" in body["error"]["message"] and not upstream.requests
 
 
-async def test_unreachable_server_is_424(tools_gateway: Any, http: Any, upstream: Any) -> None:
+async def unlistable(tools_gateway: Any, upstream: Any, stream: bool, tool: dict[str, Any]) -> Any:
+    """A response naming a server whose tools cannot be listed, through the strict SDK: its final response."""
+    gateway = await tools_gateway(allowed=(tool["server_url"].rsplit("/", 1)[0] + "/*",))
+    client = sdk(str(gateway.make_url("")))
+    if not stream:
+        return await client.responses.create(model="m", input="x", tools=[tool])
+    async with client.responses.stream(model="m", input="x", tools=[tool]) as events:
+        kinds = [event.type async for event in events]
+        final = await events.get_final_response()
+    assert "response.mcp_list_tools.failed" in kinds and "response.mcp_list_tools.completed" not in kinds
+    assert kinds[-1] == "response.completed"
+    return final
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_unlistable_server_is_an_item_error_told_to_the_model(tools_gateway: Any, upstream: Any,
+                                                                       stream: bool) -> None:
     from .conftest import free_port
     port = free_port()
-    gateway = await tools_gateway(allowed=(f"http://127.0.0.1:{port}/*",))
-    tool = {"type": "mcp", "server_label": "gone", "server_url": f"http://127.0.0.1:{port}/mcp",
+    tool = {"type": "mcp", "server_label": "gone", "server_url": f"http://127.0.0.1:{port}/mcp?token=s3cret",
             "require_approval": "never"}
-    status, body = await post_json(http, gateway, {"model": "m", "input": "x", "tools": [tool]})
-    assert status == 424 and body["error"]["code"] == "mcp_list_tools_failed" and not upstream.requests
+    final = await unlistable(tools_gateway, upstream, stream, tool)
+    listed, message = final.output
+    assert (listed.type, listed.server_label, listed.tools) == ("mcp_list_tools", "gone", [])
+    assert "Error retrieving tool list from MCP server: 'gone'" in listed.error and "s3cret" not in listed.error
+    assert final.status == "completed" and message.content[0].text == "Hello"
+    sent = upstream.requests[0].body
+    assert "tools" not in sent
+    assert sent["messages"][0]["role"] == "system" and "'gone' are unavailable" in sent["messages"][0]["content"]
+    assert sent["messages"][-1]["role"] == "user"
 
 
 async def test_history_mcp_call_reaches_the_model(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
@@ -426,15 +448,20 @@ async def test_background_cancel_mid_call(tools_gateway: Any, upstream: Any, htt
     assert len(upstream.requests) == 1  # no second sample after the cancel
 
 
-async def test_client_disconnect_mid_call_stops_the_loop(tools_gateway: Any, upstream: Any, http: Any,
-                                                         mcp_server: Any) -> None:
-    gateway = await tools_gateway()
-    upstream.enqueue(tool_reply("mcp__calc__sleep", '{"seconds": 1}'))
-    body = {"model": "m", "input": "x", "stream": True, "tools": [mcp_tool(mcp_server)]}
+async def disconnect_mid_call(http: Any, gateway: Any, upstream: Any, server: Any, seconds: float) -> None:
+    """A streaming response whose model calls `sleep`; the client goes away once the call runs."""
+    upstream.enqueue(tool_reply("mcp__calc__sleep", f'{{"seconds": {seconds}}}'))
+    body = {"model": "m", "input": "x", "stream": True, "tools": [mcp_tool(server)]}
     async with http.post(gateway.make_url("/v1/responses"), json=body) as response:
         async for line in response.content:
             if b"response.mcp_call.in_progress" in line:
                 break
+
+
+async def test_client_disconnect_mid_call_stops_the_loop(tools_gateway: Any, upstream: Any, http: Any,
+                                                         mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    await disconnect_mid_call(http, gateway, upstream, mcp_server, 1)
     await asyncio.sleep(1.5)  # past the call's end: a loop still running would sample again
     assert len(upstream.requests) == 1
 
@@ -454,9 +481,11 @@ async def test_redirect_to_an_unlisted_port_is_not_followed(tools_gateway: Any, 
     gateway = await tools_gateway(allowed=(f"http://127.0.0.1:{redirector.port}/*",))
     tool = {"type": "mcp", "server_label": "calc", "server_url": str(redirector.make_url("/mcp")),
             "require_approval": "never"}
-    status, body = await post_json(http, gateway, {"model": "m", "input": "x", "tools": [tool]})
-    assert hits and status == 424 and body["error"]["code"] == "mcp_list_tools_failed"
-    assert not upstream.requests
+    response = await sdk(str(gateway.make_url(""))).responses.create(model="m", input="x", tools=[tool])
+    assert hits and response.output[0].error and [item.type for item in response.output] == ["mcp_list_tools",
+                                                                                            "message"]
+    assert mcp_server.handshakes == []  # the redirect was not followed
+    assert "tools" not in upstream.requests[0].body
 
 
 async def approval_round(tools_gateway: Any, upstream: Any, mcp_server: Any, approve: bool,
@@ -584,11 +613,13 @@ def test_tools_config() -> None:
     from gateway.config import ConfigError, parse_config
     tools = parse_config({"tools": {"max_rounds": 3, "mcp": {"allowed_servers": ["https://mcp.example.com/*"],
                                                               "call_timeout": 5}}}).tools
-    assert (tools.max_rounds, tools.mcp.allowed_servers, tools.mcp.call_timeout) == \
-        (3, ("https://mcp.example.com/*",), 5.0)
+    assert (tools.max_rounds, tools.mcp.allowed_servers, tools.mcp.call_timeout, tools.mcp.idle_timeout) == \
+        (3, ("https://mcp.example.com/*",), 5.0, 60.0)
     assert parse_config({}).tools.mcp.allowed_servers == ()
     for bad, words in (({"max_rounds": 0}, "tools.max_rounds"), ({"mcp": {"nope": 1}}, "tools.mcp.nope"),
-                       ({"mcp": {"call_timeout": 0}}, "tools.mcp.call_timeout"), ({"rounds": 1}, "tools.rounds")):
+                       ({"mcp": {"call_timeout": 0}}, "tools.mcp.call_timeout"), ({"rounds": 1}, "tools.rounds"),
+                       ({"mcp": {"idle_timeout": 0}}, "tools.mcp.idle_timeout"),
+                       ({"mcp": {"max_sessions": 0}}, "tools.mcp.max_sessions")):
         with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
             parse_config({"tools": bad})
 

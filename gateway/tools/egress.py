@@ -3,6 +3,9 @@
 A URL must match an allow-list pattern. A host that is, or resolves to, a loopback, private, link-local
 or otherwise non-public address is refused unless a pattern names that host exactly (no wildcard in
 its host part): `https://*` lets clients reach the internet, never the gateway's own network.
+
+The addresses checked are the ones connected to (`pinned_client`): the HTTP client never resolves the
+name again, so a DNS answer that changes after the check (rebinding) cannot reach another address.
 """
 from __future__ import annotations
 
@@ -11,8 +14,12 @@ import fnmatch
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
+
+import httpcore2
+import httpx2
 
 from ..errors import InvalidRequest
 
@@ -73,17 +80,21 @@ def check_url(url: str, patterns: tuple[str, ...], param: str) -> str:
     return parts.hostname
 
 
-async def check_addresses(url: str, patterns: tuple[str, ...], param: str, resolver: Resolver = resolve) -> None:
-    """Refuse a host that is or resolves to a non-public address, unless an allowed pattern names it."""
+async def check_addresses(url: str, patterns: tuple[str, ...], param: str,
+                          resolver: Resolver = resolve) -> tuple[str, ...]:
+    """The addresses the URL's host resolves to, which its connections must go to (`pinned_client`).
+    Refuses a host that is or resolves to a non-public address, unless an allowed pattern names it."""
     host = check_url(url, patterns, param)
-    if host.lower() in {(_pattern_host(p) or "").lower() for p in matching_patterns(url, patterns)}:
-        return  # named by the operator: its addresses are the operator's choice
     try:
         addresses = [host] if _is_ip(host) else await resolver(host)
     except OSError:
         raise refused(url, "its host does not resolve", param) from None
-    if not addresses or not all(is_public(address) for address in addresses):
+    if not addresses:
+        raise refused(url, "its host does not resolve", param)
+    named = host.lower() in {(_pattern_host(p) or "").lower() for p in matching_patterns(url, patterns)}
+    if not named and not all(is_public(address) for address in addresses):  # named: the operator's choice
         raise refused(url, "it is a loopback, private or link-local address that no pattern names", param)
+    return tuple(dict.fromkeys(addresses))
 
 
 def _is_ip(host: str) -> bool:
@@ -92,3 +103,48 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+class PinnedBackend(httpcore2.AsyncNetworkBackend):
+    """Connects a host to its checked addresses only, never resolving it again; any other host is refused
+    (a redirect elsewhere cannot reach an unchecked address). TLS still verifies, and SNI names, the host."""
+
+    def __init__(self, pins: Mapping[str, tuple[str, ...]]) -> None:
+        self.pins = {host.lower(): addresses for host, addresses in pins.items()}
+        self.backend = httpcore2.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                          socket_options: Iterable[Any] | None = None) -> httpcore2.AsyncNetworkStream:
+        addresses = self.pins.get(host.lower().strip("[]"))
+        if not addresses:
+            raise httpcore2.ConnectError("refused: a host whose addresses were not checked")
+        failure: Exception | None = None
+        for address in addresses:
+            try:
+                return await self.backend.connect_tcp(address, port, timeout=timeout, local_address=local_address,
+                                                      socket_options=socket_options)
+            except (httpcore2.ConnectError, httpcore2.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Iterable[Any] | None = None) -> httpcore2.AsyncNetworkStream:
+        raise httpcore2.ConnectError("refused: not a TCP connection")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.backend.sleep(seconds)
+
+
+def pinned_client(url: str, pins: tuple[str, ...] | None, *, headers: dict[str, str] | None,
+                  timeout: httpx2.Timeout) -> httpx2.AsyncClient:
+    """An HTTP client whose connections go to `pins`, the checked addresses of `url`'s host (None: the
+    operator's server, resolved as usual). No proxy from the environment: it would resolve the name itself."""
+    if pins is None:
+        return httpx2.AsyncClient(headers=headers, timeout=timeout)
+    transport = httpx2.AsyncHTTPTransport(trust_env=False)
+    # httpx2 takes no network backend itself: its pool is rebuilt around ours, with the same TLS context.
+    transport._pool = httpcore2.AsyncConnectionPool(  # noqa: SLF001
+        ssl_context=transport._pool._ssl_context,  # noqa: SLF001
+        network_backend=PinnedBackend({urlsplit(url).hostname or "": pins}))
+    return httpx2.AsyncClient(headers=headers, timeout=timeout, transport=transport, trust_env=False)

@@ -19,7 +19,8 @@ from ..errors import GatewayError, InvalidRequest
 from ..ids import new_id
 from ..pipeline import stoppable
 from .egress import check_addresses, check_url
-from .mcp_client import ListedTool, ToolFailed, call_tool, list_tools
+from .mcp_client import ListedTool, ToolFailed, call_tool, cause, list_tools
+from .mcp_pool import SessionPool
 from .mcp_request import McpServer, mcp_servers, upstream_name
 
 if TYPE_CHECKING:
@@ -63,9 +64,15 @@ class ToolLoop:
     """One response's loop over its hosted tools (see the module docstring)."""
 
     def __init__(self, servers: list[McpServer], config: ToolsConfig, body: dict[str, Any],
-                 max_tool_calls: int | None, answers: list[tuple[dict[str, Any], bool]] | None = None,
+                 max_tool_calls: int | None, sessions: SessionPool,
+                 answers: list[tuple[dict[str, Any], bool]] | None = None,
                  earlier: dict[str, list[ListedTool]] | None = None) -> None:
         self.servers = servers
+        self.sessions = sessions          # the app's open MCP sessions
+        self.pins: dict[str, tuple[str, ...] | None] = {}  # label → the checked addresses it connects to
+        self.unlisted: dict[str, str] = {}  # label → why its tools could not be listed (the item's error)
+        self.offered: list[dict[str, Any]] = []  # the listed tools, as functions offered upstream
+        self.own_from = len(body["messages"])  # self.messages past this are the loop's own
         self.earlier = earlier or {}      # label → tools listed earlier in the context: not listed again
         self.answers = answers or []      # (approval request, approved) this request answers
         self.approved: list[tuple[dict[str, Any], str | None, Any]] = []  # (mcp_call item, output, error)
@@ -83,7 +90,8 @@ class ToolLoop:
         self.records: list[tuple[str, str, float]] = []  # (server host, outcome, seconds) per call, for metrics
 
     @classmethod
-    def for_request(cls, request: Any, chat: ChatRequest, gateway: Config, key: Key | None) -> ToolLoop | None:
+    def for_request(cls, request: Any, chat: ChatRequest, gateway: Config, key: Key | None,
+                    sessions: SessionPool) -> ToolLoop | None:
         """The loop for a request with `mcp` tools (their URLs checked against the allow-list and the gateway
         key's `mcp` permission), else None."""
         operator = {server.label: server for server in gateway.mcp_servers}
@@ -99,15 +107,16 @@ class ToolLoop:
             if not server.operator:
                 check_url(server.url, config.mcp.allowed_servers, server.param)
         answers = approval_answers(request.get("input"), {server.label for server in servers})
-        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"), answers,
+        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"), sessions, answers,
                    earlier_listings(request.get("input")))
 
     # ------------------------------------------------------------------ before the first sample
     async def prepare(self, run: Run) -> None:
-        """Check every server's addresses and list its tools (concurrently); offer them upstream."""
+        """Check every server's addresses and list its tools (concurrently); offer them upstream. A server
+        whose tools cannot be listed offers none: its item says so, and so is the model told."""
         mcp = self.config.mcp
         for server in self.servers:
-            if not server.operator:
+            self.pins[server.label] = None if server.operator else \
                 await check_addresses(server.url, mcp.allowed_servers, server.param)
         fresh = [server for server in self.servers if server.label not in self.earlier]
         found = await stoppable(run, asyncio.gather(*(self._list(server) for server in fresh)))
@@ -115,6 +124,9 @@ class ToolLoop:
         self.listed = [(server, listings[server.label] if server.label in listings else self.earlier[server.label])
                        for server in self.servers]
         self.fresh = set(listings)
+        if self.unlisted:
+            self.messages = self.body["messages"] = self._told(self.messages)
+            self.own_from = len(self.messages)
         taken = {tool["function"]["name"] for tool in self.body.get("tools", ())}
         functions = []
         for server, tools in self.listed:
@@ -129,6 +141,7 @@ class ToolLoop:
                 self.by_tool[server.label, tool.name] = (name, self.kinds[name])
                 functions.append({"type": "function", "function": {
                     "name": name, "description": tool.description or "", "parameters": tool.input_schema}})
+        self.offered = functions
         if functions:
             self.body["tools"] = [*self.body.get("tools", ()), *functions]
         run.stream.host(self.kinds)
@@ -165,12 +178,36 @@ class ToolLoop:
             self.body["messages"] = self.messages
 
     async def _list(self, server: McpServer) -> list[ListedTool]:
+        """The server's tools; none when they cannot be listed (`unlisted` says why, as OpenAI's item does)."""
+        mcp = self.config.mcp
         try:
-            return await list_tools(server, self.config.mcp.connect_timeout)
-        except Exception:
-            # Only the label: the URL may carry a token. (OpenAI answers 424 likewise.)
-            raise GatewayError(f"Error retrieving tool list from MCP server: {server.label!r}.", status=424,
-                               code="mcp_list_tools_failed", param=server.param) from None
+            return await list_tools(self.sessions, server, self.pins[server.label], mcp)
+        except TimeoutError:
+            why = f"the server did not answer within {mcp.connect_timeout:g}s"
+        except Exception as exc:
+            why = f"the server could not be reached ({cause(exc)})"
+        # Only the label: the URL may carry a token.
+        self.unlisted[server.label] = f"Error retrieving tool list from MCP server: {server.label!r}: {why}."
+        return []
+
+    def _told(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`messages` with a system message telling the model which servers are unavailable, after the
+        leading system messages (some templates take system messages only first)."""
+        labels = ", ".join(repr(label) for label in self.unlisted)
+        note = {"role": "system", "content": f"The MCP server(s) {labels} are unavailable: their tools could not be "
+                                             "listed and cannot be used in this response."}
+        at = next((i for i, m in enumerate(messages) if m.get("role") not in ("system", "developer")), len(messages))
+        return [*messages[:at], note, *messages[at:]]
+
+    def carry(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A body translated for a fallback upstream of another kind, with what this loop added to the first
+        translation: the listed tools as functions (unless a bound withdrew them), the note on unlisted
+        servers, the rounds' messages so far."""
+        messages = self._told(body["messages"]) if self.unlisted else list(body["messages"])
+        body = {**body, "messages": [*messages, *self.messages[self.own_from:]]}
+        if self.offered and self.bound is None:
+            body["tools"] = [*body.get("tools", ()), *self.offered]
+        return body
 
     def head(self, stream: ResponseStream) -> list[Any]:
         """One `mcp_list_tools` item per server, after the stream's head."""
@@ -183,6 +220,11 @@ class ToolLoop:
             where = {"item_id": item["id"], "output_index": index}
             emit("response.output_item.added", output_index=index, item=item)
             emit("response.mcp_list_tools.in_progress", **where)
+            error = self.unlisted.get(server.label)
+            if error is not None:
+                emit("response.mcp_list_tools.failed", **where)
+                stream.item_done(index, {**item, "error": error})
+                continue
             emit("response.mcp_list_tools.completed", **where)
             offered = [tool.item() for tool in tools if server.offers(tool.name, tool.annotations)]
             stream.item_done(index, {**item, "tools": offered})
@@ -288,11 +330,10 @@ class ToolLoop:
         if not isinstance(arguments, dict):
             return None, {"type": "mcp_protocol_error", "code": -32602,
                           "message": "the arguments are not a JSON object"}
-        mcp = self.config.mcp
         began = time.monotonic()
         try:
-            output = await call_tool(kind.server, kind.tool, arguments, timeout=mcp.call_timeout,
-                                     max_bytes=mcp.max_result_bytes)
+            output = await call_tool(self.sessions, kind.server, self.pins[kind.server.label], kind.tool, arguments,
+                                     self.config.mcp)
         except ToolFailed as exc:
             self._record(kind.server, exc.error.get("type", "failed"), began)
             return None, exc.error
