@@ -186,10 +186,12 @@ async def _logged_chunks(batches: AsyncIterator[list[Any]]) -> AsyncIterator[lis
 
 class Loop(Protocol):
     """The agentic loop of a request with hosted tools (gateway/tools/loop.py), as the pipeline drives it
-    (and the log line and metrics read it: `rounds` run, `calls` run, `records` of (server, outcome, seconds))."""
+    (and the log line and metrics read it: `rounds` run, `calls` run, `records` of (server, outcome, seconds),
+    the `bound` that ended the response incomplete, if one did)."""
 
     rounds: int
     calls: int
+    bound: str | None
     records: list[tuple[str, str, float]]
 
     async def prepare(self, run: Run) -> None:

@@ -79,7 +79,7 @@ class ToolLoop:
         self.by_tool: dict[tuple[str, str], tuple[str, McpKind]] = {}  # (label, tool) → (upstream name, kind)
         self.rounds = 0                   # times hosted calls were run
         self.calls = 0                    # hosted calls run
-        self.bound: str | None = None     # the bound that stopped the loop, if one did
+        self.bound: str | None = None     # the bound that ended the response ("max_tool_calls", "max_rounds")
         self.records: list[tuple[str, str, float]] = []  # (server host, outcome, seconds) per call, for metrics
 
     @classmethod
@@ -207,7 +207,8 @@ class ToolLoop:
             return None
         bound = self._bound(len(calls))
         if bound is not None:
-            return await self._bounded(run, sink, calls, bound)
+            await self._bounded(run, sink, calls, bound)
+            return None
         self.rounds += 1
         self.calls += len(calls)
         emit = stream.emitter()
@@ -238,38 +239,24 @@ class ToolLoop:
         return {**self.body, "messages": self.messages}
 
     async def _bounded(self, run: Run, sink: Sink, calls: list[tuple[int, dict[str, Any], str]],
-                       bound: str) -> dict[str, Any]:
-        """A bound was reached, as OpenAI treats `max_tool_calls`: these calls are not run (their items end
-        `incomplete`, their error says which bound), the model is told so and samples once more without
-        the hosted tools (a call to one now is the client's to handle, as any unknown function)."""
-        self.bound = bound
+                       bound: tuple[str, str]) -> None:
+        """A bound was reached: these calls are not run (their items end `incomplete`, their `error` names the
+        bound) and the response ends `incomplete` without another sample. `max_messages` is the reason the
+        strict SDKs know for a loop stopped by its bound; the log line says which one (`self.bound`)."""
+        self.bound, said = bound
         stream = run.stream
-        error = {"type": "mcp_protocol_error", "code": -32000, "message": f"not run: {bound}"}
+        error = {"type": "mcp_protocol_error", "code": -32000, "message": f"Not run: {said}."}
         stream.emitter()
-        tool_calls, outputs = [], []
-        for index, item, call_id in calls:
+        for index, item, _ in calls:
             stream.item_done(index, {**item, "status": "incomplete", "error": error})
-            tool_calls.append({"id": call_id, "type": "function", "function": {
-                "name": self.by_tool[item["server_label"], item["name"]][0], "arguments": item["arguments"] or "{}"}})
-            outputs.append({"role": "tool", "tool_call_id": call_id,
-                            "content": f"Not run: {bound}. Answer without calling tools of this server."})
-        await _send(run, sink, stream.take_batch())
-        stream.host({})
-        body = self._next_body(tool_calls, outputs)
-        client_tools = [tool for tool in body.get("tools", ()) if tool["function"]["name"] not in self.kinds]
-        if client_tools:
-            body["tools"] = client_tools
-        else:
-            for key in ("tools", "tool_choice", "parallel_tool_calls"):
-                body.pop(key, None)
-        return body
+        await _send(run, sink, [*stream.take_batch(), *stream.finish_incomplete("max_messages")])
 
-    def _bound(self, wanted: int) -> str | None:
-        """The bound these calls would pass, said as the unrun calls' error, else None."""
+    def _bound(self, wanted: int) -> tuple[str, str] | None:
+        """The bound these calls would pass (its name, and how the unrun calls' error says it), else None."""
         if self.max_tool_calls is not None and self.calls + wanted > self.max_tool_calls:
-            return f"the request's max_tool_calls ({self.max_tool_calls}) was reached"
+            return "max_tool_calls", f"the request's max_tool_calls ({self.max_tool_calls}) was reached"
         if self.rounds >= self.config.max_rounds:
-            return f"the gateway's tools.max_rounds ({self.config.max_rounds}) was reached"
+            return "max_rounds", f"the gateway's tools.max_rounds ({self.config.max_rounds}) was reached"
         return None
 
     async def _run_calls(self, run: Run, items: list[dict[str, Any]]) -> list[tuple[str | None, Any]]:
