@@ -119,7 +119,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         chat, loop, settled = await plan_create(state, request, routed, document)
         del document
         if background:
-            return await state.background.submit(request, request_id, received, turn, chat, routed, loop)
+            return await state.background.submit(request, request_id, received, turn, chat, routed, loop, settled)
     except GatewayError as exc:
         if routed is not None:
             routed.release()

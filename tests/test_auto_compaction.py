@@ -3,6 +3,7 @@ threshold (the next upstream requests hold the summary, not the old turns), and 
 exactly one compaction item. Through the strict openai SDK, over the scripted upstream."""
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -19,6 +20,7 @@ from .test_websocket import assert_valid_turn, create, turn_events, ws_url
 
 _FILLER = " lorem ipsum" * 15
 _MANAGEMENT = [{"type": "compaction", "compact_threshold": 600}]
+_ALICE = {"Authorization": "Bearer sk-alice"}  # the owner `sdk` reads stored responses as
 _ONE_ITEM_EVENTS = ["response.created", "response.in_progress", "response.output_item.added",
                     "response.output_item.done", "response.completed"]
 
@@ -153,3 +155,60 @@ async def test_malformed_context_management_is_a_400(upstream, gateway):
             "context_management": [{"type": "compaction", "compact_threshold": "lots"}]})
     assert caught.value.body["param"] == "context_management[0].compact_threshold"
     assert not upstream.requests
+
+
+async def _settled(client: Any, response_id: str) -> Response:
+    """Poll a background response to its end."""
+    while (polled := await client.responses.retrieve(response_id)).status in ("queued", "in_progress"):
+        await asyncio.sleep(0.05)
+    return polled
+
+
+async def test_a_background_compaction_trigger_is_settled_by_the_compaction(upstream, gateway, http):
+    """In the background as in the foreground: exactly one compaction item, then completed; stored, and its
+    event log resumes to the same; no upstream call but the summary's."""
+    summarising(upstream)
+    base = str(gateway.make_url("")).rstrip("/")
+    client = sdk(base)
+    history = [{"role": "user", "content": "plan the trip"}, {"role": "assistant", "content": "Paris, in May."}]
+    created = await client.responses.create(model="scripted", background=True,
+                                            input=[*history, {"type": "compaction_trigger"}])
+    response = await _settled(client, created.id)
+    assert response.status == "completed" and [item.type for item in response.output] == ["compaction"]
+    assert response.usage is not None and response.usage.input_tokens == 5  # the summary's
+    assert len(upstream.requests) == 1 and _is_summary_request(upstream.requests[0].body)
+
+    response, raw = await post_stream(http, gateway, {"input": [*history, {"type": "compaction_trigger"}],
+                                                      "background": True}, _ALICE)
+    assert response.status == 200
+    assert [event["type"] for event in events_of(raw)] == [*_ONE_ITEM_EVENTS[:1], "response.queued",
+                                                           *_ONE_ITEM_EVENTS[1:]]
+    assert assert_valid_stream(raw)["status"] == "completed"
+    assert len(upstream.requests) == 2
+    response_id = events_of(raw)[0]["response"]["id"]
+    resumed = [event async for event in await client.responses.retrieve(response_id, stream=True, starting_after=2)]
+    assert [event.type for event in resumed] == _ONE_ITEM_EVENTS[2:]
+    assert [item.type for item in resumed[-1].response.output] == ["compaction"]
+    stored = await client.responses.retrieve(response_id)
+    assert stored.status == "completed" and [item.type for item in stored.output] == ["compaction"]
+    assert len(upstream.requests) == 2
+
+
+async def test_background_context_management_compacts_once(upstream, gateway, http):
+    """Past the threshold in the background: the compaction item once, the answer from the compacted context."""
+    summarising(upstream)
+    response, raw = await post_stream(http, gateway, {"input": f"plan the trip:{_FILLER * 20}", "background": True,
+                                                      "context_management": _MANAGEMENT}, _ALICE)
+    assert response.status == 200
+    events = events_of(raw)
+    assert [event["item"]["type"] for event in events if event["type"] == "response.output_item.added"] == [
+        "compaction", "message"]
+    result = assert_valid_stream(raw)
+    assert result["status"] == "completed" and result["text"] == "ok"
+    final = Response.model_validate(events[-1]["response"])
+    assert [item.type for item in final.output] == ["compaction", "message"]
+    assert len(upstream.requests) == 2 and _is_summary_request(upstream.requests[0].body)
+    sent = json.dumps(upstream.requests[1].body["messages"])
+    assert "SUMMARY of" in sent and "plan the trip" not in sent
+    stored = await sdk(str(gateway.make_url("")).rstrip("/")).responses.retrieve(final.id)
+    assert [item.type for item in stored.output] == ["compaction", "message"]
