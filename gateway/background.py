@@ -208,10 +208,9 @@ class BackgroundRuns:
             await asyncio.wait(tasks, timeout=flush)
 
     # ------------------------------------------------------------------ create
-    async def submit(self, request: web.Request, request_id: str, received: float, turn: Turn | None,
-                     chat: ChatRequest, routed: RoutedRequest, loop: Loop | None,
-                     settled: dict[str, Any] | None) -> web.StreamResponse:
-        """Store the response as queued, queue its run, answer: the queued Response, or the stream."""
+    def admit(self, turn: Turn | None) -> Turn:
+        """The request's turn, or the refusal of a background request this gateway cannot take (400, 503, 429):
+        before any upstream call."""
         if turn is None or not turn.store:
             raise InvalidRequest("Background mode requires store=true: a background response is kept so it can "
                                  "be polled; stateless requests cannot run in the background.", param="background")
@@ -221,6 +220,13 @@ class BackgroundRuns:
         if len(self.queue) >= self.state.config.server.max_queued_background:
             raise GatewayError("Too many background responses waiting on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        return turn
+
+    async def submit(self, request: web.Request, request_id: str, received: float, turn: Turn | None,
+                     chat: ChatRequest, routed: RoutedRequest, loop: Loop | None,
+                     settled: dict[str, Any] | None) -> web.StreamResponse:
+        """Store the response as queued, queue its run, answer: the queued Response, or the stream."""
+        turn = self.admit(turn)  # again: a compaction may have taken a while since the route admitted it
         turn.resumable = chat.stream
         run = Run(request_id, chat, loop)
         job = Job(run, turn, request, received, routed,

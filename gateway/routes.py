@@ -115,6 +115,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
+        if background:
+            state.background.admit(turn)
         document = with_context(body, turn)  # with earlier items: approval requests are answered from them
         chat, loop, settled = await plan_create(state, request, routed, document)
         del document
@@ -159,13 +161,17 @@ async def plan_create(state: AppState, request: web.Request, routed: RoutedReque
     """What a create request runs, from its body with its context (`with_context`), for a POST and a
     WebSocket turn alike: the upstream request (compacted first when it asks: gateway/auto_compaction.py;
     not `compact`: a warm-up, which calls no upstream), its tool loop, and for a compaction_trigger the
-    usage of the answer the compaction settled (else None)."""
+    usage of the answer the compaction settled (else None). Every refusal comes before the first upstream
+    call (a compaction's token count or summary)."""
     chat, settled = routed.translate(document), None
+    loop = ToolLoop.for_request(document, chat, state.config, request_key(request))
+    if loop is not None and compact:
+        await loop.check_egress()
     asked = compaction_asked(document)
     if asked is not None and compact:  # context_management or a compaction_trigger
         compacted = await compact_in_request(state, request, routed, document, chat, asked)
         chat, settled = compacted.chat, compacted.settled
-    return chat, ToolLoop.for_request(document, chat, state.config, request_key(request)), settled
+    return chat, loop, settled
 
 
 async def run_create(state: AppState, request: web.Request, run: Run, routed: RoutedRequest, sink: Sink,

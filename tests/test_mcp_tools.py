@@ -320,6 +320,31 @@ async def test_server_outside_the_allow_list_is_refused(tools_gateway: Any, http
     assert status == 400 and "loopback" in body["error"]["message"] and not upstream.requests
 
 
+# Past its threshold, a request would compact first: a token count, then a summary, both upstream calls.
+_COMPACTING = {"context_management": [{"type": "compaction", "compact_threshold": 100}]}
+_LONG = {"role": "user", "content": "plan the trip" + " lorem ipsum" * 200}
+
+
+@pytest.mark.parametrize("compaction", [[], [{"type": "compaction_trigger"}]], ids=["threshold", "trigger"])
+@pytest.mark.parametrize(("allowed", "extra", "words"), [
+    ((), {}, "allows no MCP server"),
+    (("http://*",), {}, "loopback"),  # refused on the server's address (egress.check_addresses)
+    (None, {"input": [{"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}]},
+     "No MCP approval request"),
+    (None, {"background": True, "store": False}, "store=true"),
+], ids=["allow-list", "address", "approval", "background"])
+async def test_refusals_come_before_any_upstream_call(tools_gateway: Any, http: Any, upstream: Any, mcp_server: Any,
+                                                      compaction: list[Any], allowed: Any, extra: dict[str, Any],
+                                                      words: str) -> None:
+    """A request that compacts first is still refused before it: no summary is paid for."""
+    gateway = await tools_gateway(allowed=allowed)
+    body = {"model": "m", "tools": [mcp_tool(mcp_server)], **_COMPACTING, **extra,
+            "input": [_LONG, *extra.get("input", ()), *compaction]}
+    status, answer = await post_json(http, gateway, body)
+    assert status == 400 and words in answer["error"]["message"], answer
+    assert not upstream.requests
+
+
 async def test_unreachable_server_is_424(tools_gateway: Any, http: Any, upstream: Any) -> None:
     from .conftest import free_port
     port = free_port()
@@ -677,7 +702,10 @@ async def test_gateway_keys_need_the_mcp_permission(aiohttp_server: Any, upstrea
     response, raw = await post(http, gateway, body, headers={"Authorization": "Bearer k-plain"})
     error = orjson.loads(raw)["error"]
     assert response.status == 403 and error["code"] == "mcp_not_allowed" and error["param"] == "tools[0]"
-    assert not upstream.requests
+    for compacting in ({**body, **_COMPACTING, "input": [_LONG]}, {**body, "input": [_LONG, {"type": "compaction_trigger"}]}):
+        response, raw = await post(http, gateway, compacting, headers={"Authorization": "Bearer k-plain"})
+        assert response.status == 403 and orjson.loads(raw)["error"]["code"] == "mcp_not_allowed"
+    assert not upstream.requests  # refused before a compaction's summary too
     response, raw = await post(http, gateway, body, headers={"Authorization": "Bearer k-tools"})
     assert response.status == 200 and orjson.loads(raw)["output"][0]["type"] == "mcp_list_tools"
 

@@ -62,16 +62,17 @@ class ApprovalKind(McpKind):
 class ToolLoop:
     """One response's loop over its hosted tools (see the module docstring)."""
 
-    def __init__(self, servers: list[McpServer], config: ToolsConfig, body: dict[str, Any],
-                 max_tool_calls: int | None, answers: list[tuple[dict[str, Any], bool]] | None = None,
+    def __init__(self, servers: list[McpServer], config: ToolsConfig, max_tool_calls: int | None, answers: list[tuple[dict[str, Any], bool]] | None = None,
                  earlier: dict[str, list[ListedTool]] | None = None) -> None:
         self.servers = servers
         self.earlier = earlier or {}      # label → tools listed earlier in the context: not listed again
         self.answers = answers or []      # (approval request, approved) this request answers
         self.approved: list[tuple[dict[str, Any], str | None, Any]] = []  # (mcp_call item, output, error)
         self.config = config
-        self.body = body                  # the first sample's body: later samples extend its messages
-        self.messages: list[dict[str, Any]] = list(body["messages"])
+        # The first sample's body, the run's (`prepare`: after a compaction, the compacted request's); later
+        # samples extend its messages.
+        self.body: dict[str, Any] = {}
+        self.messages: list[dict[str, Any]] = []
         self.max_tool_calls = max_tool_calls
         self.listed: list[tuple[McpServer, list[ListedTool]]] = []
         self.fresh: set[str] = set()      # labels listed by this response (an mcp_list_tools item each)
@@ -85,7 +86,8 @@ class ToolLoop:
     @classmethod
     def for_request(cls, request: Any, chat: ChatRequest, gateway: Config, key: Key | None) -> ToolLoop | None:
         """The loop for a request with `mcp` tools (their URLs checked against the allow-list and the gateway
-        key's `mcp` permission), else None."""
+        key's `mcp` permission, its approval answers against their requests), else None. Planned before any
+        upstream call (compaction's included), so that a refusal costs none; `check_egress` next."""
         operator = {server.label: server for server in gateway.mcp_servers}
         servers = mcp_servers(request.get("tools"), operator) if isinstance(request, dict) else []
         config = gateway.tools
@@ -99,16 +101,22 @@ class ToolLoop:
             if not server.operator:
                 check_url(server.url, config.mcp.allowed_servers, server.param)
         answers = approval_answers(request.get("input"), {server.label for server in servers})
-        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"), answers,
+        return cls(servers, config, chat.options.echo.get("max_tool_calls"), answers,
                    earlier_listings(request.get("input")))
 
-    # ------------------------------------------------------------------ before the first sample
-    async def prepare(self, run: Run) -> None:
-        """Check every server's addresses and list its tools (concurrently); offer them upstream."""
+    async def check_egress(self) -> None:
+        """Refuse a client's server whose host is or resolves to an address the allow-list does not let
+        through (egress.py): a 400 before any upstream call, like `for_request`'s."""
         mcp = self.config.mcp
         for server in self.servers:
             if not server.operator:
                 await check_addresses(server.url, mcp.allowed_servers, server.param)
+
+    # ------------------------------------------------------------------ before the first sample
+    async def prepare(self, run: Run) -> None:
+        """List every server's tools (concurrently); offer them upstream in the run's first sample."""
+        assert run.body is not None, "prepared before the first sample is sent"
+        self.body, self.messages = run.body, list(run.body["messages"])
         fresh = [server for server in self.servers if server.label not in self.earlier]
         found = await stoppable(run, asyncio.gather(*(self._list(server) for server in fresh)))
         listings = dict(zip((server.label for server in fresh), found))
