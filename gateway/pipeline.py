@@ -298,6 +298,8 @@ async def _stream(run: Run, client: RoutedRequest, sink: Sink, keepalive_interva
         await _start(run, sink)
         await sink.send(loop.head(run.stream))
         run.delivered = run.stream.events_emitted
+        if run.stream.terminal is not None:  # the loop ended it before any sample (a bound: gateway/tools)
+            return
     while True:
         await _sample(run, client, sink, keepalive_interval, client_authorization, debug, headed=loop is not None)
         if loop is None or run.stream.terminal is not None:

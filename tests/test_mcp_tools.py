@@ -591,6 +591,41 @@ async def test_approval_for_an_unknown_request_is_400(tools_gateway: Any, http: 
     assert status == 400 and body["error"]["param"] == "input[0].approval_request_id"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_approved_calls_count_toward_max_tool_calls(tools_gateway: Any, upstream: Any, http: Any,
+                                                          mcp_server: Any, stream: bool) -> None:
+    """Approved, a call is a tool call of the response that runs it: past that response's max_tool_calls it is not
+    run, and the response ends incomplete like at any bound, with no sample. Within it, it runs and counts."""
+    gateway = await tools_gateway()
+    upstream.enqueue(calls_reply(("mcp__calc__add", '{"a": 1, "b": 2}'), ("mcp__calc__add", '{"a": 3, "b": 4}')))
+    client = sdk(str(gateway.make_url("")))
+    tool = mcp_tool(mcp_server, require_approval={"always": {"tool_names": ["add"]}})
+    first = await client.responses.create(model="m", input="two sums", tools=[tool])
+    asked = [item for item in first.output if item.type == "mcp_approval_request"]
+    assert len(asked) == 2 and len(upstream.requests) == 1
+    answers = [{"type": "mcp_approval_response", "approval_request_id": item.id, "approve": True} for item in asked]
+    request = {"model": "m", "input": answers, "previous_response_id": first.id, "tools": [tool], "max_tool_calls": 1}
+    if stream:
+        events = [event async for event in await client.responses.create(**request, stream=True)]
+        assert [e.type for e in events].count("response.incomplete") == 1 and events[-1].type == "response.incomplete"
+        second = events[-1].response
+        response, raw = await post_stream(http, gateway, request, headers={"Authorization": "Bearer sk-alice"})
+        assert response.status == 200 and assert_valid_stream(raw)["status"] == "incomplete"
+    else:
+        second = await client.responses.create(**request)
+    assert [item.type for item in second.output] == ["mcp_call", "mcp_call"]
+    assert [call.approval_request_id for call in second.output] == [item.id for item in asked]
+    assert_ended_by_bound(second, ["incomplete", "incomplete"], "the request's max_tool_calls (1) was reached")
+    assert mcp_server.calls == [] and len(upstream.requests) == 1  # neither run, no sample
+    assert (await client.responses.retrieve(second.id)).model_dump() == second.model_dump()
+    # Within the bound they run, and count: the model's next call (one needing no approval) is past it.
+    upstream.enqueue(tool_reply("mcp__calc__whoami", "{}"))
+    third = await client.responses.create(**{**request, "max_tool_calls": 2, "previous_response_id": first.id})
+    assert_ended_by_bound(third, ["completed", "completed", "incomplete"],
+                          "the request's max_tool_calls (2) was reached")
+    assert sorted(mcp_server.calls) == [("add", 1, 2), ("add", 3, 4)] and len(upstream.requests) == 2
+
+
 async def test_agents_sdk_on_approval_request(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
     agents = pytest.importorskip("agents")
     agents.set_tracing_disabled(True)

@@ -67,7 +67,7 @@ class ToolLoop:
         self.servers = servers
         self.earlier = earlier or {}      # label → tools listed earlier in the context: not listed again
         self.answers = answers or []      # (approval request, approved) this request answers
-        self.approved: list[tuple[dict[str, Any], str | None, Any]] = []  # (mcp_call item, output, error)
+        self.approved: list[dict[str, Any]] = []  # the approved calls' mcp_call items, as they ended
         self.config = config
         # The first sample's body, the run's (`prepare`: after a compaction, the compacted request's); later
         # samples extend its messages.
@@ -144,7 +144,9 @@ class ToolLoop:
 
     async def _answer_approvals(self) -> None:
         """The calls this request approves run now (their items follow the listings); denied ones are told
-        to the model. Either way the model sees the call and its outcome before the first sample."""
+        to the model. Either way the model sees the call and its outcome before the first sample.
+        Approved calls are tool calls of this response: past a bound (`max_tool_calls`) none is run, and
+        the response ends there (`head`), as `_bounded` ends it after a sample."""
         approved: list[tuple[dict[str, Any], str]] = []   # (mcp_call item, upstream name)
         told: dict[str, tuple[str, str]] = {}             # request id → (upstream name, what the model is told)
         for request, approve in self.answers:
@@ -158,10 +160,16 @@ class ToolLoop:
                 told[request["id"]] = (name, f"The tool {key[1]!r} is no longer offered by the server {key[0]!r}.")
             else:
                 told[request["id"]] = (name, "The user denied this call: it was not run.")
+        bound = self._bound(len(approved)) if approved else None
+        if bound is not None:
+            self.bound, said = bound
+            self.approved = [{**item, "status": "incomplete", "error": _not_run(said)} for item, _ in approved]
+            return  # no sample follows: the model is told nothing
         results = await asyncio.gather(*(self._call(item) for item, _ in approved))
         self.calls += len(approved)
         for (item, name), (output, error) in zip(approved, results):
-            self.approved.append((item, output, error))
+            self.approved.append({**item, "output": output, "error": error,
+                                  "status": "failed" if error else "completed"})
             told[item["approval_request_id"]] = (name, output if error is None else _failure(error))
         for request, _ in self.answers:
             name, content = told[request["id"]]
@@ -181,7 +189,8 @@ class ToolLoop:
                                code="mcp_list_tools_failed", param=server.param) from None
 
     def head(self, stream: ResponseStream) -> list[Any]:
-        """One `mcp_list_tools` item per server, after the stream's head."""
+        """One `mcp_list_tools` item per server, after the stream's head, then the approved calls; the
+        response's end if a bound stopped those (`_answer_approvals`)."""
         emit = stream.emitter()
         for server, tools in self.listed:
             if server.label not in self.fresh:
@@ -194,14 +203,17 @@ class ToolLoop:
             emit("response.mcp_list_tools.completed", **where)
             offered = [tool.item() for tool in tools if server.offers(tool.name, tool.annotations)]
             stream.item_done(index, {**item, "tools": offered})
-        for item, output, error in self.approved:
+        for done in self.approved:
             index = stream.new_item_index()
-            where = {"item_id": item["id"], "output_index": index}
-            emit("response.output_item.added", output_index=index, item=item)
-            emit("response.mcp_call.in_progress", **where)
-            emit("response.mcp_call.failed" if error else "response.mcp_call.completed", **where)
-            stream.item_done(index, {**item, "output": output, "error": error,
-                                     "status": "failed" if error else "completed"})
+            where = {"item_id": done["id"], "output_index": index}
+            emit("response.output_item.added", output_index=index,
+                 item={**done, "output": None, "error": None, "status": "in_progress"})
+            if done["status"] != "incomplete":  # else not run
+                emit("response.mcp_call.in_progress", **where)
+                emit(f"response.mcp_call.{done['status']}", **where)
+            stream.item_done(index, done)
+        if self.bound is not None:
+            return [*stream.take_batch(), *stream.finish_incomplete("max_messages")]
         return stream.take_batch()
 
     # ------------------------------------------------------------------ after each sample
@@ -253,10 +265,9 @@ class ToolLoop:
         strict SDKs know for a loop stopped by its bound; the log line says which one (`self.bound`)."""
         self.bound, said = bound
         stream = run.stream
-        error = {"type": "mcp_protocol_error", "code": -32000, "message": f"Not run: {said}."}
         stream.emitter()
         for index, item, _ in calls:
-            stream.item_done(index, {**item, "status": "incomplete", "error": error})
+            stream.item_done(index, {**item, "status": "incomplete", "error": _not_run(said)})
         await _send(run, sink, [*stream.take_batch(), *stream.finish_incomplete("max_messages")])
 
     def _bound(self, wanted: int) -> tuple[str, str] | None:
@@ -296,6 +307,11 @@ class ToolLoop:
 
     def _record(self, server: McpServer, outcome: str, began: float) -> None:
         self.records.append((urlsplit(server.url).hostname or "", outcome, time.monotonic() - began))
+
+
+def _not_run(said: str) -> dict[str, Any]:
+    """The error of a call a bound kept from running (`said`: which bound)."""
+    return {"type": "mcp_protocol_error", "code": -32000, "message": f"Not run: {said}."}
 
 
 def _failure(error: Any) -> str:
