@@ -117,10 +117,11 @@ async def compact_in_request(state: AppState, request: web.Request, routed: Rout
 
 
 async def settle(run: Run, sink: Sink, usage: dict[str, Any]) -> None:
-    """Deliver a response complete without the upstream: its head (with the leading items), its usage
-    (the summary's), `response.completed`."""
+    """Deliver a response complete without the upstream: its head (with the leading items) unless `sink`
+    started already (a background run's log), its usage (the summary's), `response.completed`."""
     stream = run.stream
-    await sink.start(stream.start())
+    if not sink.started:
+        await sink.start(stream.start())
     stream.feed({"choices": [], "usage": {"prompt_tokens": usage.get("input_tokens") or 0,
                                           "completion_tokens": usage.get("output_tokens") or 0}})
     await sink.send(stream.finish(saw_done=True))

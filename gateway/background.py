@@ -27,10 +27,10 @@ from aiohttp import web
 
 from .errors import GatewayError, InvalidRequest
 from .event_stream import EventStream, json_response
-from .keys import forwarded_authorization
 from .log import get_logger
-from .pipeline import Loop, Observer, Run, Tee, run_pipeline
+from .pipeline import Loop, Observer, Run, Tee
 from .request_context import current_request_id, log_finished
+from .routes import run_create
 from .sse import encode_events
 from .stream_processor import TERMINAL_TYPES
 from .store.base import StoreUnavailable
@@ -111,7 +111,9 @@ class EventLog(Observer):
 
     async def _write(self, events: list[dict[str, Any]], claim: tuple[str, float] | None) -> list[tuple[int, bytes]]:
         service, kept = self.service, self._entries(events)
-        record = service.encode_response(self.turn, events[-1]["response"])
+        # The response as its head says: a compaction's item may follow the head (stream.start()).
+        head = next(event["response"] for event in reversed(events) if "response" in event)
+        record = service.encode_response(self.turn, head)
         await service.call(service.store.write_run(self.response_id, record, service.config.ttl, kept, claim))
         return kept
 
@@ -146,16 +148,17 @@ class EventLog(Observer):
 class Job:
     """One background run: the request it came from (for its log line), its route, its sinks."""
 
-    __slots__ = ("run", "turn", "request", "received", "routed", "log", "task")
+    __slots__ = ("run", "turn", "request", "received", "routed", "log", "settled", "task")
 
     def __init__(self, run: Run, turn: Turn, request: web.Request, received: float, routed: RoutedRequest,
-                 log: EventLog) -> None:
+                 log: EventLog, settled: dict[str, Any] | None) -> None:
         self.run = run
         self.turn = turn
         self.request = request
         self.received = received
         self.routed = routed  # held (its key's stream slot too) until the run ends
         self.log = log
+        self.settled = settled  # a compaction_trigger's answer, settled by its compaction (routes.run_create)
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -205,9 +208,9 @@ class BackgroundRuns:
             await asyncio.wait(tasks, timeout=flush)
 
     # ------------------------------------------------------------------ create
-    async def submit(self, request: web.Request, request_id: str, received: float, turn: Turn | None,
-                     chat: ChatRequest, routed: RoutedRequest, loop: Loop | None = None) -> web.StreamResponse:
-        """Store the response as queued, queue its run, answer: the queued Response, or the stream."""
+    def admit(self, turn: Turn | None) -> Turn:
+        """The request's turn, or the refusal of a background request this gateway cannot take (400, 503, 429):
+        before any upstream call."""
         if turn is None or not turn.store:
             raise InvalidRequest("Background mode requires store=true: a background response is kept so it can "
                                  "be polled; stateless requests cannot run in the background.", param="background")
@@ -217,10 +220,18 @@ class BackgroundRuns:
         if len(self.queue) >= self.state.config.server.max_queued_background:
             raise GatewayError("Too many background responses waiting on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
+        return turn
+
+    async def submit(self, request: web.Request, request_id: str, received: float, turn: Turn | None,
+                     chat: ChatRequest, routed: RoutedRequest, loop: Loop | None,
+                     settled: dict[str, Any] | None) -> web.StreamResponse:
+        """Store the response as queued, queue its run, answer: the queued Response, or the stream."""
+        turn = self.admit(turn)  # again: a compaction may have taken a while since the route admitted it
         turn.resumable = chat.stream
         run = Run(request_id, chat, loop)
         job = Job(run, turn, request, received, routed,
-                  EventLog(self.service, turn, run.stream.response_id, self.service.config.max_event_log_bytes))
+                  EventLog(self.service, turn, run.stream.response_id, self.service.config.max_event_log_bytes),
+                  settled)
         queued = run.stream.queued()
         logged = await job.log.queue(queued, self.instance, self.lease)
         self.jobs[job.response_id] = job
@@ -245,8 +256,7 @@ class BackgroundRuns:
         try:
             sinks = job.sinks()
             await sinks.start(run.stream.start())
-            await run_pipeline(run, job.routed, sinks, keepalive_interval=state.config.server.keepalive_interval,
-                               client_authorization=forwarded_authorization(job.request), debug=state.debug)
+            await run_create(state, job.request, run, job.routed, sinks, job.settled)
         except Exception:  # noqa: BLE001 - the store failed at the start; the lease lapses and another end comes
             get_logger().exception("background.crashed", request_id=run.request_id,
                                    response_id=job.response_id)

@@ -186,10 +186,12 @@ async def _logged_chunks(batches: AsyncIterator[list[Any]]) -> AsyncIterator[lis
 
 class Loop(Protocol):
     """The agentic loop of a request with hosted tools (gateway/tools/loop.py), as the pipeline drives it
-    (and the log line and metrics read it: `rounds` run, `calls` run, `records` of (server, outcome, seconds))."""
+    (and the log line and metrics read it: `rounds` run, `calls` run, `records` of (server, outcome, seconds),
+    the `bound` that ended the response incomplete, if one did)."""
 
     rounds: int
     calls: int
+    bound: str | None
     records: list[tuple[str, str, float]]
 
     async def prepare(self, run: Run) -> None:
@@ -299,6 +301,8 @@ async def _stream(run: Run, client: RoutedRequest, sink: Sink, keepalive_interva
         await _start(run, sink)
         await sink.send(loop.head(run.stream))
         run.delivered = run.stream.events_emitted
+        if run.stream.terminal is not None:  # the loop ended it before any sample (a bound: gateway/tools)
+            return
     while True:
         await _sample(run, client, sink, keepalive_interval, client_authorization, debug, headed=loop is not None)
         if loop is None or run.stream.terminal is not None:

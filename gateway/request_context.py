@@ -59,7 +59,8 @@ async def log_finished(state: AppState, request: web.Request, received: float, h
         "response_id": None, "model": None, "upstream": None, "failed_first": None, "key": key.name if key else None,
         "stream": None, "status": None, "finish_reason": None, "error_code": error.code if error else None,
         "error_message": error.message if error else None, "param": error.param if error else None,
-        "ttft_ms": None, "events": 0, "input_tokens": None, "output_tokens": None, "client_disconnected": False}
+        "ttft_ms": None, "events": 0, "input_tokens": None, "output_tokens": None, "client_disconnected": False,
+        "incomplete_reason": None}
     log = get_logger()
     if run is not None:
         stream = run.stream
@@ -74,9 +75,12 @@ async def log_finished(state: AppState, request: web.Request, received: float, h
             error_code=failure.get("code") or fields["error_code"],
             error_message=(failure.get("message") or fields["error_message"] or "")[:500] or None,
             ttft_ms=run.ttft_ms, events=stream.events_emitted, input_tokens=usage.get("input_tokens"),
-            output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected)
-        if run.loop is not None:  # hosted tools (gateway/tools): how far the loop went
+            output_tokens=usage.get("output_tokens"), client_disconnected=run.client_disconnected,
+            incomplete_reason=((response or {}).get("incomplete_details") or {}).get("reason"))
+        if run.loop is not None:  # hosted tools (gateway/tools): how far the loop went, and the bound it hit
             fields.update(tool_rounds=run.loop.rounds, tool_calls=run.loop.calls)
+            if run.loop.bound is not None:  # the response says max_messages: the line says which bound
+                fields["incomplete_reason"] = run.loop.bound
     if routed is not None:
         fields.update(routed.log_fields())
     if run is not None and routed is not None:

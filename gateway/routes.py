@@ -115,16 +115,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
+        if background:
+            state.background.admit(turn)
         document = with_context(body, turn)  # with earlier items: approval requests are answered from them
-        chat = routed.translate(document)
-        asked = compaction_asked(document)
-        if asked is not None:  # context_management or a compaction_trigger (gateway/auto_compaction.py)
-            compacted = await compact_in_request(state, request, routed, document, chat, asked)
-            chat, settled = compacted.chat, compacted.settled
-        loop = ToolLoop.for_request(document, chat, state.config, request_key(request), state.mcp_sessions)
+        chat, loop, settled = await plan_create(state, request, routed, document)
         del document
         if background:
-            return await state.background.submit(request, request_id, received, turn, chat, routed, loop)
+            return await state.background.submit(request, request_id, received, turn, chat, routed, loop, settled)
     except GatewayError as exc:
         if routed is not None:
             routed.release()
@@ -140,12 +137,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     http_status, error = 200, None
     state.runs.add(run)
     try:
-        if settled is not None:  # a compaction_trigger: answered whole by the compaction
-            await settle(run, sink, settled)
-        else:
-            # `routed` opens upstream like an UpstreamClient, failing over between the route's upstreams.
-            await run_pipeline(run, routed, sink, keepalive_interval=state.config.server.keepalive_interval,
-                               client_authorization=forwarded_authorization(request), debug=state.debug)
+        await run_create(state, request, run, routed, sink, settled)
         response = await sink.finish()
         assert response is not None, "the client's sink answers"
         http_status = response.status
@@ -162,6 +154,35 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         routed.release()
         await log_finished(state, request, received, http_status, error=error, run=run, routed=routed,
                             capture=capture, watch=watch)
+
+
+async def plan_create(state: AppState, request: web.Request, routed: RoutedRequest, document: Any, *,
+                      compact: bool = True) -> tuple[ChatRequest, ToolLoop | None, dict[str, Any] | None]:
+    """What a create request runs, from its body with its context (`with_context`), for a POST and a
+    WebSocket turn alike: the upstream request (compacted first when it asks: gateway/auto_compaction.py;
+    not `compact`: a warm-up, which calls no upstream), its tool loop, and for a compaction_trigger the
+    usage of the answer the compaction settled (else None). Every refusal comes before the first upstream
+    call (a compaction's token count or summary)."""
+    chat, settled = routed.translate(document), None
+    loop = ToolLoop.for_request(document, chat, state.config, request_key(request), state.mcp_sessions)
+    if loop is not None and compact:
+        await loop.check_egress()
+    asked = compaction_asked(document)
+    if asked is not None and compact:  # context_management or a compaction_trigger
+        compacted = await compact_in_request(state, request, routed, document, chat, asked)
+        chat, settled = compacted.chat, compacted.settled
+    return chat, loop, settled
+
+
+async def run_create(state: AppState, request: web.Request, run: Run, routed: RoutedRequest, sink: Sink,
+                     settled: dict[str, Any] | None) -> None:
+    """Drive a planned create (`plan_create`) to its terminal event through `sink`."""
+    if settled is not None:  # a compaction_trigger: answered whole by the compaction
+        await settle(run, sink, settled)
+        return
+    # `routed` opens upstream like an UpstreamClient, failing over between the route's upstreams.
+    await run_pipeline(run, routed, sink, keepalive_interval=state.config.server.keepalive_interval,
+                       client_authorization=forwarded_authorization(request), debug=state.debug)
 
 
 def start_capture(state: AppState, request: web.Request, run: Run, document: Any,

@@ -239,6 +239,12 @@ class ResponseStream:
         self._usage, self._status = None, None
         return out
 
+    def finish_incomplete(self, reason: str) -> list[Event]:
+        """End the stream `incomplete` for `reason` between samples (the loop reached a bound), as a
+        finish_reason such as "length" ends it."""
+        self._status = ("incomplete", reason)
+        return self.finish(True)
+
     def emitter(self) -> Callable[..., Event]:
         """A fresh batch for the tool loop's own events: the returned `emit(type, **fields)` appends to it
         (read it with `take_batch`), numbered on with the stream's events."""

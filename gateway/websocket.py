@@ -37,17 +37,17 @@ from .bounds import depth_exceeds
 from .errors import GatewayError, InvalidRequest, internal_error_message
 from .fast_path import EncodedEvent, FastBatch
 from .ids import new_request_id
-from .keys import forwarded_authorization, owner_of, request_key
+from .keys import owner_of, request_key
 from .log import get_logger
-from .pipeline import Run, Sink, run_pipeline
+from .pipeline import Run, Sink
 from .request_context import current_request_id, log_finished
-from .routes import consumers, start_capture
+from .routes import consumers, plan_create, run_create, start_capture
 from .routing import RoutedRequest, route_request
-from .tools.loop import ToolLoop
 from .sse import Joined
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
-from .store.service import Turn, history_item, normalize_items, previous_not_found, with_context
+from .store.service import (Turn, history_item, normalize_items, previous_not_found, resolve_references,
+                            with_context)
 from .stream_processor import TERMINAL_TYPES
 
 MAX_QUEUED = 8  # `response.create` messages waiting behind the running one; more are refused (429)
@@ -304,8 +304,8 @@ class Connection:
                                    code="server_shutting_down")
             routed = route_request(state, request, body.get("model"), hold=False)  # the connection holds it
             turn, body = await self._context(body)
-            chat = routed.translate({**body, "stream": True})  # events stream on the socket, always
-            loop = ToolLoop.for_request(body, chat, state.config, request_key(request), state.mcp_sessions)
+            body = {**body, "stream": True}  # events stream on the socket, always
+            chat, loop, settled = await plan_create(state, request, routed, body, compact=generate)
             context = normalize_items(body["input"])
         except GatewayError as exc:
             if routed is not None:
@@ -324,7 +324,7 @@ class Connection:
         state.runs.add(run)
         state.socket_turns += 1
         try:
-            await self._run(run, routed, sink, generate)
+            await self._run(run, routed, sink, generate, settled)
         except GatewayError as exc:
             http_status, error = exc.status, exc
             await self._send_error(exc)
@@ -335,21 +335,21 @@ class Connection:
             await self._send_error(error)
         finally:
             sink.abandon()
-            state.runs.discard(run)
+            state.run_ended(run)
             state.socket_turns -= 1
             routed.release()
             self._remember(run, turn, context, previous)
             await log_finished(state, request, received, http_status, error=error, run=run, routed=routed,
                                capture=capture, watch=watch, transport=TRANSPORT)
 
-    async def _run(self, run: Run, routed: RoutedRequest, sink: Sink, generate: bool) -> None:
+    async def _run(self, run: Run, routed: RoutedRequest, sink: Sink, generate: bool,
+                   settled: dict[str, Any] | None) -> None:
         if not generate:
             # Warm-up: the response's head and its completion, nothing sampled; its id continues.
             await sink.start(run.stream.start())
             await sink.send(run.stream.finish(True))
         else:
-            await run_pipeline(run, routed, sink, keepalive_interval=self.state.config.server.keepalive_interval,
-                               client_authorization=forwarded_authorization(self.request), debug=self.state.debug)
+            await run_create(self.state, self.request, run, routed, sink, settled)
         await sink.finish()
 
     async def _context(self, body: dict[str, Any]) -> tuple[Turn | None, dict[str, Any]]:
@@ -367,7 +367,8 @@ class Connection:
         prepare = self.state.stored.prepare
         if latest is not None and not (stored and latest.stored):
             new = body.get("input")
-            body = {**body, "input": [*latest.items, *(normalize_items(new) if new is not None else [])]}
+            new = resolve_references(normalize_items(new), latest.items) if new is not None else []
+            body = {**body, "input": [*latest.items, *new]}
             # A stored turn from an unstored parent records its whole context: it has no chain to read.
             return await prepare({**body, "previous_response_id": None}, self.owner), body
         turn = await prepare(body, self.owner)

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+from openai.types.responses import Response
 
 from gateway.app import create_app
 from gateway.config import McpConfig, ToolsConfig
@@ -169,33 +170,87 @@ async def test_timeout_and_oversized_result(tools_gateway: Any, upstream: Any, m
     assert "larger than 1000 bytes" in big.error.message
 
 
-async def test_max_tool_calls_stops_the_calls(tools_gateway: Any, upstream: Any, http: Any, mcp_server: Any) -> None:
+def assert_ended_by_bound(response: Any, statuses: list[str], said: str) -> None:
+    """A response a bound ended (strict SDK model): `incomplete` for `max_messages`, its `mcp_call` items in
+    `statuses`, the unrun ones with the error naming the bound."""
+    assert (response.status, response.incomplete_details.reason) == ("incomplete", "max_messages")
+    calls = [item for item in response.output if item.type == "mcp_call"]
+    assert [call.status for call in calls] == statuses
+    for call in calls:
+        if call.status == "incomplete":
+            assert call.output is None and call.error.message == f"Not run: {said}."
+        else:
+            assert call.output is not None and call.error is None
+
+
+async def test_max_tool_calls_ends_the_response_streaming(tools_gateway: Any, upstream: Any, http: Any,
+                                                          mcp_server: Any, log_capture: Any) -> None:
+    lines = log_capture()
     gateway = await tools_gateway()
     upstream.enqueue(calls_reply(("mcp__calc__add", '{"a": 1, "b": 2}'), ("mcp__calc__add", '{"a": 3, "b": 4}')),
-                     text_reply("I could not add."))
-    response, raw = await post_stream(http, gateway, {"model": "m", "input": "x", "max_tool_calls": 1,
-                                                      "tools": [mcp_tool(mcp_server)]})
-    assert_valid_stream(raw)
-    final = events_of(raw)[-1]["response"]
-    assert final["status"] == "completed"
-    unrun = final["output"][1:3]
-    assert [item["status"] for item in unrun] == ["incomplete", "incomplete"]
-    assert "max_tool_calls (1) was reached" in unrun[0]["error"]["message"]
-    assert mcp_server.calls == []
-    last = upstream.requests[1].body
-    assert "tools" not in last and last["messages"][-1]["content"].startswith("Not run")
-
-
-async def test_max_rounds_stops_the_loop(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
-    gateway = await tools_gateway(max_rounds=1)
-    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 1, "b": 2}'), tool_reply("mcp__calc__add", '{"a": 3, "b": 4}'),
                      tool_reply("mcp__calc__add", '{"a": 5, "b": 6}'))
+    client = sdk(str(gateway.make_url("")))
+    stream = await client.responses.create(model="m", input="x", max_tool_calls=2, tools=[mcp_tool(mcp_server)],
+                                           stream=True)
+    events = [event async for event in stream]
+    assert [e.type for e in events].count("response.incomplete") == 1 and events[-1].type == "response.incomplete"
+    final = events[-1].response
+    assert [item.type for item in final.output] == ["mcp_list_tools", "mcp_call", "mcp_call", "mcp_call"]
+    assert_ended_by_bound(final, ["completed", "completed", "incomplete"],
+                          "the request's max_tool_calls (2) was reached")
+    assert sorted(mcp_server.calls) == [("add", 1, 2), ("add", 3, 4)]  # run concurrently
+    assert len(upstream.requests) == 2  # no sample after the bound
+    finished = [line for line in lines() if line.get("event") == "response.finished"][-1]
+    assert (finished["status"], finished["incomplete_reason"], finished["tool_calls"]) == \
+        ("incomplete", "max_tool_calls", 2)
+    stored = await client.responses.retrieve(final.id)  # the store keeps what the stream said
+    assert stored.model_dump() == final.model_dump()
+    # A continuation sends the unrun call as a call with an error output: the history stays valid.
+    upstream.enqueue(text_reply("ok"))
+    await client.responses.create(model="m", input="go on", previous_response_id=final.id,
+                                  tools=[mcp_tool(mcp_server)])
+    messages = upstream.requests[-1].body["messages"]
+    unrun = final.output[3]
+    call = next(m for m in messages if m.get("tool_calls") and m["tool_calls"][0]["id"] == unrun.id)
+    assert call["tool_calls"][0]["function"] == {"name": "mcp__calc__add", "arguments": '{"a": 5, "b": 6}'}
+    told = messages[messages.index(call) + 1]
+    assert told["role"] == "tool" and told["tool_call_id"] == unrun.id
+    assert told["content"].startswith("The tool call failed") and "max_tool_calls (2) was reached" in told["content"]
+
+
+async def test_max_tool_calls_ends_the_response_not_streaming(tools_gateway: Any, upstream: Any,
+                                                              mcp_server: Any) -> None:
+    gateway = await tools_gateway()
+    upstream.enqueue(calls_reply(("mcp__calc__add", '{"a": 1, "b": 2}'), ("mcp__calc__add", '{"a": 3, "b": 4}')))
     response = await sdk(str(gateway.make_url(""))).responses.create(
-        model="m", input="x", tools=[mcp_tool(mcp_server)])
-    assert [item.type for item in response.output] == ["mcp_list_tools", "mcp_call", "mcp_call", "function_call"]
-    assert [response.output[1].status, response.output[2].status] == ["completed", "incomplete"]
-    assert "tools.max_rounds (1) was reached" in response.output[2].error.message
-    assert mcp_server.calls == [("add", 1, 2)] and len(upstream.requests) == 3
+        model="m", input="x", max_tool_calls=1, tools=[mcp_tool(mcp_server)])
+    assert_ended_by_bound(response, ["incomplete", "incomplete"], "the request's max_tool_calls (1) was reached")
+    assert mcp_server.calls == [] and len(upstream.requests) == 1
+
+
+async def test_max_rounds_ends_the_response(tools_gateway: Any, upstream: Any, http: Any, mcp_server: Any,
+                                            log_capture: Any) -> None:
+    """Background and streamed: the event log resumed, the stored response and the JSON answer agree."""
+    lines = log_capture()
+    gateway = await tools_gateway(max_rounds=1)
+    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 1, "b": 2}'), tool_reply("mcp__calc__add", '{"a": 3, "b": 4}'))
+    body = {"model": "m", "input": "x", "stream": True, "background": True, "tools": [mcp_tool(mcp_server)]}
+    response, raw = await post_stream(http, gateway, body)
+    assert response.status == 200
+    assert_valid_stream(raw)
+    events = events_of(raw)
+    assert events[-1]["type"] == "response.incomplete"
+    response_id, middle = events[0]["response"]["id"], len(events) // 2
+    async with http.get(gateway.make_url(f"/v1/responses/{response_id}"),
+                        params={"stream": "true", "starting_after": str(middle)}) as resumed:
+        assert events_of(await resumed.read()) == events[middle + 1:]
+    async with http.get(gateway.make_url(f"/v1/responses/{response_id}")) as stored:
+        assert await stored.json() == events[-1]["response"]
+    assert_ended_by_bound(Response.model_validate(events[-1]["response"]), ["completed", "incomplete"],
+                          "the gateway's tools.max_rounds (1) was reached")
+    assert mcp_server.calls == [("add", 1, 2)] and len(upstream.requests) == 2
+    finished = [line for line in lines() if line.get("event") == "response.finished"]
+    assert any(line.get("incomplete_reason") == "max_rounds" for line in finished)
 
 
 async def test_client_function_ends_the_response(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
@@ -263,6 +318,31 @@ async def test_server_outside_the_allow_list_is_refused(tools_gateway: Any, http
     wildcard = await tools_gateway(allowed=("http://*",))  # a wildcard host never reaches loopback
     status, body = await post_json(http, wildcard, {"model": "m", "input": "x", "tools": [mcp_tool(mcp_server)]})
     assert status == 400 and "loopback" in body["error"]["message"] and not upstream.requests
+
+
+# Past its threshold, a request would compact first: a token count, then a summary, both upstream calls.
+_COMPACTING = {"context_management": [{"type": "compaction", "compact_threshold": 100}]}
+_LONG = {"role": "user", "content": "plan the trip" + " lorem ipsum" * 200}
+
+
+@pytest.mark.parametrize("compaction", [[], [{"type": "compaction_trigger"}]], ids=["threshold", "trigger"])
+@pytest.mark.parametrize(("allowed", "extra", "words"), [
+    ((), {}, "allows no MCP server"),
+    (("http://*",), {}, "loopback"),  # refused on the server's address (egress.check_addresses)
+    (None, {"input": [{"type": "mcp_approval_response", "approval_request_id": "mcpr_nope", "approve": True}]},
+     "No MCP approval request"),
+    (None, {"background": True, "store": False}, "store=true"),
+], ids=["allow-list", "address", "approval", "background"])
+async def test_refusals_come_before_any_upstream_call(tools_gateway: Any, http: Any, upstream: Any, mcp_server: Any,
+                                                      compaction: list[Any], allowed: Any, extra: dict[str, Any],
+                                                      words: str) -> None:
+    """A request that compacts first is still refused before it: no summary is paid for."""
+    gateway = await tools_gateway(allowed=allowed)
+    body = {"model": "m", "tools": [mcp_tool(mcp_server)], **_COMPACTING, **extra,
+            "input": [_LONG, *extra.get("input", ()), *compaction]}
+    status, answer = await post_json(http, gateway, body)
+    assert status == 400 and words in answer["error"]["message"], answer
+    assert not upstream.requests
 
 
 async def unlistable(tools_gateway: Any, upstream: Any, stream: bool, tool: dict[str, Any]) -> Any:
@@ -540,6 +620,41 @@ async def test_approval_for_an_unknown_request_is_400(tools_gateway: Any, http: 
     assert status == 400 and body["error"]["param"] == "input[0].approval_request_id"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_approved_calls_count_toward_max_tool_calls(tools_gateway: Any, upstream: Any, http: Any,
+                                                          mcp_server: Any, stream: bool) -> None:
+    """Approved, a call is a tool call of the response that runs it: past that response's max_tool_calls it is not
+    run, and the response ends incomplete like at any bound, with no sample. Within it, it runs and counts."""
+    gateway = await tools_gateway()
+    upstream.enqueue(calls_reply(("mcp__calc__add", '{"a": 1, "b": 2}'), ("mcp__calc__add", '{"a": 3, "b": 4}')))
+    client = sdk(str(gateway.make_url("")))
+    tool = mcp_tool(mcp_server, require_approval={"always": {"tool_names": ["add"]}})
+    first = await client.responses.create(model="m", input="two sums", tools=[tool])
+    asked = [item for item in first.output if item.type == "mcp_approval_request"]
+    assert len(asked) == 2 and len(upstream.requests) == 1
+    answers = [{"type": "mcp_approval_response", "approval_request_id": item.id, "approve": True} for item in asked]
+    request = {"model": "m", "input": answers, "previous_response_id": first.id, "tools": [tool], "max_tool_calls": 1}
+    if stream:
+        events = [event async for event in await client.responses.create(**request, stream=True)]
+        assert [e.type for e in events].count("response.incomplete") == 1 and events[-1].type == "response.incomplete"
+        second = events[-1].response
+        response, raw = await post_stream(http, gateway, request, headers={"Authorization": "Bearer sk-alice"})
+        assert response.status == 200 and assert_valid_stream(raw)["status"] == "incomplete"
+    else:
+        second = await client.responses.create(**request)
+    assert [item.type for item in second.output] == ["mcp_call", "mcp_call"]
+    assert [call.approval_request_id for call in second.output] == [item.id for item in asked]
+    assert_ended_by_bound(second, ["incomplete", "incomplete"], "the request's max_tool_calls (1) was reached")
+    assert mcp_server.calls == [] and len(upstream.requests) == 1  # neither run, no sample
+    assert (await client.responses.retrieve(second.id)).model_dump() == second.model_dump()
+    # Within the bound they run, and count: the model's next call (one needing no approval) is past it.
+    upstream.enqueue(tool_reply("mcp__calc__whoami", "{}"))
+    third = await client.responses.create(**{**request, "max_tool_calls": 2, "previous_response_id": first.id})
+    assert_ended_by_bound(third, ["completed", "completed", "incomplete"],
+                          "the request's max_tool_calls (2) was reached")
+    assert sorted(mcp_server.calls) == [("add", 1, 2), ("add", 3, 4)] and len(upstream.requests) == 2
+
+
 async def test_agents_sdk_on_approval_request(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
     agents = pytest.importorskip("agents")
     agents.set_tracing_disabled(True)
@@ -653,7 +768,10 @@ async def test_gateway_keys_need_the_mcp_permission(aiohttp_server: Any, upstrea
     response, raw = await post(http, gateway, body, headers={"Authorization": "Bearer k-plain"})
     error = orjson.loads(raw)["error"]
     assert response.status == 403 and error["code"] == "mcp_not_allowed" and error["param"] == "tools[0]"
-    assert not upstream.requests
+    for compacting in ({**body, **_COMPACTING, "input": [_LONG]}, {**body, "input": [_LONG, {"type": "compaction_trigger"}]}):
+        response, raw = await post(http, gateway, compacting, headers={"Authorization": "Bearer k-plain"})
+        assert response.status == 403 and orjson.loads(raw)["error"]["code"] == "mcp_not_allowed"
+    assert not upstream.requests  # refused before a compaction's summary too
     response, raw = await post(http, gateway, body, headers={"Authorization": "Bearer k-tools"})
     assert response.status == 200 and orjson.loads(raw)["output"][0]["type"] == "mcp_list_tools"
 

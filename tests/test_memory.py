@@ -22,6 +22,7 @@ from gateway.state import STATE
 from .conftest import assert_valid_stream, gateway_process
 from .helpers import post_stream
 from .scripted_upstream import Reply, chunk, paced_reply, sse, usage
+from .test_websocket import assert_valid_turn, create, turn_events
 
 MB = 1024 * 1024
 GLIBC = malloc_trim() is not None
@@ -155,6 +156,18 @@ async def test_a_stream_with_1mb_events_is_trimmed_after_even_under_load(upstrea
         assert await wait_for(lambda: trimmer.trims >= 1)
         assert STATE.get(gateway.app).active == 1  # trimmed while the slow stream still runs
         slow.close()
+
+
+@needs_glibc
+async def test_a_websocket_turn_with_1mb_events_is_trimmed_after(upstream, gateway, http):
+    """A turn's end counts as a run's end: the open connection keeps the gateway busy, the large buffer trims."""
+    trimmer = STATE.get(gateway.app).trimmer
+    assert trimmer is not None and trimmer.trims == 0
+    upstream.enqueue(big_reply())
+    async with http.ws_connect(gateway.make_url("/v1/responses"), max_msg_size=4 * MB) as ws:
+        await ws.send_str(orjson.dumps(create()).decode())
+        assert len(assert_valid_turn(await turn_events(ws))["text"]) == MB
+        assert await wait_for(lambda: trimmer.trims >= 1)
 
 
 @needs_glibc

@@ -259,6 +259,24 @@ async def test_store_true_reads_older_ids_from_the_store(upstream, gateway, http
     assert contents == ["first", "one", "second"]
 
 
+async def test_item_reference_into_the_connections_cache(upstream, gateway, http):
+    """store: false: an `item_reference` names an item of the cached context, as a stored chain's would be."""
+    upstream.enqueue(text_reply("Paris."), text_reply("ok"))
+    async with http.ws_connect(ws_url(gateway)) as ws:
+        await ws.send_str(orjson.dumps(create(input="capital of France?")).decode())
+        first = (await turn_events(ws))[-1]["response"]
+        reference = {"type": "item_reference", "id": first["output"][0]["id"]}
+        await ws.send_str(orjson.dumps(create(previous_response_id=first["id"],
+                                              input=[{"role": "user", "content": "again?"}, reference])).decode())
+        second = (await turn_events(ws))[-1]["response"]
+        assert second["status"] == "completed"
+        await ws.send_str(orjson.dumps(create(previous_response_id=second["id"],
+                                              input=[{"type": "item_reference", "id": "msg_nope"}])).decode())
+        assert_envelope(await receive_json(ws), 404, None, "input[0].id")
+    contents = [m["content"] for m in upstream.requests[1].body["messages"]]
+    assert contents == ["capital of France?", "Paris.", "again?", "Paris."]
+
+
 async def test_generate_false_warms_up_without_sampling(upstream, gateway, http):
     upstream.enqueue(text_reply("answer"))
     async with http.ws_connect(ws_url(gateway)) as ws:

@@ -186,23 +186,10 @@ class StateService:
         return turn
 
     async def _resolve_references(self, turn: Turn) -> None:
-        """Each `item_reference` replaced by the item it names, found in the turn's context (its
-        previous_response_id chain or conversation, both already checked to be the owner's); else a 404.
-        (The stores keep no index by item id, so an item outside the turn's context cannot be found.)"""
-        if not any(item["type"] == "item_reference" for item in turn.input_items):
-            return
-        known = {item.get("id"): item for item in turn.context}
-        resolved = []
-        for i, item in enumerate(turn.input_items):
-            if item["type"] == "item_reference":
-                item = known.get(item["id"])
-                if item is None:
-                    raise InvalidRequest(f"Item with id '{turn.input_items[i]['id']}' not found.",
-                                         param=f"input[{i}].id", status=404)
-                # A copy under an id of its own: a conversation keeps its items by id.
-                item = {**item, "id": unguessable_id(_ID_PREFIX.get(item["type"], "item"))}
-            resolved.append(item)
-        turn.input_items = resolved
+        """Each `item_reference` resolved in the turn's context (its previous_response_id chain or
+        conversation, both already checked to be the owner's). (The stores keep no index by item id, so
+        an item outside the turn's context cannot be found.)"""
+        turn.input_items = resolve_references(turn.input_items, turn.context)
 
     async def _load_chain(self, turn: Turn, previous: str) -> None:
         found = await self.call(self.store.get_chain(previous))   # the whole chain in one read
@@ -324,6 +311,25 @@ class StateService:
         if not await self.call(self.store.delete_item(conversation_id, item_id)):
             raise not_found("Item", item_id)
         return conversation
+
+
+def resolve_references(items: list[dict[str, Any]], context: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Normalized input `items` with each `item_reference` replaced by the item of `context` it names;
+    else a 404."""
+    if not any(item["type"] == "item_reference" for item in items):
+        return items
+    known = {item.get("id"): item for item in context}
+    resolved = []
+    for i, item in enumerate(items):
+        if item["type"] == "item_reference":
+            item = known.get(item["id"])
+            if item is None:
+                raise InvalidRequest(f"Item with id '{items[i]['id']}' not found.", param=f"input[{i}].id",
+                                     status=404)
+            # A copy under an id of its own: a conversation keeps its items by id.
+            item = {**item, "id": unguessable_id(_ID_PREFIX.get(item["type"], "item"))}
+        resolved.append(item)
+    return resolved
 
 
 def with_context(body: Any, turn: Turn | None) -> Any:

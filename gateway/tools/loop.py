@@ -63,22 +63,23 @@ class ApprovalKind(McpKind):
 class ToolLoop:
     """One response's loop over its hosted tools (see the module docstring)."""
 
-    def __init__(self, servers: list[McpServer], config: ToolsConfig, body: dict[str, Any],
-                 max_tool_calls: int | None, sessions: SessionPool,
-                 answers: list[tuple[dict[str, Any], bool]] | None = None,
+    def __init__(self, servers: list[McpServer], config: ToolsConfig, max_tool_calls: int | None,
+                 sessions: SessionPool, answers: list[tuple[dict[str, Any], bool]] | None = None,
                  earlier: dict[str, list[ListedTool]] | None = None) -> None:
         self.servers = servers
         self.sessions = sessions          # the app's open MCP sessions
         self.pins: dict[str, tuple[str, ...] | None] = {}  # label → the checked addresses it connects to
         self.unlisted: dict[str, str] = {}  # label → why its tools could not be listed (the item's error)
         self.offered: list[dict[str, Any]] = []  # the listed tools, as functions offered upstream
-        self.own_from = len(body["messages"])  # self.messages past this are the loop's own
+        self.own_from = 0                 # self.messages past this are the loop's own
         self.earlier = earlier or {}      # label → tools listed earlier in the context: not listed again
         self.answers = answers or []      # (approval request, approved) this request answers
-        self.approved: list[tuple[dict[str, Any], str | None, Any]] = []  # (mcp_call item, output, error)
+        self.approved: list[dict[str, Any]] = []  # the approved calls' mcp_call items, as they ended
         self.config = config
-        self.body = body                  # the first sample's body: later samples extend its messages
-        self.messages: list[dict[str, Any]] = list(body["messages"])
+        # The first sample's body, the run's (`prepare`: after a compaction, the compacted request's); later
+        # samples extend its messages.
+        self.body: dict[str, Any] = {}
+        self.messages: list[dict[str, Any]] = []
         self.max_tool_calls = max_tool_calls
         self.listed: list[tuple[McpServer, list[ListedTool]]] = []
         self.fresh: set[str] = set()      # labels listed by this response (an mcp_list_tools item each)
@@ -86,14 +87,15 @@ class ToolLoop:
         self.by_tool: dict[tuple[str, str], tuple[str, McpKind]] = {}  # (label, tool) → (upstream name, kind)
         self.rounds = 0                   # times hosted calls were run
         self.calls = 0                    # hosted calls run
-        self.bound: str | None = None     # the bound that stopped the loop, if one did
+        self.bound: str | None = None     # the bound that ended the response ("max_tool_calls", "max_rounds")
         self.records: list[tuple[str, str, float]] = []  # (server host, outcome, seconds) per call, for metrics
 
     @classmethod
     def for_request(cls, request: Any, chat: ChatRequest, gateway: Config, key: Key | None,
                     sessions: SessionPool) -> ToolLoop | None:
         """The loop for a request with `mcp` tools (their URLs checked against the allow-list and the gateway
-        key's `mcp` permission), else None."""
+        key's `mcp` permission, its approval answers against their requests), else None. Planned before any
+        upstream call (compaction's included), so that a refusal costs none; `check_egress` next."""
         operator = {server.label: server for server in gateway.mcp_servers}
         servers = mcp_servers(request.get("tools"), operator) if isinstance(request, dict) else []
         config = gateway.tools
@@ -107,17 +109,24 @@ class ToolLoop:
             if not server.operator:
                 check_url(server.url, config.mcp.allowed_servers, server.param)
         answers = approval_answers(request.get("input"), {server.label for server in servers})
-        return cls(servers, config, chat.body, chat.options.echo.get("max_tool_calls"), sessions, answers,
+        return cls(servers, config, chat.options.echo.get("max_tool_calls"), sessions, answers,
                    earlier_listings(request.get("input")))
 
-    # ------------------------------------------------------------------ before the first sample
-    async def prepare(self, run: Run) -> None:
-        """Check every server's addresses and list its tools (concurrently); offer them upstream. A server
-        whose tools cannot be listed offers none: its item says so, and so is the model told."""
+    async def check_egress(self) -> None:
+        """Refuse a client's server whose host is or resolves to an address the allow-list does not let
+        through (egress.py): a 400 before any upstream call, like `for_request`'s. The addresses checked are
+        the ones the MCP client connects to (no second resolution: no DNS rebinding)."""
         mcp = self.config.mcp
         for server in self.servers:
             self.pins[server.label] = None if server.operator else \
                 await check_addresses(server.url, mcp.allowed_servers, server.param)
+
+    # ------------------------------------------------------------------ before the first sample
+    async def prepare(self, run: Run) -> None:
+        """List every server's tools (concurrently); offer them upstream in the run's first sample. A server
+        whose tools cannot be listed offers none: its item says so, and so is the model told."""
+        assert run.body is not None, "prepared before the first sample is sent"
+        self.body, self.messages = run.body, list(run.body["messages"])
         fresh = [server for server in self.servers if server.label not in self.earlier]
         found = await stoppable(run, asyncio.gather(*(self._list(server) for server in fresh)))
         listings = dict(zip((server.label for server in fresh), found))
@@ -126,7 +135,7 @@ class ToolLoop:
         self.fresh = set(listings)
         if self.unlisted:
             self.messages = self.body["messages"] = self._told(self.messages)
-            self.own_from = len(self.messages)
+        self.own_from = len(self.messages)
         taken = {tool["function"]["name"] for tool in self.body.get("tools", ())}
         functions = []
         for server, tools in self.listed:
@@ -149,7 +158,9 @@ class ToolLoop:
 
     async def _answer_approvals(self) -> None:
         """The calls this request approves run now (their items follow the listings); denied ones are told
-        to the model. Either way the model sees the call and its outcome before the first sample."""
+        to the model. Either way the model sees the call and its outcome before the first sample.
+        Approved calls are tool calls of this response: past a bound (`max_tool_calls`) none is run, and
+        the response ends there (`head`), as `_bounded` ends it after a sample."""
         approved: list[tuple[dict[str, Any], str]] = []   # (mcp_call item, upstream name)
         told: dict[str, tuple[str, str]] = {}             # request id → (upstream name, what the model is told)
         for request, approve in self.answers:
@@ -163,10 +174,16 @@ class ToolLoop:
                 told[request["id"]] = (name, f"The tool {key[1]!r} is no longer offered by the server {key[0]!r}.")
             else:
                 told[request["id"]] = (name, "The user denied this call: it was not run.")
+        bound = self._bound(len(approved)) if approved else None
+        if bound is not None:
+            self.bound, said = bound
+            self.approved = [{**item, "status": "incomplete", "error": _not_run(said)} for item, _ in approved]
+            return  # no sample follows: the model is told nothing
         results = await asyncio.gather(*(self._call(item) for item, _ in approved))
         self.calls += len(approved)
         for (item, name), (output, error) in zip(approved, results):
-            self.approved.append((item, output, error))
+            self.approved.append({**item, "output": output, "error": error,
+                                  "status": "failed" if error else "completed"})
             told[item["approval_request_id"]] = (name, output if error is None else _failure(error))
         for request, _ in self.answers:
             name, content = told[request["id"]]
@@ -210,7 +227,8 @@ class ToolLoop:
         return body
 
     def head(self, stream: ResponseStream) -> list[Any]:
-        """One `mcp_list_tools` item per server, after the stream's head."""
+        """One `mcp_list_tools` item per server, after the stream's head, then the approved calls; the
+        response's end if a bound stopped those (`_answer_approvals`)."""
         emit = stream.emitter()
         for server, tools in self.listed:
             if server.label not in self.fresh:
@@ -228,14 +246,17 @@ class ToolLoop:
             emit("response.mcp_list_tools.completed", **where)
             offered = [tool.item() for tool in tools if server.offers(tool.name, tool.annotations)]
             stream.item_done(index, {**item, "tools": offered})
-        for item, output, error in self.approved:
+        for done in self.approved:
             index = stream.new_item_index()
-            where = {"item_id": item["id"], "output_index": index}
-            emit("response.output_item.added", output_index=index, item=item)
-            emit("response.mcp_call.in_progress", **where)
-            emit("response.mcp_call.failed" if error else "response.mcp_call.completed", **where)
-            stream.item_done(index, {**item, "output": output, "error": error,
-                                     "status": "failed" if error else "completed"})
+            where = {"item_id": done["id"], "output_index": index}
+            emit("response.output_item.added", output_index=index,
+                 item={**done, "output": None, "error": None, "status": "in_progress"})
+            if done["status"] != "incomplete":  # else not run
+                emit("response.mcp_call.in_progress", **where)
+                emit(f"response.mcp_call.{done['status']}", **where)
+            stream.item_done(index, done)
+        if self.bound is not None:
+            return [*stream.take_batch(), *stream.finish_incomplete("max_messages")]
         return stream.take_batch()
 
     # ------------------------------------------------------------------ after each sample
@@ -249,7 +270,8 @@ class ToolLoop:
             return None
         bound = self._bound(len(calls))
         if bound is not None:
-            return await self._bounded(run, sink, calls, bound)
+            await self._bounded(run, sink, calls, bound)
+            return None
         self.rounds += 1
         self.calls += len(calls)
         emit = stream.emitter()
@@ -280,38 +302,23 @@ class ToolLoop:
         return {**self.body, "messages": self.messages}
 
     async def _bounded(self, run: Run, sink: Sink, calls: list[tuple[int, dict[str, Any], str]],
-                       bound: str) -> dict[str, Any]:
-        """A bound was reached, as OpenAI treats `max_tool_calls`: these calls are not run (their items end
-        `incomplete`, their error says which bound), the model is told so and samples once more without
-        the hosted tools (a call to one now is the client's to handle, as any unknown function)."""
-        self.bound = bound
+                       bound: tuple[str, str]) -> None:
+        """A bound was reached: these calls are not run (their items end `incomplete`, their `error` names the
+        bound) and the response ends `incomplete` without another sample. `max_messages` is the reason the
+        strict SDKs know for a loop stopped by its bound; the log line says which one (`self.bound`)."""
+        self.bound, said = bound
         stream = run.stream
-        error = {"type": "mcp_protocol_error", "code": -32000, "message": f"not run: {bound}"}
         stream.emitter()
-        tool_calls, outputs = [], []
-        for index, item, call_id in calls:
-            stream.item_done(index, {**item, "status": "incomplete", "error": error})
-            tool_calls.append({"id": call_id, "type": "function", "function": {
-                "name": self.by_tool[item["server_label"], item["name"]][0], "arguments": item["arguments"] or "{}"}})
-            outputs.append({"role": "tool", "tool_call_id": call_id,
-                            "content": f"Not run: {bound}. Answer without calling tools of this server."})
-        await _send(run, sink, stream.take_batch())
-        stream.host({})
-        body = self._next_body(tool_calls, outputs)
-        client_tools = [tool for tool in body.get("tools", ()) if tool["function"]["name"] not in self.kinds]
-        if client_tools:
-            body["tools"] = client_tools
-        else:
-            for key in ("tools", "tool_choice", "parallel_tool_calls"):
-                body.pop(key, None)
-        return body
+        for index, item, _ in calls:
+            stream.item_done(index, {**item, "status": "incomplete", "error": _not_run(said)})
+        await _send(run, sink, [*stream.take_batch(), *stream.finish_incomplete("max_messages")])
 
-    def _bound(self, wanted: int) -> str | None:
-        """The bound these calls would pass, said as the unrun calls' error, else None."""
+    def _bound(self, wanted: int) -> tuple[str, str] | None:
+        """The bound these calls would pass (its name, and how the unrun calls' error says it), else None."""
         if self.max_tool_calls is not None and self.calls + wanted > self.max_tool_calls:
-            return f"the request's max_tool_calls ({self.max_tool_calls}) was reached"
+            return "max_tool_calls", f"the request's max_tool_calls ({self.max_tool_calls}) was reached"
         if self.rounds >= self.config.max_rounds:
-            return f"the gateway's tools.max_rounds ({self.config.max_rounds}) was reached"
+            return "max_rounds", f"the gateway's tools.max_rounds ({self.config.max_rounds}) was reached"
         return None
 
     async def _run_calls(self, run: Run, items: list[dict[str, Any]]) -> list[tuple[str | None, Any]]:
@@ -342,6 +349,11 @@ class ToolLoop:
 
     def _record(self, server: McpServer, outcome: str, began: float) -> None:
         self.records.append((urlsplit(server.url).hostname or "", outcome, time.monotonic() - began))
+
+
+def _not_run(said: str) -> dict[str, Any]:
+    """The error of a call a bound kept from running (`said`: which bound)."""
+    return {"type": "mcp_protocol_error", "code": -32000, "message": f"Not run: {said}."}
 
 
 def _failure(error: Any) -> str:
