@@ -24,7 +24,7 @@ from .request_context import current_request_id, log_finished, request_id_of
 from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
-from .store.service import with_context
+from .store.service import with_history
 from .translate import ChatRequest
 from .upstream import http_error
 
@@ -115,8 +115,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})
         routed = route_request(state, request, body.get("model") if isinstance(body, dict) else None)
         turn = await state.stored.prepare(body, owner_of(request))
-        document = with_context(body, turn)  # with earlier items: approval requests are answered from them
-        chat = routed.translate(document)
+        # With earlier items where they are read (approval requests are answered from them), else a chain's
+        # turns as stored, placed by their kept messages.
+        document, earlier = with_history(body, turn)
+        chat = routed.translate(document, earlier)
+        if turn is not None:
+            turn.upstream = routed.config  # its messages are kept as translated for this upstream
+        del earlier
         asked = compaction_asked(document)
         if asked is not None:  # context_management or a compaction_trigger (gateway/auto_compaction.py)
             compacted = await compact_in_request(state, request, routed, document, chat, asked)
