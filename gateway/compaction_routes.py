@@ -62,4 +62,4 @@ async def _window(state: AppState, compact: CompactRequest, owner: str) -> list[
     turn = await state.stored.prepare({"store": False, "previous_response_id": compact.previous_response_id,
                                        "input": items}, owner)
     assert turn is not None, "a previous_response_id always makes a turn"
-    return [*turn.context, *turn.input_items]
+    return [*turn.earlier(), *turn.input_items]

@@ -90,8 +90,13 @@ class UpstreamConfig:
     @property
     def translation(self) -> tuple[Any, ...]:
         """The options a request's translation depends on: a fallback that differs here gets its own."""
+        return (*self.translation_but_key, self.reasoning_key)
+
+    @property
+    def translation_but_key(self) -> tuple[Any, ...]:
+        """`translation` without the reasoning key, which only items carrying sealed state depend on."""
         return (self.max_tokens_param, self.hosted_tools, self.send_reasoning_effort, self.send_parallel_tool_calls,
-                self.think_tags, self.reasoning_field, self.tool_call_id_style, self.reasoning_key)
+                self.think_tags, self.reasoning_field, self.tool_call_id_style)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from .request_context import finished_line
 from .routes import read_json
 from .routing import route_request
 from .state import STATE
-from .store.service import with_context
+from .store.service import with_history
 from .token_count import count_tokens
 
 input_tokens_routes = web.RouteTableDef()
@@ -43,7 +43,7 @@ async def count_input_tokens(request: web.Request) -> web.Response:
         try:
             fields["upstream"] = routed.upstream_name
             turn = await state.stored.prepare(body, owner_of(request))
-            chat = routed.translate(with_context(body, turn))
+            chat = routed.translate(*with_history(body, turn))
             target = routed.targets[0]
             count, source = await count_tokens(target.upstream.client, {**chat.body, "model": target.model},
                                                forwarded_authorization(request))

@@ -24,8 +24,8 @@ from .request_context import current_request_id, log_finished, request_id_of
 from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
-from .store.service import with_context
-from .translate import ChatRequest
+from .store.service import with_history
+from .translate import ChatRequest, Earlier
 from .upstream import http_error
 
 _JSON_TYPES = ("application/json", "")
@@ -117,8 +117,13 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         turn = await state.stored.prepare(body, owner_of(request))
         if background:
             state.background.admit(turn)
-        document = with_context(body, turn)  # with earlier items: approval requests are answered from them
-        chat, loop, settled = await plan_create(state, request, routed, document)
+        # With earlier items where they are read (approval requests are answered from them), else a chain's
+        # turns as stored, placed by their kept messages.
+        document, earlier = with_history(body, turn)
+        chat, loop, settled = await plan_create(state, request, routed, document, earlier)
+        del earlier
+        if turn is not None:
+            turn.upstream = routed.config  # its messages are kept as translated for this upstream
         del document
         if background:
             return await state.background.submit(request, request_id, received, turn, chat, routed, loop, settled)
@@ -156,14 +161,16 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                             capture=capture, watch=watch)
 
 
-async def plan_create(state: AppState, request: web.Request, routed: RoutedRequest, document: Any, *,
+async def plan_create(state: AppState, request: web.Request, routed: RoutedRequest, document: Any,
+                      earlier: Earlier | None = None, *,
                       compact: bool = True) -> tuple[ChatRequest, ToolLoop | None, dict[str, Any] | None]:
-    """What a create request runs, from its body with its context (`with_context`), for a POST and a
+    """What a create request runs, from its body with its context (`with_context`, or `with_history` and
+    the chain's `earlier` turns as stored), for a POST and a
     WebSocket turn alike: the upstream request (compacted first when it asks: gateway/auto_compaction.py;
     not `compact`: a warm-up, which calls no upstream), its tool loop, and for a compaction_trigger the
     usage of the answer the compaction settled (else None). Every refusal comes before the first upstream
     call (a compaction's token count or summary)."""
-    chat, settled = routed.translate(document), None
+    chat, settled = routed.translate(document, earlier), None
     loop = ToolLoop.for_request(document, chat, state.config, request_key(request), state.mcp_sessions)
     if loop is not None and compact:
         await loop.check_egress()

@@ -24,7 +24,7 @@ from .config import Config, UpstreamConfig
 from .errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .keys import Key, check_model, request_key
 from .log import get_logger
-from .translate import ChatRequest, translate_request
+from .translate import ChatRequest, Earlier, translate_request
 from .truncation import send_fitting
 from .upstream import UpstreamClient, UpstreamStream
 
@@ -305,12 +305,13 @@ class RoutedRequest:
     def upstream_name(self) -> str:
         return self.answered or (self.failed[-1] if self.failed else self.targets[0].upstream.name)
 
-    def translate(self, document: Any) -> ChatRequest:
-        """The request translated for the first target; a fallback of another kind gets its own at its turn."""
-        chat = translate_request(document, self.config)
+    def translate(self, document: Any, earlier: Earlier | None = None) -> ChatRequest:
+        """The request (after the `earlier` items of a chain) translated for the first target; a fallback of
+        another kind gets its own at its turn."""
+        chat = translate_request(document, self.config, earlier)
         self.truncation = chat.options.echo.get("truncation") or "disabled"
         if any(t.upstream.config.translation != self.config.translation for t in self.targets[1:]):
-            self.retranslate = lambda config: translate_request(document, config)
+            self.retranslate = lambda config: translate_request(document, config, earlier)
         return chat
 
     @property

@@ -33,6 +33,8 @@ _PROCESS_KEY = os.urandom(32).hex()  # used when no reasoning_key is configured
 class Sealer:
     def __init__(self, key: str) -> None:
         self._aead = AESGCM(hashlib.sha256(b"responses-gateway/reasoning-key\0" + key.encode()).digest())
+        # Names the key without revealing it: what was translated under it is told apart by it.
+        self.fingerprint = hashlib.sha256(b"responses-gateway/key-fingerprint\0" + key.encode()).hexdigest()[:16]
 
     def seal(self, payload: Any) -> str:
         nonce = os.urandom(12)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .call_ids import upstream_call_id
 from .compaction import SUMMARY_PREFIX, open_window
@@ -22,6 +22,7 @@ from .errors import InvalidRequest
 from .history_items import HANDLERS, BadItem, Call, Context, Drop, Output, translate_history_item
 from .provider_metadata import extra_from_item_id
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_input_text, reasoning_sealer
+from .sealing import sealer_for
 from .stream_processor import StreamOptions, response_defaults
 from .tools.mcp_request import upstream_name
 
@@ -137,7 +138,34 @@ class _ToolNames:
         return {up: orig for up, orig in self.back.items() if orig != (up, None)}
 
 
-def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
+class Earlier(Protocol):
+    """A continuation's earlier items (gateway/store/history.py): as items, or as the messages kept with each
+    stored turn (`turn_messages`) when every turn has them under the same translation options."""
+
+    def items(self) -> list[dict[str, Any]]: ...
+
+    def kept(self, keys: tuple[str, ...]) -> list[dict[str, Any]] | None: ...
+
+
+class _NotKept(Exception):
+    """Kept messages do not fit this request (a tool name maps otherwise here): the items are translated."""
+
+
+def translate_request(body: Any, config: UpstreamConfig, earlier: Earlier | None = None) -> ChatRequest:
+    """`body` as a Chat Completions request for an upstream with `config`; `earlier`: a continuation's items
+    before `body["input"]`, placed by their kept messages where it can be (the same messages, far cheaper)."""
+    kept = earlier.kept(translation_keys(config)) if earlier is not None else None
+    if kept is not None:
+        try:
+            return _translate(body, config, kept)
+        except _NotKept:
+            pass
+    if earlier is not None:
+        body = {**body, "input": [*earlier.items(), *body["input"]]}
+    return _translate(body, config, None)
+
+
+def _translate(body: Any, config: UpstreamConfig, kept: list[dict[str, Any]] | None) -> ChatRequest:
     if not isinstance(body, dict):
         raise _fail("The request body must be a JSON object.", None)
     model = body.get("model")
@@ -173,7 +201,7 @@ def translate_request(body: Any, config: UpstreamConfig) -> ChatRequest:
     custom: set[str] = set()
     tools = _tools(body.get("tools"), names, config, warnings, custom)
     tools += _additional_tools(body["input"], names, config, warnings, custom, {t["function"]["name"] for t in tools})
-    messages = _messages(body["input"], instructions, names, config=config, warnings=warnings)
+    messages = _messages(body["input"], instructions, names, config=config, warnings=warnings, kept=kept)
 
     chat: dict[str, Any] = {"model": model, "messages": messages, "stream": True,
                             "stream_options": {"include_usage": True}}
@@ -424,7 +452,8 @@ class _Conversation:
         self.call_id_style = config.tool_call_id_style
         self.warnings = warnings if warnings is not None else []
         self.reasoning: list[str] = []   # reasoning items waiting for the next assistant message
-        self.calls: set[str] | None = set()  # the client's call ids so far; None: outputs are not checked
+        self.calls: set[str] = set()   # the client's call ids so far
+        self.checks = True   # every tool output must follow its call (False: its call may be in items not seen)
 
     def add(self, message: dict[str, Any]) -> None:
         if message["role"] == "assistant":
@@ -459,20 +488,119 @@ class _Conversation:
 
 
 def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config: UpstreamConfig | None = None,
-              warnings: list[str] | None = None, param: str = "input", whole: bool = True) -> list[dict[str, Any]]:
-    """The chat messages for `items`; `whole` when they are a whole context, so that every tool
-    output must follow its call (as OpenAI checks: upstreams refuse an orphan tool message)."""
+              warnings: list[str] | None = None, param: str = "input", whole: bool = True,
+              kept: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The chat messages for `items` (after the `kept` messages of earlier turns); `whole` when they are a
+    whole context, so that every tool output must follow its call (as OpenAI checks: upstreams refuse an
+    orphan tool message)."""
     conversation = _Conversation(names, config, warnings)
-    if not whole:
-        conversation.calls = None
+    conversation.checks = whole
     if instructions:
         conversation.system.append(instructions)
     if isinstance(items, str):
         conversation.add({"role": "user", "content": items})
         return conversation.build()
+    start = _place_kept(conversation, kept) if kept is not None else 0
     for i, item in enumerate(items):
-        _item(conversation, item, f"{param}[{i}]")
+        _item(conversation, item, f"{param}[{start + i}]")
     return conversation.build()
+
+
+# ---------------------------------------------------------------------- a stored turn's messages, kept
+# A turn's own items translate to the same messages on every later turn, provided the options are the same
+# and its first message cannot merge into the turn before it. So a stored response keeps them, encoded once,
+# and a continuation places them instead of translating its whole history again. Bump KEPT_VERSION when
+# translating items changes, so that messages kept by an earlier version are not used.
+KEPT_VERSION = 1
+# Kinds whose translation depends on the item alone (and on the options); the others are translated each time.
+_PLACE_NOTHING = ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "compaction_trigger")
+_KEPT_KINDS = frozenset(("message", "function_call", "custom_tool_call", "function_call_output",
+                         "custom_tool_call_output", "reasoning", "mcp_call", "compaction", *_PLACE_NOTHING))
+# A first message of these kinds merges into nothing before it (and drops reasoning waiting for an answer).
+_CLEAN_STARTS = ("function_call_output", "custom_tool_call_output", "compaction")
+
+
+def translation_keys(config: UpstreamConfig) -> tuple[str, str]:
+    """What kept messages were translated under: KEPT_VERSION and the upstream's translation options, for
+    items without sealed state, and with the sealer in effect too, for items with (an empty reasoning_key is
+    a key of this process alone, so those are translated again after a restart). Hashes: no key is stored."""
+    options = (KEPT_VERSION, config.translation_but_key)
+    sealed = (*options, sealer_for(config.reasoning_key).fingerprint)
+    return _digest(options), _digest(sealed)
+
+
+def _digest(options: tuple[Any, ...]) -> str:
+    return hashlib.sha256(repr(options).encode()).hexdigest()[:24]
+
+
+class _NamesAsked(_ToolNames):
+    """Tool names that also remembers what was asked, in order: (name, namespace, upstream name)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, str | None, str]] = []
+
+    def upstream(self, name: str, namespace: str | None = None) -> str:
+        candidate = super().upstream(name, namespace)
+        self.asked.append((name, namespace, candidate))
+        return candidate
+
+
+def turn_messages(items: list[dict[str, Any]], config: UpstreamConfig) -> dict[str, Any] | None:
+    """A stored turn's own items (its input and output, as a later turn reads them) as what translating them
+    adds to a context: system text, messages, call ids, tool names asked, reasoning left waiting; None when
+    they cannot be kept (a first message that would merge into the turn before, a kind in no `_KEPT_KINDS`,
+    or warnings, which each turn translating the items logs again)."""
+    if not _starts_clean(items) or not all(_keepable(item) for item in items):
+        return None
+    names = _NamesAsked()
+    conversation = _Conversation(names, config)
+    conversation.checks = False  # a call may be in an earlier turn; the turn itself was checked
+    try:
+        for i, item in enumerate(items):
+            _item(conversation, item, f"input[{i}]")
+    except InvalidRequest:
+        return None
+    if conversation.warnings:
+        return None
+    sealed = any(item.get("encrypted_content") for item in items)  # a reasoning token, a compacted window
+    kept = {"key": translation_keys(config)[sealed], "items": len(items), "messages": conversation.messages}
+    more = {"system": conversation.system, "calls": sorted(conversation.calls), "names": names.asked,
+            "reasoning": conversation.reasoning, "reset": any(item["type"] == "compaction" for item in items)}
+    kept.update((name, value) for name, value in more.items() if value)  # most are empty: less to parse
+    return kept
+
+
+def _keepable(item: dict[str, Any]) -> bool:
+    # An mcp_call without an id is called by its position in the whole context.
+    return item.get("type") in _KEPT_KINDS and (item["type"] != "mcp_call" or isinstance(item.get("id"), str))
+
+
+def _starts_clean(items: list[dict[str, Any]]) -> bool:
+    for item in items:
+        kind = item.get("type")
+        if kind in _PLACE_NOTHING or kind == "message" and item.get("role") in ("system", "developer"):
+            continue
+        return kind in _CLEAN_STARTS or kind == "message" and item.get("role") == "user"
+    return False
+
+
+def _place_kept(conversation: _Conversation, kept: list[dict[str, Any]]) -> int:
+    """Earlier turns' kept messages where translating their items would have put them; how many items they
+    stand for (later items are numbered after them, as in the whole context)."""
+    count = 0
+    for turn in kept:
+        for name, namespace, upstream in turn.get("names", ()):  # in the order translating them asks
+            if conversation.names.upstream(name, namespace) != upstream:
+                raise _NotKept
+        if "reset" in turn:  # a compaction stands for everything before it
+            conversation.messages, conversation.calls = [], set()
+        conversation.system += turn.get("system", ())
+        conversation.messages += turn["messages"]
+        conversation.calls.update(turn.get("calls", ()))
+        conversation.reasoning = turn.get("reasoning", [])
+        count += turn["items"]
+    return count
 
 
 def check_items(items: list[dict[str, Any]], param: str) -> None:
@@ -504,7 +632,7 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         if not isinstance(call_id, str):
             raise _fail(f"Invalid '{param}.call_id': expected a string.", f"{param}.call_id")
         content = _output_text(item.get("output"), f"{param}.output")
-        if conversation.calls is not None and call_id not in conversation.calls:
+        if conversation.checks and call_id not in conversation.calls:
             raise _fail(f"No tool call found for function call output with call_id {call_id}.", f"{param}.call_id")
         conversation.add({"role": "tool", "tool_call_id": conversation.call_id(call_id), "content": content})
     elif kind == "reasoning":
@@ -554,12 +682,11 @@ def _tool_history_item(conversation: _Conversation, item: dict[str, Any], param:
     except BadItem as exc:
         raise _fail(f"Invalid '{param}.{exc.key}': expected {exc.what}.", f"{param}.{exc.key}") from None
     if isinstance(done, Call):
-        if conversation.calls is not None:
-            conversation.calls.add(done.call_id)
+        conversation.calls.add(done.call_id)
         conversation.add_call({"id": conversation.call_id(done.call_id), "type": "function",
                                "function": {"name": conversation.names.upstream(done.name), "arguments": done.arguments}})
     elif isinstance(done, Output):
-        if conversation.calls is not None and done.call_id not in conversation.calls:
+        if conversation.checks and done.call_id not in conversation.calls:
             raise _fail(f"No tool call found for {item['type']} with call_id {done.call_id}.", f"{param}.call_id")
         conversation.add({"role": "tool", "tool_call_id": conversation.call_id(done.call_id), "content": done.text})
     elif isinstance(done, Context):
@@ -599,9 +726,7 @@ def _compaction_item(conversation: _Conversation, item: dict[str, Any], param: s
     kept, summary = window
     # The window stands for everything before it (a chain replayed past an in-request compaction holds
     # the turns it compacted): only the system text stays.
-    conversation.messages, conversation.reasoning = [], []
-    if conversation.calls is not None:
-        conversation.calls = set()
+    conversation.messages, conversation.reasoning, conversation.calls = [], [], set()
     for message in kept:
         _message_item(conversation, message, f"{param}.encrypted_content")
     conversation.add({"role": "user", "content": SUMMARY_PREFIX + summary})
@@ -617,8 +742,7 @@ def _history_call(conversation: _Conversation, item: dict[str, Any], param: str,
                   arguments: str) -> None:
     """An earlier call as an assistant tool call, with the upstream's metadata and id form restored."""
     namespace = _namespace(item.get("namespace"), f"{param}.namespace")
-    if conversation.calls is not None:
-        conversation.calls.add(call_id)
+    conversation.calls.add(call_id)
     call: dict[str, Any] = {"id": conversation.call_id(call_id), "type": "function",
                             "function": {"name": conversation.names.upstream(name, namespace),
                                          "arguments": arguments}}

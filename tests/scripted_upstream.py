@@ -31,6 +31,7 @@ class Reply:
 class Recorded:
     body: dict[str, Any]
     headers: dict[str, str]
+    raw: bytes = b""   # the body as sent
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, usage: dict[str, Any] | None = None,
@@ -126,8 +127,9 @@ class ScriptedUpstream:
         return web.json_response(self.model_list)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
         try:
-            body = await request.json()
+            body = json.loads(raw)
         except ValueError:
             return web.json_response({"error": {"message": "body is not JSON", "type": "invalid_request_error",
                                                 "param": None, "code": None}}, status=400)
@@ -135,7 +137,7 @@ class ScriptedUpstream:
             return web.json_response({"error": {"message": "body must be an object",
                                                 "type": "invalid_request_error", "param": None,
                                                 "code": None}}, status=400)
-        self.requests.append(Recorded(body, dict(request.headers)))
+        self.requests.append(Recorded(body, dict(request.headers), raw))
         reply = self._next(body)
         if reply.delay_headers:
             await asyncio.sleep(reply.delay_headers)

@@ -368,7 +368,7 @@ async def test_chains_of_records_written_before_chain_came_last_load_whole(store
         k: v for k, v in new[0][1].items() if k != "chain"}, new[1][0]: new[1][1]}
     service = StateService(store, StoreConfig())
     turn = await service.prepare({"model": "m", "input": "next", "previous_response_id": new[-1][0]}, "alice")
-    assert [item["id"] for item in turn.context] == [f"msg_{i}" for i in range(6)]
+    assert [item["id"] for item in turn.earlier()] == [f"msg_{i}" for i in range(6)]
 
 
 async def test_a_sqlite_file_of_the_earlier_schema_is_upgraded_and_its_records_read(tmp_path):

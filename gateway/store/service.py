@@ -1,11 +1,12 @@
 """Responses semantics on top of a `Store`: owners, input items with ids, chains, conversations.
 
 Records are JSON (orjson):
-- a response: `{"owner", "response": <final Response>, "input": [items], "resumable", "chain": [ancestor
-  ids]}` (`resumable`: a background response created with `stream`, its event log kept);
-  `chain` lists every earlier response of its `previous_response_id` chain, oldest first, so a
-  chain is read back in one store round trip (`Store.get_chain`); it comes last, so that the store hands
-  out an ancestor without it (base.chain_suffix_lengths) and the reader does not parse it;
+- a response: `{"owner", "response": <final Response>, "input": [items], "resumable", "upstream": {…},
+  "upstream_bytes", "chain": [ancestor ids]}` (`resumable`: a background response created with `stream`,
+  its event log kept; `upstream`: the chat messages of its own items, kept for later turns, see
+  history.py); `chain` lists every earlier response of its `previous_response_id` chain, oldest first,
+  so a chain is read back in one store round trip (`Store.get_chain`); it comes last, so that the store
+  hands out an ancestor without it (base.chain_suffix_lengths) and the reader does not parse it;
 - a conversation: `{"owner", "conversation": <Conversation object>}`, its items stored apart.
 An object of another owner is treated exactly like a missing one.
 """
@@ -19,11 +20,15 @@ from typing import Any
 
 import orjson
 
-from ..config import StoreConfig
+from ..config import StoreConfig, UpstreamConfig
 from ..errors import InvalidRequest
 from ..log import get_logger
+from ..translate import turn_messages
 from . import display_url
 from .base import Order, Store, StoreUnavailable
+from .history import History, ancestor_record, encode_record, history_item
+
+__all__ = ["ancestor_record", "history_item"]  # where readers of records have always found them
 
 ANONYMOUS = "anonymous"
 TERMINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled")
@@ -86,26 +91,6 @@ def normalize_items(items: Any, param: str = "input") -> list[dict[str, Any]]:
     return out
 
 
-_CHAIN_KEY = b',"chain":['
-
-
-def ancestor_record(raw: bytes) -> dict[str, Any]:
-    """A stored response record without its `chain`, which an ancestor's reader does not need: each record
-    of a chain of D turns holds up to D ancestor ids, so parsing them all made loading the chain cost D²."""
-    cut = raw.rfind(_CHAIN_KEY) if isinstance(raw, bytes) else -1
-    if cut > 0 and raw.endswith(b"]}"):  # `chain` is the record's last key (encode_response)
-        return orjson.loads(raw[:cut] + b"}")
-    return orjson.loads(raw)  # a record written before `chain` came last
-
-
-def history_item(item: dict[str, Any]) -> dict[str, Any]:
-    """A stored item as context for a new turn: reasoning by its text (the content is stored
-    with it, so a token sealed under an earlier process's key is not needed)."""
-    if item.get("type") == "reasoning" and "encrypted_content" in item and item.get("content"):
-        return {k: v for k, v in item.items() if k != "encrypted_content"}
-    return item
-
-
 @dataclass
 class Turn:
     """What one create request needs from the store: its context and what to record after."""
@@ -113,10 +98,18 @@ class Turn:
     owner: str
     store: bool
     input_items: list[dict[str, Any]]
-    context: list[dict[str, Any]] = field(default_factory=list)   # earlier items, oldest first
+    context: list[dict[str, Any]] = field(default_factory=list)   # earlier items, oldest first (a conversation's)
+    history: History | None = None                                # a chain's, read when needed
     chain: list[str] = field(default_factory=list)                # ancestors to record with the response
     conversation_id: str | None = None
     resumable: bool = False   # a background response created with stream: its stream can be resumed
+    upstream: UpstreamConfig | None = None   # the options the turn was translated with: its messages are kept
+
+    def earlier(self) -> list[dict[str, Any]]:
+        """The earlier items, parsed from a chain's records if need be."""
+        if self.history is not None:
+            self.context, self.history = self.history.items(), None
+        return self.context
 
     @property
     def records(self) -> bool:
@@ -188,8 +181,9 @@ class StateService:
     async def _resolve_references(self, turn: Turn) -> None:
         """Each `item_reference` resolved in the turn's context (its previous_response_id chain or
         conversation, both already checked to be the owner's). (The stores keep no index by item id, so
-        an item outside the turn's context cannot be found.)"""
-        turn.input_items = resolve_references(turn.input_items, turn.context)
+        an item outside the turn's context cannot be found.) The chain is parsed whole only then."""
+        if any(item["type"] == "item_reference" for item in turn.input_items):
+            turn.input_items = resolve_references(turn.input_items, turn.earlier())
 
     async def _load_chain(self, turn: Turn, previous: str) -> None:
         found = await self.call(self.store.get_chain(previous))   # the whole chain in one read
@@ -202,16 +196,15 @@ class StateService:
                                  f"({self.config.max_chain_length} responses, store.max_chain_length); start a "
                                  "new chain with the conversation items as input.", param="previous_response_id",
                                  code="chain_too_long")
-        records = []
+        owned = b'{"owner":' + orjson.dumps(turn.owner) + b","   # how encode_response begins a record
+        ancestors = []
         for rid in parent["chain"]:
-            record = ancestor_record(found[rid]) if rid in found else None
-            if record is None or record["owner"] != turn.owner:
+            raw = found.get(rid)
+            if raw is None or not raw.startswith(owned) and ancestor_record(raw)["owner"] != turn.owner:
                 raise previous_not_found(rid)  # an ancestor was deleted: the history cannot be rebuilt
-            records.append(record)
-        records.append(parent)
+            ancestors.append(raw)
         turn.chain = chain
-        turn.context = [history_item(item) for record in records
-                        for item in (*record["input"], *record["response"]["output"])]
+        turn.history = History(ancestors, parent)
 
     async def _load_conversation(self, turn: Turn, conversation_id: str) -> None:
         await self.conversation(conversation_id, turn.owner)
@@ -219,9 +212,12 @@ class StateService:
         turn.context = [history_item(orjson.loads(item)) for item in items]
 
     def encode_response(self, turn: Turn, response: dict[str, Any]) -> bytes:
-        # `chain` last: an ancestor's record is read without it (ancestor_record).
-        return orjson.dumps({"owner": turn.owner, "response": response, "input": turn.input_items,
-                             "resumable": turn.resumable, "chain": turn.chain})
+        kept = None
+        if turn.upstream is not None:
+            kept = turn_messages([history_item(item) for item in (*turn.input_items, *response["output"])],
+                                 turn.upstream)
+        return encode_record({"owner": turn.owner, "response": response, "input": turn.input_items,
+                              "resumable": turn.resumable}, kept, turn.chain)
 
     async def record(self, turn: Turn, response: dict[str, Any]) -> None:
         """Write the finished response (store true) and add the turn to its conversation."""
@@ -337,10 +333,29 @@ def with_context(body: Any, turn: Turn | None) -> Any:
 
     The turn lets go of its context here: the translated request is the only copy needed.
     """
-    if turn is None or not turn.context:
+    if turn is None or not turn.earlier():
         return body
     context, turn.context = turn.context, []
     return {**body, "input": [*context, *turn.input_items]}
+
+
+def with_history(body: Any, turn: Turn | None) -> tuple[Any, History | None]:
+    """`with_context`, except that a chain's earlier turns stay as read, for translate.py to place by their
+    kept messages: the request with this turn's input alone, and the history. Not where something else reads
+    the earlier items (the mcp tool loop its approvals and listings, compaction the whole context)."""
+    if turn is None or turn.history is None or _reads_context(body):
+        return with_context(body, turn), None
+    history, turn.history = turn.history, None
+    return {**body, "input": turn.input_items}, history
+
+
+def _reads_context(body: dict[str, Any]) -> bool:
+    """Whether the request asks for compaction or has mcp tools (gateway/auto_compaction.py, gateway/tools)."""
+    items, tools = body["input"], body.get("tools")
+    trigger = isinstance(items, list) and bool(items) and isinstance(items[-1], dict) \
+        and items[-1].get("type") == "compaction_trigger"
+    mcp = isinstance(tools, list) and any(isinstance(tool, dict) and tool.get("type") == "mcp" for tool in tools)
+    return trigger or mcp or body.get("context_management") is not None
 
 
 def conversation_id_of(value: Any) -> str | None:
