@@ -214,9 +214,7 @@ class BackgroundRuns:
         if turn is None or not turn.store:
             raise InvalidRequest("Background mode requires store=true: a background response is kept so it can "
                                  "be polled; stateless requests cannot run in the background.", param="background")
-        if self.state.shutting_down:
-            raise GatewayError("The gateway is shutting down; retry the request.", status=503,
-                               code="server_shutting_down", headers={"Retry-After": "1"})
+        self.state.refuse_when_shutting_down()
         if len(self.queue) >= self.state.config.server.max_queued_background:
             raise GatewayError("Too many background responses waiting on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})

@@ -14,7 +14,6 @@ from aiohttp import web
 from .auto_compaction import summarise
 from .compaction import (CompactRequest, compacted_response, kept_user_messages, parse_compact_request, seal_window,
                          summary_request)
-from .errors import GatewayError
 from .keys import owner_of
 from .request_context import finished_line
 from .routes import json_response, read_json
@@ -32,9 +31,7 @@ async def compact_response(request: web.Request) -> web.Response:
     fields: dict[str, Any] = {"model": None, "upstream": None, "kept": None, "input_tokens": None,
                               "output_tokens": None, "error_code": None}
     with finished_line("compaction.finished", fields) as outcome:
-        if state.shutting_down:
-            raise GatewayError("The gateway is shutting down; retry the request.", status=503,
-                               code="server_shutting_down", headers={"Retry-After": "1"})
+        state.refuse_when_shutting_down()
         compact = parse_compact_request(await read_json(request, state))
         fields["model"] = compact.model
         items = await _window(state, compact, owner_of(request))

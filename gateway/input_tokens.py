@@ -31,6 +31,7 @@ async def count_input_tokens(request: web.Request) -> web.Response:
     fields: dict[str, Any] = {"model": None, "upstream": None, "source": None, "input_tokens": None,
                               "error_code": None}
     with finished_line("input_tokens.finished", fields) as outcome:
+        state.refuse_when_shutting_down()
         body = await read_json(request, state)
         if not isinstance(body, dict):
             raise InvalidRequest("The request body must be a JSON object.")

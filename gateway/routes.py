@@ -105,9 +105,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     routed: RoutedRequest | None = None
     settled: dict[str, Any] | None = None
     try:
-        if state.shutting_down:
-            raise GatewayError("The gateway is shutting down; retry the request.", status=503,
-                               code="server_shutting_down", headers={"Retry-After": "1"})
+        state.refuse_when_shutting_down()
         body = await read_json(request, state)
         background = isinstance(body, dict) and body.get("background") is True  # queued past the limit instead
         if state.active >= state.config.server.max_concurrent_streams and not background:

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .capture import CaptureStore
 from .config import Config
+from .errors import GatewayError
 from .event_stream import KeepAlive
 from .inspector import Inspector
 from .memory import Trimmer
@@ -49,6 +50,12 @@ class AppState:
     @property
     def active(self) -> int:
         return len(self.runs) + len(self.sockets) - self.socket_turns
+
+    def refuse_when_shutting_down(self, retry: str = "retry the request") -> None:
+        """New work is refused (503) once shutdown began: running streams get the time left."""
+        if self.shutting_down:
+            raise GatewayError(f"The gateway is shutting down; {retry}.", status=503, code="server_shutting_down",
+                               headers={"Retry-After": "1"})
 
     def run_ended(self, run: Run) -> None:
         """Forget a finished run; the trimmer decides whether the memory it freed should go back now."""

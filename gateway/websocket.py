@@ -299,9 +299,7 @@ class Connection:
         previous = body.get("previous_response_id")
         routed: RoutedRequest | None = None
         try:
-            if state.shutting_down:
-                raise GatewayError("The gateway is shutting down; retry on a new connection.", status=503,
-                                   code="server_shutting_down")
+            state.refuse_when_shutting_down("retry on a new connection")
             routed = route_request(state, request, body.get("model"), hold=False)  # the connection holds it
             turn, body = await self._context(body)
             body = {**body, "stream": True}  # events stream on the socket, always
@@ -403,9 +401,7 @@ async def responses_socket(request: web.Request) -> web.StreamResponse:
     received = time.monotonic()
     key = request_key(request)
     try:
-        if state.shutting_down:
-            raise GatewayError("The gateway is shutting down; retry the request.", status=503,
-                               code="server_shutting_down", headers={"Retry-After": "1"})
+        state.refuse_when_shutting_down()
         if state.active >= config.max_concurrent_streams:
             raise GatewayError("Too many concurrent streams on this gateway; retry shortly.", status=429,
                                code="rate_limit_exceeded", headers={"Retry-After": "1"})

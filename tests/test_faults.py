@@ -273,6 +273,11 @@ async def test_shutdown_lets_streams_finish_within_grace(upstream, make_gateway,
     late, late_raw = await post_stream(http, gateway, {})  # a keep-alive connection during the drain
     assert late.status == 503
     assert json.loads(late_raw)["error"]["code"] == "server_shutting_down"
+    for path in ("/v1/responses/compact", "/v1/responses/input_tokens"):  # nothing new starts upstream
+        async with http.post(gateway.make_url(path), json={"model": "m", "input": "x"}) as refused:
+            assert refused.status == 503 and refused.headers["Retry-After"] == "1", path
+            assert (await refused.json())["error"]["code"] == "server_shutting_down"
+    assert len(upstream.requests) == 1
     response, raw = await asyncio.wait_for(task, 5)
     await shutdown
     assert assert_valid_stream(raw)["text"] == "ab"
