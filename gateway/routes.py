@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -24,8 +24,9 @@ from .request_context import current_request_id, log_finished, request_id_of
 from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
-from .store.service import with_history
-from .translate import ChatRequest, Earlier
+from .store.history import History
+from .store.service import Turn, with_history
+from .translate import ChatRequest
 from .upstream import http_error
 
 _JSON_TYPES = ("application/json", "")
@@ -115,14 +116,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         turn = await state.stored.prepare(body, owner_of(request))
         if background:
             state.background.admit(turn)
-        # With earlier items where they are read (approval requests are answered from them), else a chain's
-        # turns as stored, placed by their kept messages.
-        document, earlier = with_history(body, turn)
-        chat, loop, settled = await plan_create(state, request, routed, document, earlier)
-        del earlier
-        if turn is not None:
-            turn.upstream = routed.config  # its messages are kept as translated for this upstream
-        del document
+        plan = await plan_create(state, request, routed, body, turn)
+        chat, loop, settled = plan.chat, plan.loop, plan.settled
+        del plan  # the chain's records and the document: `chat` is what is sent
         if background:
             return await state.background.submit(request, request_id, received, turn, chat, routed, loop, settled)
     except GatewayError as exc:
@@ -159,15 +155,25 @@ async def create_response(request: web.Request) -> web.StreamResponse:
                             capture=capture, watch=watch)
 
 
-async def plan_create(state: AppState, request: web.Request, routed: RoutedRequest, document: Any,
-                      earlier: Earlier | None = None, *,
-                      compact: bool = True) -> tuple[ChatRequest, ToolLoop | None, dict[str, Any] | None]:
-    """What a create request runs, from its body with its context (`with_context`, or `with_history` and
-    the chain's `earlier` turns as stored), for a POST and a
-    WebSocket turn alike: the upstream request (compacted first when it asks: gateway/auto_compaction.py;
-    not `compact`: a warm-up, which calls no upstream), its tool loop, and for a compaction_trigger the
-    usage of the answer the compaction settled (else None). Every refusal comes before the first upstream
-    call (a compaction's token count or summary)."""
+class Plan(NamedTuple):
+    """What a create request runs (`plan_create`)."""
+
+    document: Any                    # the request as translated: with a chain, its own input alone
+    earlier: History | None          # the chain's earlier turns as read from the store (else None)
+    chat: ChatRequest                # the upstream request
+    loop: ToolLoop | None            # its tool loop
+    settled: dict[str, Any] | None   # for a compaction_trigger, the usage of the answer the compaction settled
+
+
+async def plan_create(state: AppState, request: web.Request, routed: RoutedRequest, body: Any, turn: Turn | None,
+                      *, compact: bool = True) -> Plan:
+    """What a create request runs, for a POST and a WebSocket turn alike, from its body and its turn's store
+    plan: the upstream request (compacted first when it asks: gateway/auto_compaction.py; not `compact`: a
+    warm-up, which calls no upstream) and its tool loop. The context comes with earlier items where they are
+    read (approval requests are answered from them), else as a chain's turns as stored, placed by their kept
+    messages (`with_history`); the turn then keeps its own, as translated for the routed upstream. Every
+    refusal comes before the first upstream call (a compaction's token count or summary)."""
+    document, earlier = with_history(body, turn)
     chat, settled = routed.translate(document, earlier), None
     loop = ToolLoop.for_request(document, chat, state.config, request_key(request), state.mcp_sessions)
     if loop is not None and compact:
@@ -176,7 +182,9 @@ async def plan_create(state: AppState, request: web.Request, routed: RoutedReque
     if asked is not None and compact:  # context_management or a compaction_trigger
         compacted = await compact_in_request(state, request, routed, document, chat, asked)
         chat, settled = compacted.chat, compacted.settled
-    return chat, loop, settled
+    if turn is not None:
+        turn.upstream = routed.config
+    return Plan(document, earlier, chat, loop, settled)
 
 
 async def run_create(state: AppState, request: web.Request, run: Run, routed: RoutedRequest, sink: Sink,

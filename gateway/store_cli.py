@@ -1,6 +1,6 @@
 """The store's own commands:
-- `gateway migrate [--config FILE] [--store URL]`: apply the PostgreSQL store's schema migrations on their
-  own (a deploy step before starting new instances); `gateway serve` also applies them at start;
+- `gateway migrate [--config FILE] [--store URL]`: apply the PostgreSQL or SQLite store's schema migrations on
+  their own (a deploy step before starting new instances); `gateway serve` also applies them at start;
 - `gateway store export|import [--config FILE] [--store URL] [FILE]`: every live response and conversation
   as JSON lines, from any backend into any other (e.g. SQLite to PostgreSQL), keeping each one's time left.
 """
@@ -21,9 +21,10 @@ from .store import POSTGRES_SCHEMES, Store, StoreUnavailable, display_url, open_
 
 
 def register(commands: Any) -> None:
-    migrate = commands.add_parser("migrate", help="apply the PostgreSQL store's schema migrations and exit",
-                                  description="Apply the missing schema migrations of store.url (PostgreSQL) "
-                                  "under an advisory lock, print the versions applied, and exit.")
+    migrate = commands.add_parser("migrate", help="apply the store's schema migrations and exit",
+                                  description="Apply the missing schema migrations of store.url (PostgreSQL "
+                                  "under an advisory lock, SQLite in one transaction), print the versions "
+                                  "applied, and exit.")
     _store_arguments(migrate)
     migrate.set_defaults(run=run_migrate)
     store = commands.add_parser("store", help="export or import stored responses and conversations (JSON lines)")
@@ -52,16 +53,21 @@ def _store_url(args: argparse.Namespace) -> str:
 
 def run_migrate(args: argparse.Namespace) -> int:
     url = _store_url(args)
-    if not url.startswith(POSTGRES_SCHEMES):
-        print(f"{display_url(url)}: nothing to migrate (only a PostgreSQL store has versioned migrations)")
+    if url.startswith(POSTGRES_SCHEMES):
+        from .store.postgres import MIGRATIONS, migrate_url
+        latest = MIGRATIONS[-1][0]
+    elif url.startswith("sqlite:"):
+        from .store.sqlite import SCHEMA_VERSION as latest
+        from .store.sqlite import migrate_url
+    else:
+        print(f"{display_url(url)}: nothing to migrate (only PostgreSQL and SQLite stores have versioned schemas)")
         return 0
-    from .store.postgres import MIGRATIONS, migrate_url
     try:
         applied = asyncio.run(migrate_url(url))
     except StoreUnavailable as exc:
         raise CliError(exc.detail) from None
     done = f"applied {', '.join(map(str, applied))}" if applied else "nothing to apply"
-    print(f"{display_url(url)}: {done}; schema at version {MIGRATIONS[-1][0]}")
+    print(f"{display_url(url)}: {done}; schema at version {latest}")
     return 0
 
 

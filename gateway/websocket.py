@@ -46,8 +46,9 @@ from .routing import RoutedRequest, route_request
 from .sse import Joined
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
-from .store.service import (Turn, history_item, normalize_items, previous_not_found, resolve_references,
-                            with_context)
+from .store.history import History
+from .store.service import (Turn, both_previous_and_conversation, history_item, normalize_items, previous_not_found,
+                            resolve_references)
 from .stream_processor import TERMINAL_TYPES
 
 MAX_QUEUED = 8  # `response.create` messages waiting behind the running one; more are refused (429)
@@ -183,13 +184,33 @@ def too_large(limit: int) -> InvalidRequest:
                           status=413, code="request_too_large")
 
 
+class Context:
+    """A turn's items: its input (with the earlier items its body carried), after a chain's earlier turns as
+    read from the store, which are parsed only when a later turn needs them (a `store: false` continuation)."""
+
+    __slots__ = ("_items", "_history")
+
+    def __init__(self, items: list[dict[str, Any]], history: History | None) -> None:
+        self._items = items
+        self._history = history
+
+    def items(self) -> list[dict[str, Any]]:
+        if self._history is not None:
+            self._items, self._history = [*self._history.items(), *self._items], None
+        return self._items
+
+    def then(self, output: list[dict[str, Any]]) -> Context:
+        """This context followed by `output`."""
+        return Context([*self._items, *output], self._history)
+
+
 @dataclass(slots=True)
 class Latest:
     """The connection-local cache: the latest response and everything it was made from."""
 
     response_id: str
-    items: list[dict[str, Any]]  # its whole context: input items (earlier turns' too), then its output
-    stored: bool                 # recorded in the store (its chain continues there)
+    context: Context   # its whole context: input items (earlier turns' too), then its output
+    stored: bool       # recorded in the store (its chain continues there)
 
 
 # ---------------------------------------------------------------------------------------- a connection
@@ -302,9 +323,10 @@ class Connection:
             state.refuse_when_shutting_down("retry on a new connection")
             routed = route_request(state, request, body.get("model"), hold=False)  # the connection holds it
             turn, body = await self._context(body)
-            body = {**body, "stream": True}  # events stream on the socket, always
-            chat, loop, settled = await plan_create(state, request, routed, body, compact=generate)
-            context = normalize_items(body["input"])
+            plan = await plan_create(state, request, routed, {**body, "stream": True}, turn, compact=generate)
+            body, chat, loop, settled = plan.document, plan.chat, plan.loop, plan.settled   # events stream, always
+            context = Context(normalize_items(body["input"]), plan.earlier)
+            del plan
         except GatewayError as exc:
             if routed is not None:
                 routed.release()
@@ -351,10 +373,10 @@ class Connection:
         await sink.finish()
 
     async def _context(self, body: dict[str, Any]) -> tuple[Turn | None, dict[str, Any]]:
-        """The turn's store plan and its body with every earlier item in `input`.
+        """The turn's store plan and its body, for `plan_create` to add the store's context to.
 
-        A continuation of the cached response takes its items from here; unless both are stored,
-        then the store continues the chain. `store: false` has no fallback past the cache.
+        A continuation of the cached response takes its items from here, in `input`; unless both are
+        stored, then the store continues the chain. `store: false` has no fallback past the cache.
         """
         previous = body.get("previous_response_id")
         latest = self.latest if isinstance(previous, str) and self.latest and self.latest.response_id == previous \
@@ -364,22 +386,24 @@ class Connection:
             raise previous_not_found(previous)
         prepare = self.state.stored.prepare
         if latest is not None and not (stored and latest.stored):
+            if body.get("conversation") is not None:   # as without the cache (prepare)
+                raise both_previous_and_conversation()
             new = body.get("input")
-            new = resolve_references(normalize_items(new), latest.items) if new is not None else []
-            body = {**body, "input": [*latest.items, *new]}
+            items = latest.context.items()
+            new = resolve_references(normalize_items(new), items) if new is not None else []
+            body = {**body, "input": [*items, *new]}
             # A stored turn from an unstored parent records its whole context: it has no chain to read.
             return await prepare({**body, "previous_response_id": None}, self.owner), body
-        turn = await prepare(body, self.owner)
-        return turn, with_context(body, turn)
+        return await prepare(body, self.owner), body
 
-    def _remember(self, run: Run, turn: Turn | None, context: list[dict[str, Any]], previous: Any) -> None:
+    def _remember(self, run: Run, turn: Turn | None, context: Context, previous: Any) -> None:
         """Keep a finished response as the latest; a failed continuation evicts the id it continued."""
         terminal = run.stream.terminal
         response = terminal["response"] if terminal is not None and terminal["type"] in TERMINAL_TYPES else None
         if response is None or response["status"] not in ("completed", "incomplete"):
             self._evict(previous)
             return
-        self.latest = Latest(response["id"], [*context, *map(history_item, response["output"])],
+        self.latest = Latest(response["id"], context.then(list(map(history_item, response["output"]))),
                              stored=turn is not None and turn.store)
 
     def _evict(self, previous: Any) -> None:

@@ -16,6 +16,7 @@ from gateway.translate import translation_keys, turn_messages
 from .conftest import routed_config, upstream_entry
 from .helpers import post
 from .scripted_upstream import Reply, chunk, error_reply, sse, text_reply, usage
+from .test_websocket import assert_valid_turn, create as create_message, turn_events, ws_url
 
 WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "Weather for a city.",
                 "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -85,6 +86,18 @@ def without_kept(record: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in record.items() if key not in ("upstream", "upstream_bytes")}
 
 
+def edited(record: dict[str, Any]) -> dict[str, Any]:
+    """A record whose kept user messages say so: where they are sent, the kept messages were placed."""
+    for message in record["upstream"]["messages"]:
+        if message["role"] == "user":
+            message["content"] = "kept: " + str(message["content"])
+    record["upstream_bytes"] = len(orjson.dumps(record["upstream"]))
+    return record
+
+
+EDITED = ["kept: Weather in Oslo?", "kept: thanks", "kept: and later?", "bye"]   # the user messages then sent
+
+
 async def test_kept_messages_send_the_bytes_a_whole_translation_sends(start_gateway, three_upstreams, store_url, http):
     alpha, beta, _ = three_upstreams
     # beta translates otherwise (mistral call ids, reasoning under another field), and is alpha's fallback.
@@ -120,18 +133,9 @@ async def test_a_continuation_places_the_kept_messages(make_gateway, upstream, h
     """The kept messages are what is sent (not the items translated again), while their options match."""
     gateway = await make_gateway(store={"url": "memory:"})
     ids = await build_chain(gateway, upstream, http, "scripted")
-
-    def edited(record: dict[str, Any]) -> dict[str, Any]:
-        for message in record["upstream"]["messages"]:
-            if message["role"] == "user":
-                message["content"] = "kept: " + str(message["content"])
-        record["upstream_bytes"] = len(orjson.dumps(record["upstream"]))
-        return record
-
     await rewrite(gateway, ids, edited)
     sent = orjson.loads(await continued(gateway, upstream, http, "scripted", ids[-1]))["messages"]
-    assert [m["content"] for m in sent if m["role"] == "user"] == ["kept: Weather in Oslo?", "kept: thanks",
-                                                                  "kept: and later?", "bye"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == EDITED
 
     await rewrite(gateway, ids[-1:], lambda record: {**record, "upstream": {**record["upstream"], "key": "other"}})
     sent = orjson.loads(await continued(gateway, upstream, http, "scripted", ids[-1]))["messages"]
@@ -166,3 +170,35 @@ def test_only_turns_with_sealed_state_depend_on_the_reasoning_key():
     kept = turn_messages(sealed, here)
     assert kept["key"] == translation_keys(here)[1] not in translation_keys(there)
     assert kept["messages"][-1] == {"role": "assistant", "content": "Yes.", "reasoning_content": "Hmm."}
+
+
+async def test_websocket_turns_keep_and_place_their_messages(make_gateway, upstream, http):
+    """Over the WebSocket transport too: each stored turn keeps its messages, a continuation of a stored chain
+    places them and sends the bytes a whole translation sends, and a `store: false` continuation from the
+    connection's cache still has the whole chain before it."""
+    gateway = await make_gateway(store={"url": "memory:"})
+    async with http.ws_connect(ws_url(gateway)) as ws:
+        ids: list[str] = []
+        for items, reply in TURNS:
+            upstream.enqueue(reply)
+            await ws.send_str(orjson.dumps(create_message(input=items, tools=[WEATHER_TOOL], store=True,
+                                                  **({"previous_response_id": ids[-1]} if ids else {}))).decode())
+            ids.append(assert_valid_turn(await turn_events(ws))["id"])
+        await ws.send_str(orjson.dumps(create_message(previous_response_id=ids[-1], **NEXT)).decode())
+        assert_valid_turn(await turn_events(ws))
+        from_cache = upstream.requests[-1].raw
+    assert all(b'"upstream_bytes":' in raw for raw in (await records(gateway, ids)).values())
+
+    async def continued_over_websocket() -> bytes:
+        async with http.ws_connect(ws_url(gateway)) as ws:   # a new connection: the chain is read from the store
+            await ws.send_str(orjson.dumps(create_message(previous_response_id=ids[-1], **{**NEXT, "store": True})).decode())
+            assert_valid_turn(await turn_events(ws))
+        return upstream.requests[-1].raw
+
+    kept = await continued_over_websocket()
+    assert from_cache == kept
+    await rewrite(gateway, ids, edited)
+    sent = orjson.loads(await continued_over_websocket())["messages"]
+    assert [m["content"] for m in sent if m["role"] == "user"] == EDITED
+    await rewrite(gateway, ids, without_kept)
+    assert await continued_over_websocket() == kept

@@ -17,7 +17,7 @@ from gateway.store import StoreUnavailable, open_store_url
 from gateway.store.redis import split_prefix
 from gateway.store.service import StateService, Turn, normalize_items, token_owner
 
-from .conftest import ROOT
+from .conftest import ROOT, run_cli
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "postgres", "hybrid"])
@@ -392,3 +392,48 @@ async def test_a_sqlite_file_of_the_earlier_schema_is_upgraded_and_its_records_r
         assert [d.record for d in [d async for d in store.dump()] if d.id == new[0]] == [orjson.dumps(new[1])]
     finally:
         await store.close()
+
+
+def _version_0_file(path: Any, records: list[tuple[str, bytes]]) -> None:
+    """A file as schema version 0 left it: `responses` WITHOUT ROWID, the record before `expires_at`, a record's
+    trailing `,"chain":[…]}` in `chain` (NULL for a record of another layout)."""
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE responses (id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL, "
+                "chain BLOB) WITHOUT ROWID")
+    old.execute("CREATE INDEX responses_by_expiry ON responses (expires_at)")
+    for rid, raw in records:
+        cut = raw.rfind(b',"chain":[')
+        head, chain = (raw[:cut], raw[cut:]) if raw.endswith(b"]}") else (raw, None)
+        old.execute("INSERT INTO responses VALUES (?, ?, 4e9, ?)", (rid, head, chain))
+    old.commit()
+    old.close()
+
+
+@pytest.mark.parametrize("how", ["open", "gateway migrate"])
+async def test_a_sqlite_file_of_schema_version_0_is_migrated_once(tmp_path, how):
+    path = tmp_path / "v0.db"
+    records = [*_chain_records(3, chain_last=False), *_chain_records(6)[3:]]
+    raw = [(rid, orjson.dumps(record)) for rid, record in records]
+    _version_0_file(path, raw)
+    if how == "gateway migrate":
+        assert await run_cli("migrate", "--store", f"sqlite:{path}") == (
+            0, f"sqlite:{path}: applied 1; schema at version 1\n")
+        assert (await run_cli("migrate", "--store", f"sqlite:{path}"))[1].endswith(
+            "nothing to apply; schema at version 1\n")
+    store = open_store_url(f"sqlite:{path}")
+    await store.open()
+    try:
+        assert await store.get_responses([rid for rid, _ in raw]) == dict(raw)
+        assert {d.id: d.record async for d in store.dump()} == dict(raw)
+        ancestors = {rid: orjson.dumps({k: v for k, v in record.items() if k != "chain"}) for rid, record in records}
+        assert await store.get_chain(records[-1][0]) == {**dict(raw[:3]), **dict(list(ancestors.items())[3:5]),
+                                                         records[-1][0]: raw[-1][1]}
+    finally:
+        await store.close()
+    migrated = sqlite3.connect(path)
+    assert migrated.execute("PRAGMA user_version").fetchone() == (1,)
+    table = migrated.execute("SELECT sql FROM sqlite_master WHERE name = 'responses'").fetchone()[0]
+    assert "WITHOUT ROWID" not in table and table.index("expires_at") < table.index("record")
+    assert {"responses_by_expiry", "conversations"} <= {row[0] for row in migrated.execute(
+        "SELECT name FROM sqlite_master")}
+    migrated.close()

@@ -59,6 +59,12 @@ def previous_not_found(response_id: str) -> InvalidRequest:
                           code="previous_response_not_found")
 
 
+def both_previous_and_conversation() -> InvalidRequest:
+    return InvalidRequest("Mutually exclusive parameters: Ensure you are only providing one of: "
+                          "'previous_response_id' or 'conversation'.", param="conversation",
+                          code="mutually_exclusive_parameters")
+
+
 def normalize_items(items: Any, param: str = "input") -> list[dict[str, Any]]:
     """Input items as OpenAI stores them: each with an id, message content as typed parts.
 
@@ -157,9 +163,7 @@ class StateService:
                                  param="previous_response_id")
         conversation_id = conversation_id_of(conversation)
         if previous is not None and conversation_id is not None:
-            raise InvalidRequest("Mutually exclusive parameters: Ensure you are only providing one of: "
-                                 "'previous_response_id' or 'conversation'.", param="conversation",
-                                 code="mutually_exclusive_parameters")
+            raise both_previous_and_conversation()
         if not store and previous is None and conversation_id is None:
             return None
         if body.get("input") is None:

@@ -6,9 +6,15 @@ event loop never waits on the disk. `synchronous=NORMAL` (WAL): a committed resp
 crash or restart of the gateway; a power loss may lose the last transactions. Expired rows are
 filtered on every read and deleted by a sweep every `SWEEP_INTERVAL` seconds.
 
-A response record's trailing `,"chain":[…]}` (its ancestors' ids, gateway/store/service.py) is kept
-in the column `chain`, last in the row, and joined back on read: a chain's ancestors are read
-without it, and SQLite does not even load those bytes. Records of another layout keep `chain` NULL.
+A response record's trailing `,"chain":[…]` (its ancestors' ids, gateway/store/service.py) is kept in
+the column `chain`, last in the row, and `record` holds the rest with its closing brace: an ancestor of
+a chain is its `record` as stored, and SQLite does not even load the `chain` bytes. Records of another
+layout keep `chain` NULL. `responses` is a rowid table with `expires_at` before the record, so the
+record of a row of a few kB sits in its leaf page (a WITHOUT ROWID table spills anything over about
+1 kB onto overflow pages, which made reading a chain's 1,000 ancestors twice as slow).
+
+The schema's version is the file's `user_version` (SCHEMA_VERSION); opening a file of an earlier version
+migrates it in one transaction (`gateway migrate` does just that). 1: `responses` rebuilt as above.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,22 +34,24 @@ SWEEP_INTERVAL = 300.0
 PAGE_CACHE_KIB = 32 * 1024   # at most, grown as pages are read
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS responses (
-    id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL, chain BLOB) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at);
-CREATE TABLE IF NOT EXISTS conversations (
-    id TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at REAL NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS conversations_by_expiry ON conversations (expires_at);
-CREATE TABLE IF NOT EXISTS conversation_items (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, conversation_id TEXT NOT NULL, id TEXT NOT NULL,
-    record BLOB NOT NULL, UNIQUE (conversation_id, id));
-CREATE INDEX IF NOT EXISTS items_by_conversation ON conversation_items (conversation_id, seq);
-CREATE TABLE IF NOT EXISTS response_events (
-    response_id TEXT NOT NULL, seq INTEGER NOT NULL, frame BLOB NOT NULL, PRIMARY KEY (response_id, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, instance TEXT NOT NULL, deadline REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS cancels (id TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID;
-"""
+SCHEMA_VERSION = 1   # PRAGMA user_version of a file this code created or migrated
+_RESPONSES = ("CREATE TABLE IF NOT EXISTS responses (id TEXT PRIMARY KEY, expires_at REAL NOT NULL, "
+              "record BLOB NOT NULL, chain BLOB)")
+_SCHEMA = (
+    _RESPONSES,
+    "CREATE INDEX IF NOT EXISTS responses_by_expiry ON responses (expires_at)",
+    "CREATE TABLE IF NOT EXISTS conversations (id TEXT PRIMARY KEY, record BLOB NOT NULL, "
+    "expires_at REAL NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS conversations_by_expiry ON conversations (expires_at)",
+    "CREATE TABLE IF NOT EXISTS conversation_items (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+    "conversation_id TEXT NOT NULL, id TEXT NOT NULL, record BLOB NOT NULL, UNIQUE (conversation_id, id))",
+    "CREATE INDEX IF NOT EXISTS items_by_conversation ON conversation_items (conversation_id, seq)",
+    "CREATE TABLE IF NOT EXISTS response_events (response_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+    "frame BLOB NOT NULL, PRIMARY KEY (response_id, seq)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, instance TEXT NOT NULL, deadline REAL NOT NULL) "
+    "WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS cancels (id TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
+)
 # Followers poll this often for events written by another process on the same file; a write by
 # this process wakes them at once (Notifier).
 FOLLOW_POLL = 0.5
@@ -81,9 +89,11 @@ class SQLiteStore:
         # Pages kept in memory (the default is 2 MB): a long chain's records are read back on every turn, and
         # reading each again from the file cost more than the rest of a continuation.
         db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
-        db.executescript(_SCHEMA)
-        if "chain" not in {row[1] for row in db.execute("PRAGMA table_info(responses)")}:
-            db.execute("ALTER TABLE responses ADD COLUMN chain BLOB")   # a file of an earlier version
+        try:
+            migrate(db)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
     async def open(self) -> None:
@@ -122,17 +132,9 @@ class SQLiteStore:
                        "(SELECT id FROM conversations WHERE expires_at <= ?)", (now,))
             db.execute("DELETE FROM conversations WHERE expires_at <= ?", (now,))
 
-    @contextlib.contextmanager
-    def _transaction(self) -> Any:
-        db = self._db
-        assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    def _transaction(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        assert self._db is not None
+        return _transaction(self._db)
 
     def _query(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
         assert self._db is not None
@@ -191,9 +193,8 @@ class SQLiteStore:
         chain = chain_of(found[response_id])
         if chain:
             marks = ",".join("?" * len(chain))
-            for rid, head, cut in self._query(f"SELECT id, record, chain IS NOT NULL FROM responses "
-                                              f"WHERE id IN ({marks}) AND expires_at > ?", (*chain, now)):
-                found[rid] = bytes(head) + b"}" if cut else bytes(head)
+            found.update(self._query(f"SELECT id, record FROM responses WHERE id IN ({marks}) AND expires_at > ?",
+                                     (*chain, now)))
         return found
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
@@ -366,14 +367,71 @@ class SQLiteStore:
         return {row[0] for row in rows}
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def migrate(db: sqlite3.Connection) -> list[int]:
+    """Bring the file to SCHEMA_VERSION (creating its tables when new); the versions applied. One transaction,
+    taken before the version is read, so processes opening the file together migrate it once."""
+    with _transaction(db):
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return []
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'responses'").fetchall():
+            _rebuild_responses(db)   # a file of version 0
+        for statement in _SCHEMA:
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return list(range(version + 1, SCHEMA_VERSION + 1))
+
+
+async def migrate_url(url: str) -> list[int]:
+    """`gateway migrate`: the migrations applied to a `sqlite:PATH` store's file (raises StoreUnavailable)."""
+    path = SQLiteStore(url).path
+    try:
+        return await asyncio.to_thread(_migrate_path, path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailable(f"SQLite store {path}: {exc}") from None
+
+
+def _migrate_path(path: str) -> list[int]:
+    db = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        return migrate(db)
+    finally:
+        db.close()
+
+
+def _rebuild_responses(db: sqlite3.Connection) -> None:
+    """Version 0 to 1: `responses` (WITHOUT ROWID, the record before `expires_at`, maybe no `chain` column
+    yet, the closing brace in `chain`) copied into a rowid table of the current layout. (`||` makes text of
+    the blobs, whose bytes the cast keeps: the file's encoding is UTF-8.) Its index goes with the old table."""
+    if "chain" not in {row[1] for row in db.execute("PRAGMA table_info(responses)")}:
+        db.execute("ALTER TABLE responses ADD COLUMN chain BLOB")
+    db.execute("ALTER TABLE responses RENAME TO responses_v0")
+    db.execute(_RESPONSES)
+    db.execute("INSERT INTO responses (id, expires_at, record, chain) SELECT id, expires_at, "
+               "iif(chain IS NULL, record, CAST(record || '}' AS BLOB)), substr(chain, 1, length(chain) - 1) "
+               "FROM responses_v0")
+    db.execute("DROP TABLE responses_v0")
+
+
 def _split(record: bytes) -> tuple[bytes, bytes | None]:
-    """A response record as its two columns: all but a trailing `,"chain":[…]}` (base.CHAIN_KEY), and that
-    (None when the record has another layout), so an ancestor is read without the ids it lists."""
+    """A response record as its two columns: itself without a trailing `,"chain":[…]` (base.CHAIN_KEY), and
+    that (None when the record has another layout), so an ancestor is read without the ids it lists."""
     if trailing_chain(record) is None:
         return record, None
     cut = record.rfind(CHAIN_KEY)
-    return record[:cut], record[cut:]
+    return record[:cut] + b"}", record[cut:-1]
 
 
 def _joined(head: bytes, chain: bytes | None) -> bytes:
-    return bytes(head) + bytes(chain) if chain is not None else bytes(head)
+    return head[:-1] + chain + b"}" if chain is not None else head
