@@ -54,6 +54,8 @@ return ids
 # Returns the record, then (id, record) of each ancestor found, cut before its own trailing chain when
 # that sits where expected (see base.chain_suffix_lengths); an empty string first when the record's
 # chain is not last. Ancestor keys come from the record, so this script needs a single Redis node.
+# An ancestor's chain is never read (GETRANGE up to it): copying every ancestor whole into Lua cost
+# Redis about 30 µs per ancestor at 1,000 turns, the D² bytes the cut exists to avoid.
 _GET_CHAIN = """
 local tip = redis.call('GET', KEYS[1])
 if not tip then return {} end
@@ -61,14 +63,18 @@ local ids = string.match(tip, ',"chain":%[([^%]]*)%]}$')
 if not ids then return {''} end
 local out, used, k = {tip}, 0, 0
 for id in string.gmatch(ids, '"([^"]*)"') do
-  local record = redis.call('GET', ARGV[1] .. id)
-  if record then
-    local start = #record - (#ARGV[2] + used + math.max(k - 1, 0) + 1)
-    if start > 1 and string.sub(record, start, start + #ARGV[2] - 1) == ARGV[2] and string.sub(record, -2) == ']}' then
-      record = string.sub(record, 1, start - 1) .. '}'
-    end
+  local key = ARGV[1] .. id
+  local suffix = #ARGV[2] + used + math.max(k - 1, 0) + 1
+  local head = redis.call('GETRANGE', key, 0, #ARGV[2] - suffix - 2)
+  if #head > #ARGV[2] and string.sub(head, -#ARGV[2]) == ARGV[2] and redis.call('GETRANGE', key, -2, -1) == ']}' then
     out[#out + 1] = id
-    out[#out + 1] = record
+    out[#out + 1] = string.sub(head, 1, -#ARGV[2] - 1) .. '}'
+  else
+    local record = redis.call('GET', key)
+    if record then
+      out[#out + 1] = id
+      out[#out + 1] = record
+    end
   end
   used, k = used + #id + 2, k + 1
 end
