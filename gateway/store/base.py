@@ -169,7 +169,11 @@ def chain_suffix_lengths(chain: list[str]) -> list[int]:
     takes before the record's closing brace. Ancestor k's chain is `chain[:k]` (a chain never
     changes once stored), so a backend can hand it out without that part: each record of a
     D-turn chain lists up to D ids, and reading them all made loading the chain cost D² bytes.
-    A backend checks that `,"chain":[` sits where expected and returns the record whole if not."""
+    A backend checks that `,"chain":[` sits where expected and returns the record whole if not. That
+    check alone proves the chain is last, without reading the record's end (which PostgreSQL can only do
+    by decompressing the record whole): JSON escapes a quote inside a string, so those bytes are only
+    ever the key, and an ancestor's chain is exactly `chain[:k]`, so the key sits that far from the end
+    only when nothing follows the chain."""
     lengths, ids = [], 0
     for k, rid in enumerate(chain):
         lengths.append(len(CHAIN_KEY) + ids + max(k - 1, 0) + 1)   # key, quoted ids, commas, "]"

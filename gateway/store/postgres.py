@@ -218,7 +218,7 @@ class PostgresStore:
         return {row[0]: row[1] for row in rows}
 
     async def get_chain(self, response_id: str) -> dict[str, bytes]:
-        rows = await self._fetch(_GET_CHAIN, response_id, CHAIN_KEY, b"]}")
+        rows = await self._fetch(_GET_CHAIN, response_id, CHAIN_KEY)
         return {rid: record + b"}" if cut else record for rid, record, cut in rows}
 
     async def touch_responses(self, response_ids: list[str], ttl: float) -> None:
@@ -424,6 +424,8 @@ _WRITE_RUNS = (
 # A whole chain in one round trip: the response, and the ancestors its record lists (JSON `chain`), each cut
 # before its own trailing `,"chain":[…]` ($2) when that sits where expected (base.chain_suffix_lengths: the
 # key, the quoted ids before it with their commas, "]"), without the closing brace the caller adds back.
+# The record's end is not checked: a compressed record's end costs decompressing it whole (about 20 µs per
+# ancestor at 1,000 turns), and the key found there already proves the chain is last.
 _GET_CHAIN = (
     "WITH p AS (SELECT id, record FROM responses WHERE id = $1 AND expires_at > now()), "
     "c AS (SELECT c.id, (octet_length($2::bytea) + coalesce(sum(octet_length(c.id) + 2) OVER w, 0) + greatest(c.k - 2, 0) + 1)"
@@ -432,7 +434,7 @@ _GET_CHAIN = (
     "a AS (SELECT r.id, r.record, octet_length(r.record) - c.suffix AS start FROM c "
     "JOIN responses r ON r.id = c.id AND r.expires_at > now()), "
     "t AS (SELECT id, record, start, start > 1 AND substring(record FROM start FOR octet_length($2::bytea)) = $2::bytea "
-    "AND substring(record FROM octet_length(record) - 1) = $3::bytea AS cut FROM a) "
+    "AS cut FROM a) "
     "SELECT id, record, false FROM p UNION ALL "
     "SELECT id, CASE WHEN cut THEN substring(record FROM 1 FOR start - 1) ELSE record END, cut FROM t")
 _SWEEP_RESPONSES = (
