@@ -24,7 +24,7 @@ from .provider_metadata import extra_from_item_id
 from .reasoning import ENCRYPTED_INCLUDE, reasoning_input_text, reasoning_sealer
 from .sealing import sealer_for
 from .stream_processor import StreamOptions, response_defaults
-from .tools.mcp_request import upstream_name
+from .tools.mcp_request import told_result, upstream_name
 
 _TOOL_NAME_OK = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TOOL_NAME_BAD_CHARS = re.compile(r"[^A-Za-z0-9_-]")
@@ -511,7 +511,7 @@ def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config
 # and its first message cannot merge into the turn before it. So a stored response keeps them, encoded once,
 # and a continuation places them instead of translating its whole history again. Bump KEPT_VERSION when
 # translating items changes, so that messages kept by an earlier version are not used.
-KEPT_VERSION = 1
+KEPT_VERSION = 2
 # Kinds whose translation depends on the item alone (and on the options); the others are translated each time.
 _PLACE_NOTHING = ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "compaction_trigger")
 _KEPT_KINDS = frozenset(("message", "function_call", "custom_tool_call", "function_call_output",
@@ -710,10 +710,8 @@ def _mcp_call_item(conversation: _Conversation, item: dict[str, Any], param: str
     call_id = item.get("id") if isinstance(item.get("id"), str) else f"{param}"
     conversation.add_call({"id": call_id, "type": "function",
                            "function": {"name": upstream_name(label, name), "arguments": arguments or "{}"}})
-    output = item.get("output")
-    if not isinstance(output, str):
-        output = f"The tool call failed: {item.get('error')}"
-    conversation.add({"role": "tool", "tool_call_id": call_id, "content": output})
+    conversation.add({"role": "tool", "tool_call_id": call_id,
+                      "content": told_result(item.get("output"), item.get("error"))})
 
 
 def _compaction_item(conversation: _Conversation, item: dict[str, Any], param: str) -> None:

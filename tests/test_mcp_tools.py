@@ -152,6 +152,12 @@ async def test_failing_tool_is_told_to_the_model(tools_gateway: Any, upstream: A
     told = upstream.requests[1].body["messages"][-1]["content"]
     assert told.startswith("The tool call failed") and "fail" in told
     assert response.status == "completed"
+    # Replayed from history, the failed call reads as the model was told it then.
+    upstream.responder = None
+    await sdk(str(gateway.make_url(""))).responses.create(model="m", input="and now?", previous_response_id=response.id,
+                                                          tools=[mcp_tool(mcp_server)])
+    replayed = [m for m in upstream.requests[-1].body["messages"] if m["role"] == "tool"]
+    assert [m["content"] for m in replayed] == [told]
 
 
 async def test_timeout_and_oversized_result(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:

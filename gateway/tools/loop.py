@@ -21,7 +21,7 @@ from ..pipeline import stoppable
 from .egress import check_addresses, check_url
 from .mcp_client import ListedTool, ToolFailed, call_tool, cause, list_tools
 from .mcp_pool import SessionPool
-from .mcp_request import McpServer, mcp_servers, upstream_name
+from .mcp_request import McpServer, mcp_servers, told_result, upstream_name
 
 if TYPE_CHECKING:
     from ..config import Config, ToolsConfig
@@ -184,7 +184,7 @@ class ToolLoop:
         for (item, name), (output, error) in zip(approved, results):
             self.approved.append({**item, "output": output, "error": error,
                                   "status": "failed" if error else "completed"})
-            told[item["approval_request_id"]] = (name, output if error is None else _failure(error))
+            told[item["approval_request_id"]] = (name, told_result(output, error))
         for request, _ in self.answers:
             name, content = told[request["id"]]
             call = {"id": request["id"], "type": "function",
@@ -290,7 +290,7 @@ class ToolLoop:
             tool_calls.append({"id": call_id, "type": "function",
                                "function": {"name": name, "arguments": item["arguments"] or "{}"}})
             outputs.append({"role": "tool", "tool_call_id": call_id,
-                            "content": output if error is None else _failure(error)})
+                            "content": told_result(output, error)})
         await _send(run, sink, stream.take_batch())
         if stream.client_calls or asked:  # the client's own tools or approvals: the response ends here
             await _send(run, sink, stream.finish(True))
@@ -354,11 +354,6 @@ class ToolLoop:
 def _not_run(said: str) -> dict[str, Any]:
     """The error of a call a bound kept from running (`said`: which bound)."""
     return {"type": "mcp_protocol_error", "code": -32000, "message": f"Not run: {said}."}
-
-
-def _failure(error: Any) -> str:
-    """A failed call as the model is told it."""
-    return f"The tool call failed: {orjson.dumps(error).decode()}"
 
 
 def approval_answers(items: Any, labels: set[str]) -> list[tuple[dict[str, Any], bool]]:

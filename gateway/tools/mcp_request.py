@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -160,3 +162,9 @@ def upstream_name(label: str, tool: str) -> str:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:10]
     return f"mcp__{re.sub(r'[^A-Za-z0-9_-]', '_', name)[5:50]}_{digest}"
+
+
+def told_result(output: Any, error: Any) -> str:
+    """What the model is told of an MCP call that ended: its output, else its error. The same when the tool
+    loop runs the call and when a later turn replays it from history, so the model reads it back as it was."""
+    return output if isinstance(output, str) else f"The tool call failed: {orjson.dumps(error).decode()}"
