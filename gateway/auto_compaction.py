@@ -21,7 +21,8 @@ from typing import Any
 
 from aiohttp import web
 
-from .compaction import KEPT_USER_CHARS, CompactRequest, kept_user_messages, seal_window, summary_request
+from .compaction import (KEPT_USER_CHARS, CompactRequest, ends_with_compaction_trigger, kept_user_messages,
+                         seal_window, summary_request)
 from .errors import InvalidRequest, UpstreamError
 from .keys import forwarded_authorization
 from .log import get_logger
@@ -48,9 +49,7 @@ def compaction_asked(document: Any) -> Asked | None:
     """The request's compaction ask, or None; a malformed `context_management` is a 400."""
     if not isinstance(document, dict):
         return None
-    items = document.get("input")
-    trigger = (isinstance(items, list) and bool(items) and isinstance(items[-1], dict)
-               and items[-1].get("type") == "compaction_trigger")
+    trigger = ends_with_compaction_trigger(document.get("input"))
     threshold = _threshold(document.get("context_management"))
     return Asked(trigger, threshold) if trigger or threshold is not None else None
 

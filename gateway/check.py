@@ -330,7 +330,7 @@ class StreamValidator:
         default_status = "completed" if item.type in no_status else None
         ended = ("completed", "incomplete", "failed") if item.type == "mcp_call" else ("completed", "incomplete")
         if done.get("status", default_status) not in ended:
-            self.fail(f"output_item.done: status {done.get('status')!r}, expected completed or incomplete")
+            self.fail(f"output_item.done: status {done.get('status')!r}, expected {' or '.join(ended)}")
         self._item_fields("output_item.done", done)
         for kind, position, text in _final_texts(done):
             self._agrees(index, item, kind, position, text)

@@ -69,6 +69,12 @@ class CompactRequest:
     prompt_cache_key: str | None
 
 
+def ends_with_compaction_trigger(items: Any) -> bool:
+    """Whether a request's input ends with a `compaction_trigger` item (Codex's remote compaction)."""
+    return isinstance(items, list) and bool(items) and isinstance(items[-1], dict) \
+        and items[-1].get("type") == "compaction_trigger"
+
+
 def parse_compact_request(body: Any) -> CompactRequest:
     """The request's fields, or a 400 naming the wrong one (item shapes are checked by translate.py)."""
     if not isinstance(body, dict):

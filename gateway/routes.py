@@ -19,13 +19,13 @@ from .keys import forwarded_authorization, owner_of, request_key
 from .log import get_logger
 from .openapi import openapi_document
 from .pipeline import DebugLog, Run, Sink, Tee, run_pipeline
-from .tools.loop import ToolLoop
 from .request_context import current_request_id, log_finished, request_id_of
 from .routing import RoutedRequest, Target, route_request
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
 from .store.history import History
 from .store.service import Turn, with_history
+from .tools.loop import ToolLoop
 from .translate import ChatRequest
 from .upstream import http_error
 

@@ -45,7 +45,7 @@ class AppState:
     inspector: Inspector | None = None    # debug.inspector on
     background: BackgroundRuns = field(init=False)  # set by create_app
     trimmer: Trimmer | None = None        # gives freed memory back after bursts (set by create_app)
-    mcp_sessions: SessionPool = field(default_factory=SessionPool)  # open MCP sessions (gateway/tools)
+    mcp_sessions: SessionPool = field(init=False)  # open MCP sessions (gateway/tools), set by create_app
 
     @property
     def active(self) -> int:

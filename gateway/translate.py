@@ -513,7 +513,8 @@ def _messages(items: Any, instructions: str | None, names: _ToolNames, *, config
 # translating items changes, so that messages kept by an earlier version are not used.
 KEPT_VERSION = 2
 # Kinds whose translation depends on the item alone (and on the options); the others are translated each time.
-_PLACE_NOTHING = ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response", "compaction_trigger")
+_MCP_CONTEXT = ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response")  # the model sees only calls
+_PLACE_NOTHING = (*_MCP_CONTEXT, "compaction_trigger")
 _KEPT_KINDS = frozenset(("message", "function_call", "custom_tool_call", "function_call_output",
                          "custom_tool_call_output", "reasoning", "mcp_call", "compaction", *_PLACE_NOTHING))
 # A first message of these kinds merges into nothing before it (and drops reasoning waiting for an answer).
@@ -651,7 +652,7 @@ def _item(conversation: _Conversation, item: Any, param: str) -> None:
         pass  # its tools were added to the request's tools
     elif kind == "mcp_call":
         _mcp_call_item(conversation, item, param)
-    elif kind in ("mcp_list_tools", "mcp_approval_request", "mcp_approval_response"):
+    elif kind in _MCP_CONTEXT:
         pass  # the gateway's tool loop lists again; the model sees only the calls
     elif isinstance(kind, str) and kind in HANDLERS:
         _tool_history_item(conversation, item, param)

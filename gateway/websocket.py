@@ -46,9 +46,8 @@ from .routing import RoutedRequest, route_request
 from .sse import Joined
 from .state import STATE, AppState
 from .store.recorder import StoreRecorder
-from .store.history import History
-from .store.service import (Turn, both_previous_and_conversation, history_item, normalize_items, previous_not_found,
-                            resolve_references)
+from .store.history import History, history_item
+from .store.service import Turn, both_previous_and_conversation, normalize_items, previous_not_found, resolve_references
 from .stream_processor import TERMINAL_TYPES
 
 MAX_QUEUED = 8  # `response.create` messages waiting behind the running one; more are refused (429)

@@ -6,7 +6,8 @@ import orjson
 
 from gateway.config import StoreConfig
 from gateway.store import open_store_url
-from gateway.store.service import StateService, Turn, ancestor_record
+from gateway.store.history import ancestor_record
+from gateway.store.service import StateService, Turn
 
 
 def test_new_records_end_with_their_chain_and_ancestors_are_read_without_it():

@@ -496,17 +496,25 @@ async def test_metrics_and_log_line(tools_gateway: Any, upstream: Any, http: Any
     assert b"very-secret-token" not in lines.raw.getvalue()
 
 
-async def test_agents_sdk_hosted_mcp_tool(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+async def run_calc_agent(tools_gateway: Any, upstream: Any, mcp_server: Any, arguments: str, question: str,
+                         max_turns: int, require_approval: str, **hosted: Any) -> Any:
+    """The Agents SDK's HostedMCPTool for the test server through the gateway, the model calling `add` with
+    `arguments` then answering with the results: the run's result."""
     agents = pytest.importorskip("agents")
     agents.set_tracing_disabled(True)
     gateway = await tools_gateway()
-    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 40, "b": 2}'))
+    upstream.enqueue(tool_reply("mcp__calc__add", arguments))
     upstream.responder = answer_with_results
     model = agents.OpenAIResponsesModel(model="m", openai_client=sdk(str(gateway.make_url(""))))
     tool = agents.HostedMCPTool(tool_config={"type": "mcp", "server_label": "calc", "server_url": mcp_server.url,
-                                             "require_approval": "never"})
+                                             "require_approval": require_approval}, **hosted)
     agent = agents.Agent(name="calc", instructions="Add with the tools.", model=model, tools=[tool])
-    result = await agents.Runner.run(agent, "What is 40 + 2?", max_turns=3)
+    return await agents.Runner.run(agent, question, max_turns=max_turns)
+
+
+async def test_agents_sdk_hosted_mcp_tool(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
+    result = await run_calc_agent(tools_gateway, upstream, mcp_server, '{"a": 40, "b": 2}', "What is 40 + 2?",
+                                  max_turns=3, require_approval="never")
     assert result.final_output == "results: 42"
     kinds = [item.type for item in result.new_items]
     assert "mcp_list_tools_item" in kinds and "tool_call_item" in kinds
@@ -662,22 +670,14 @@ async def test_approved_calls_count_toward_max_tool_calls(tools_gateway: Any, up
 
 
 async def test_agents_sdk_on_approval_request(tools_gateway: Any, upstream: Any, mcp_server: Any) -> None:
-    agents = pytest.importorskip("agents")
-    agents.set_tracing_disabled(True)
-    gateway = await tools_gateway()
-    upstream.enqueue(tool_reply("mcp__calc__add", '{"a": 7, "b": 8}'))
-    upstream.responder = answer_with_results
     asked: list[str] = []
 
     def on_approval(request: Any) -> dict[str, Any]:
         asked.append(request.data.name)
         return {"approve": True}
 
-    model = agents.OpenAIResponsesModel(model="m", openai_client=sdk(str(gateway.make_url(""))))
-    tool = agents.HostedMCPTool(tool_config={"type": "mcp", "server_label": "calc", "server_url": mcp_server.url,
-                                             "require_approval": "always"}, on_approval_request=on_approval)
-    agent = agents.Agent(name="calc", instructions="Add with the tools.", model=model, tools=[tool])
-    result = await agents.Runner.run(agent, "What is 7 + 8?", max_turns=4)
+    result = await run_calc_agent(tools_gateway, upstream, mcp_server, '{"a": 7, "b": 8}', "What is 7 + 8?",
+                                  max_turns=4, require_approval="always", on_approval_request=on_approval)
     assert asked == ["add"]
     assert result.final_output == "results: 15"
     assert mcp_server.calls == [("add", 7, 8)]

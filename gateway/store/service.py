@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from ..compaction import ends_with_compaction_trigger
 from ..config import StoreConfig, UpstreamConfig
 from ..errors import InvalidRequest
 from ..log import get_logger
@@ -27,8 +28,6 @@ from ..translate import turn_messages
 from . import display_url
 from .base import Order, Store, StoreUnavailable
 from .history import History, ancestor_record, encode_record, history_item
-
-__all__ = ["ancestor_record", "history_item"]  # where readers of records have always found them
 
 ANONYMOUS = "anonymous"
 TERMINAL_STATUSES = ("completed", "incomplete", "failed", "cancelled")
@@ -355,11 +354,9 @@ def with_history(body: Any, turn: Turn | None) -> tuple[Any, History | None]:
 
 def _reads_context(body: dict[str, Any]) -> bool:
     """Whether the request asks for compaction or has mcp tools (gateway/auto_compaction.py, gateway/tools)."""
-    items, tools = body["input"], body.get("tools")
-    trigger = isinstance(items, list) and bool(items) and isinstance(items[-1], dict) \
-        and items[-1].get("type") == "compaction_trigger"
+    tools = body.get("tools")
     mcp = isinstance(tools, list) and any(isinstance(tool, dict) and tool.get("type") == "mcp" for tool in tools)
-    return trigger or mcp or body.get("context_management") is not None
+    return mcp or ends_with_compaction_trigger(body["input"]) or body.get("context_management") is not None
 
 
 def conversation_id_of(value: Any) -> str | None:

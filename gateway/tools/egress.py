@@ -13,8 +13,7 @@ import asyncio
 import fnmatch
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 

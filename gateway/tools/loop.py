@@ -182,8 +182,7 @@ class ToolLoop:
         results = await asyncio.gather(*(self._call(item) for item, _ in approved))
         self.calls += len(approved)
         for (item, name), (output, error) in zip(approved, results):
-            self.approved.append({**item, "output": output, "error": error,
-                                  "status": "failed" if error else "completed"})
+            self.approved.append(_ended(item, output, error))
             told[item["approval_request_id"]] = (name, told_result(output, error))
         for request, _ in self.answers:
             name, content = told[request["id"]]
@@ -218,11 +217,10 @@ class ToolLoop:
 
     def carry(self, body: dict[str, Any]) -> dict[str, Any]:
         """A body translated for a fallback upstream of another kind, with what this loop added to the first
-        translation: the listed tools as functions (unless a bound withdrew them), the note on unlisted
-        servers, the rounds' messages so far."""
+        translation: the listed tools as functions, the note on unlisted servers, the rounds' messages so far."""
         messages = self._told(body["messages"]) if self.unlisted else list(body["messages"])
         body = {**body, "messages": [*messages, *self.messages[self.own_from:]]}
-        if self.offered and self.bound is None:
+        if self.offered:
             body["tools"] = [*body.get("tools", ()), *self.offered]
         return body
 
@@ -282,9 +280,8 @@ class ToolLoop:
         emit = stream.emitter()
         tool_calls, outputs = [], []
         for (index, item, call_id), (output, error) in zip(calls, results):
-            done = {**item, "output": output, "error": error, "status": "failed" if error else "completed"}
-            emit("response.mcp_call.failed" if error else "response.mcp_call.completed", item_id=item["id"],
-                 output_index=index)
+            done = _ended(item, output, error)
+            emit(f"response.mcp_call.{done['status']}", item_id=item["id"], output_index=index)
             stream.item_done(index, done)
             name, _ = self.by_tool[item["server_label"], item["name"]]
             tool_calls.append({"id": call_id, "type": "function",
@@ -349,6 +346,11 @@ class ToolLoop:
 
     def _record(self, server: McpServer, outcome: str, began: float) -> None:
         self.records.append((urlsplit(server.url).hostname or "", outcome, time.monotonic() - began))
+
+
+def _ended(item: dict[str, Any], output: str | None, error: Any) -> dict[str, Any]:
+    """An `mcp_call` item as its call ended: with its output, or failed with its error."""
+    return {**item, "output": output, "error": error, "status": "failed" if error else "completed"}
 
 
 def _not_run(said: str) -> dict[str, Any]:
